@@ -1,0 +1,15 @@
+//! carve's domain model: the catalog of MIG-capable GPUs and the placement geometry of GPU
+//! instances. Pure: no I/O, no clocks, no global state. Everything that reads files or talks to a
+//! GPU lives in other crates and hands text or state to this one.
+
+pub mod catalog;
+pub mod geometry;
+pub mod profile;
+pub mod suggest;
+
+pub use catalog::{
+    Architecture, Catalog, CatalogError, GiProfile, GpuModel, LicenceEdition, LookupError,
+    VgpuKind, VgpuProfile,
+};
+pub use geometry::{Instance, Layout, Violation};
+pub use profile::{Attribute, NvmlGiProfile, ProfileName};
