@@ -1,1 +1,98 @@
-fn main(){}
+//! `carve`: carve NVIDIA GPUs across many tenants. This binary is thin: it parses arguments,
+//! reads files, and prints what the library crates compute.
+
+mod commands;
+mod output;
+mod svg;
+
+use clap::{Parser, Subcommand};
+use output::Failure;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "carve",
+    version,
+    about = "Carve NVIDIA GPUs across many tenants: MIG catalog, placement geometry, mig-parted configs.",
+    after_help = "Exit status: 0 success, 1 the answer is no (infeasible), 2 bad input."
+)]
+struct Cli {
+    /// Print JSON for scripts instead of text for people.
+    #[arg(long, global = true)]
+    json: bool,
+    /// A catalog file that adds GPU models or replaces them by key (also $CARVE_CATALOG, or
+    /// <config dir>/carve/catalog.toml when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    catalog: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List every MIG-capable GPU model in the catalog.
+    Catalog,
+    /// Show a GPU model's MIG profiles, placements and vGPU profiles.
+    Profiles {
+        /// GPU model: key (H100-80GB), NVML name (NVIDIA H100 80GB HBM3) or PCI id (0x2330).
+        gpu: String,
+    },
+    /// Show the profile combinations a GPU model can hold (maximal ones by default).
+    Layouts {
+        gpu: String,
+        /// Every feasible combination, not just the maximal ones.
+        #[arg(long)]
+        all: bool,
+        /// Also draw the layouts as an SVG picture into FILE.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
+    /// Place a set of MIG profiles on one GPU, or prove that no placement exists.
+    Fit {
+        gpu: String,
+        /// Profiles to place, each PROFILE or PROFILE=N (e.g. 3g.40gb 1g.10gb=2).
+        #[arg(required = true, value_name = "PROFILE[=N]")]
+        profiles: Vec<String>,
+        /// Instances already on the GPU, kept where they are: PROFILE@START (e.g. 3g.40gb@4).
+        #[arg(long = "used", value_name = "PROFILE@START")]
+        used: Vec<String>,
+        /// Also draw the result as an SVG picture into FILE.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
+    /// Check an NVIDIA mig-parted config file against the catalog.
+    Validate {
+        /// The mig-parted config (version: v1); - reads standard input.
+        file: PathBuf,
+        /// The node's GPUs in index order, e.g. 8xH100-80GB or A100-40GB,2xH100-80GB. Without it,
+        /// each entry is checked on the models its device-filter names, or on every model that
+        /// has its profiles.
+        #[arg(long, value_name = "GPUS")]
+        node: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help and version to stdout with success, usage errors with status 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let json = cli.json;
+    match commands::run(cli) {
+        Ok(out) => {
+            output::emit(&out.text);
+            ExitCode::from(out.code)
+        }
+        Err(f) => {
+            output::report_failure(&f, json);
+            ExitCode::from(match f {
+                Failure::BadInput { .. } => 2,
+            })
+        }
+    }
+}

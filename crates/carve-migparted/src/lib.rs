@@ -189,7 +189,10 @@ impl Parser {
     fn entry(&mut self, node: &Node) -> Option<Entry> {
         let pos = Pos::of(node.span());
         let Some(map) = node.as_mapping() else {
-            self.err(pos, "a config entry must be a mapping with devices, mig-enabled and mig-devices");
+            self.err(
+                pos,
+                "a config entry must be a mapping with devices, mig-enabled and mig-devices",
+            );
             return None;
         };
         self.known_keys(
@@ -208,21 +211,30 @@ impl Parser {
                     match n.as_scalar() {
                         Some(s) => ok &= self.filter(s, &mut device_filter),
                         None => {
-                            self.err(Pos::of(n.span()), "device-filter entries must be strings like \"0x233010DE\"");
+                            self.err(
+                                Pos::of(n.span()),
+                                "device-filter entries must be strings like \"0x233010DE\"",
+                            );
                             ok = false;
                         }
                     }
                 }
             }
             Some(n) => {
-                self.err(Pos::of(n.span()), "device-filter must be a string or a list of strings");
+                self.err(
+                    Pos::of(n.span()),
+                    "device-filter must be a string or a list of strings",
+                );
                 ok = false;
             }
         }
 
         let devices = match map.get_node("devices") {
             None => {
-                self.err(pos, "missing field 'devices' (all, or a list of GPU indexes)");
+                self.err(
+                    pos,
+                    "missing field 'devices' (all, or a list of GPU indexes)",
+                );
                 ok = false;
                 Devices::All
             }
@@ -232,12 +244,18 @@ impl Parser {
                 for n in seq.iter() {
                     match n.as_scalar().and_then(|s| s.as_u32()) {
                         Some(i) if v.contains(&i) => {
-                            self.err(Pos::of(n.span()), format!("device index {i} is listed twice"));
+                            self.err(
+                                Pos::of(n.span()),
+                                format!("device index {i} is listed twice"),
+                            );
                             ok = false;
                         }
                         Some(i) => v.push(i),
                         None => {
-                            self.err(Pos::of(n.span()), "device indexes must be non-negative integers");
+                            self.err(
+                                Pos::of(n.span()),
+                                "device indexes must be non-negative integers",
+                            );
                             ok = false;
                         }
                     }
@@ -245,7 +263,10 @@ impl Parser {
                 Devices::List(v)
             }
             Some(n) => {
-                let shown = n.as_scalar().map(|s| s.as_str().to_string()).unwrap_or_default();
+                let shown = n
+                    .as_scalar()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default();
                 self.err(
                     Pos::of(n.span()),
                     format!("devices must be 'all' or a list of GPU indexes, not '{shown}'"),
@@ -286,17 +307,6 @@ impl Parser {
                     .unwrap_or(pos);
                 for (k, v) in m.iter() {
                     let kpos = Pos::of(k.span());
-                    if ProfileName::parse(k.as_str()).is_none() {
-                        self.err(
-                            kpos,
-                            format!(
-                                "'{}' is not a MIG profile (expected <G>g.<GB>gb, e.g. 1g.10gb, 3g.40gb, 1g.10gb+me, 1c.3g.40gb)",
-                                k.as_str()
-                            ),
-                        );
-                        ok = false;
-                        continue;
-                    }
                     match v.as_scalar().and_then(|s| s.as_u32()) {
                         Some(count) => mig_devices.push(MigDevice {
                             profile: k.as_str().to_string(),
@@ -306,7 +316,10 @@ impl Parser {
                         None => {
                             self.err(
                                 Pos::of(v.span()),
-                                format!("the count of {} must be a non-negative integer", k.as_str()),
+                                format!(
+                                    "the count of {} must be a non-negative integer",
+                                    k.as_str()
+                                ),
                             );
                             ok = false;
                         }
@@ -314,7 +327,10 @@ impl Parser {
                 }
             }
             Some(n) => {
-                self.err(Pos::of(n.span()), "mig-devices must be a mapping of profile to count");
+                self.err(
+                    Pos::of(n.span()),
+                    "mig-devices must be a mapping of profile to count",
+                );
                 ok = false;
             }
         }
@@ -342,7 +358,8 @@ impl Parser {
             .or_else(|| raw.strip_prefix("0X"))
             .unwrap_or("");
         // 0xDDDDVVVV, optionally followed by a subsystem id (mig-parted v0.15).
-        let valid = (hex.len() == 8 || hex.len() == 16) && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        let valid =
+            (hex.len() == 8 || hex.len() == 16) && hex.bytes().all(|b| b.is_ascii_hexdigit());
         if !valid {
             self.err(
                 Pos::of(s.span()),
@@ -369,7 +386,8 @@ impl Parser {
     }
 }
 
-/// Parses a mig-parted config. On any error returns every diagnostic found (warnings included).
+/// Parses a mig-parted config. A YAML syntax error is fatal (`Err`); schema errors are returned
+/// with the file, whose faulty entries are left out, so that [`check`] can still report the rest.
 pub fn parse(text: &str) -> Result<(ConfigFile, Vec<Diagnostic>), Vec<Diagnostic>> {
     let opts = marked_yaml::LoaderOptions::default()
         .error_on_duplicate_keys(true)
@@ -385,7 +403,10 @@ pub fn parse(text: &str) -> Result<(ConfigFile, Vec<Diagnostic>), Vec<Diagnostic
     let top = root.as_mapping().expect("top level is a mapping");
     p.known_keys(top, &["version", "mig-configs"], "the top level");
     match top.get_node("version") {
-        None => p.err(Pos::of(top.span()), "missing field 'version' (only v1 exists)"),
+        None => p.err(
+            Pos::of(top.span()),
+            "missing field 'version' (only v1 exists)",
+        ),
         Some(n) => {
             let v = n.as_scalar().map(|s| s.as_str()).unwrap_or("");
             if v != "v1" {
@@ -419,21 +440,29 @@ pub fn parse(text: &str) -> Result<(ConfigFile, Vec<Diagnostic>), Vec<Diagnostic
                 p.config = None;
             }
         }
-        Some(n) => p.err(Pos::of(n.span()), "mig-configs must be a mapping of config names to entry lists"),
+        Some(n) => p.err(
+            Pos::of(n.span()),
+            "mig-configs must be a mapping of config names to entry lists",
+        ),
     }
-    if p.diags.iter().any(|d| d.severity == Severity::Error) {
-        Err(p.diags)
-    } else {
-        Ok((ConfigFile { configs }, p.diags))
-    }
+    Ok((ConfigFile { configs }, p.diags))
 }
 
 fn load_error(e: &LoadError) -> Diagnostic {
     let (marker, message) = match e {
-        LoadError::TopLevelMustBeMapping(m) => (Some(*m), "the top level must be a mapping (version, mig-configs)".to_string()),
-        LoadError::TopLevelMustBeSequence(m) => (Some(*m), "the top level must be a sequence".to_string()),
-        LoadError::UnexpectedAnchor(m) => (Some(*m), "YAML anchors are not supported here".to_string()),
-        LoadError::MappingKeyMustBeScalar(m) => (Some(*m), "mapping keys must be plain strings".to_string()),
+        LoadError::TopLevelMustBeMapping(m) => (
+            Some(*m),
+            "the top level must be a mapping (version, mig-configs)".to_string(),
+        ),
+        LoadError::TopLevelMustBeSequence(m) => {
+            (Some(*m), "the top level must be a sequence".to_string())
+        }
+        LoadError::UnexpectedAnchor(m) => {
+            (Some(*m), "YAML anchors are not supported here".to_string())
+        }
+        LoadError::MappingKeyMustBeScalar(m) => {
+            (Some(*m), "mapping keys must be plain strings".to_string())
+        }
         LoadError::UnexpectedTag(m) => (Some(*m), "YAML tags are not supported here".to_string()),
         LoadError::ScanError(m, s) => (Some(*m), format!("YAML syntax error: {s}")),
         LoadError::DuplicateKey(d) => (
@@ -480,7 +509,9 @@ pub fn resolve(gpu: &GpuModel, entry: &Entry) -> Result<Resolved, (Pos, String)>
         let idx = gpu
             .resolve_profile(&d.profile)
             .map_err(|e| (d.pos, e.to_string()))?;
-        let name = ProfileName::parse(&d.profile).expect("checked by parse");
+        let Some(name) = ProfileName::parse(&d.profile) else {
+            continue;
+        };
         if let Some(c) = name.ci_slices.filter(|&c| c != name.gi_slices) {
             let p = &gpu.profiles[idx];
             match ci_max_count(p.compute, c) {
@@ -493,7 +524,7 @@ pub fn resolve(gpu: &GpuModel, entry: &Entry) -> Result<Resolved, (Pos, String)>
                 _ => cis.push((idx, c, d.count)),
             }
         }
-        counts[idx] += d.count;
+        counts[idx] = counts[idx].saturating_add(d.count);
     }
     Ok(Resolved {
         counts,
@@ -584,17 +615,26 @@ pub fn check(file: &ConfigFile, catalog: &Catalog, node: Option<&[&GpuModel]>) -
                             if i as usize >= node.len() {
                                 err(
                                     entry.pos,
-                                    format!("device index {i} is out of range: the node has {} GPUs", node.len()),
+                                    format!(
+                                        "device index {i} is out of range: the node has {} GPUs",
+                                        node.len()
+                                    ),
                                     Severity::Error,
                                 );
                             }
                         }
-                        l.iter().map(|&i| i as usize).filter(|&i| i < node.len()).collect()
+                        l.iter()
+                            .map(|&i| i as usize)
+                            .filter(|&i| i < node.len())
+                            .collect()
                     }
                 };
                 for i in idxs {
                     let g = node[i];
-                    let passes = entry.device_filter.is_empty() || g.pci_ids.iter().any(|id| entry.device_filter.iter().any(|f| f.device_id == *id));
+                    let passes = entry.device_filter.is_empty()
+                        || g.pci_ids
+                            .iter()
+                            .any(|id| entry.device_filter.iter().any(|f| f.device_id == *id));
                     if passes && !models.iter().any(|o| o.key == g.key) {
                         models.push(g);
                     }
@@ -607,21 +647,45 @@ pub fn check(file: &ConfigFile, catalog: &Catalog, node: Option<&[&GpuModel]>) -
                 models = catalog
                     .gpus
                     .iter()
-                    .filter(|g| entry.mig_devices.iter().all(|d| g.profile_index(&d.profile).is_some()))
+                    .filter(|g| {
+                        entry
+                            .mig_devices
+                            .iter()
+                            .all(|d| g.profile_index(&d.profile).is_some())
+                    })
                     .collect();
                 targets = "every catalog GPU with these profiles".to_string();
                 if models.is_empty() && entry.mig_enabled {
                     for d in &entry.mig_devices {
-                        if catalog.gpus.iter().all(|g| g.profile_index(&d.profile).is_none()) {
-                            let mut m = format!("profile '{}' exists on no GPU in the catalog", d.profile);
-                            if let Some(s) = did_you_mean(&d.profile, catalog.all_profile_names()).first() {
+                        if catalog
+                            .gpus
+                            .iter()
+                            .all(|g| g.profile_index(&d.profile).is_none())
+                        {
+                            let mut m = if ProfileName::parse(&d.profile).is_some() {
+                                format!("profile '{}' exists on no GPU in the catalog", d.profile)
+                            } else {
+                                format!("'{}' is not a MIG profile name (<G>g.<GB>gb[+me|+me.all|-me|+gfx], or <C>c.<G>g.<GB>gb)", d.profile)
+                            };
+                            if let Some(s) =
+                                did_you_mean(&d.profile, catalog.all_profile_names()).first()
+                            {
                                 m.push_str(&format!("; did you mean '{}'?", s.name));
                             }
                             err(d.pos, m, Severity::Error);
                         }
                     }
-                    if entry.mig_devices.iter().all(|d| catalog.gpus.iter().any(|g| g.profile_index(&d.profile).is_some())) {
-                        err(entry.mig_devices_pos, "no single GPU model has all of these profiles".into(), Severity::Error);
+                    if entry.mig_devices.iter().all(|d| {
+                        catalog
+                            .gpus
+                            .iter()
+                            .any(|g| g.profile_index(&d.profile).is_some())
+                    }) {
+                        err(
+                            entry.mig_devices_pos,
+                            "no single GPU model has all of these profiles".into(),
+                            Severity::Error,
+                        );
                     }
                 }
             }
@@ -640,7 +704,13 @@ pub fn check(file: &ConfigFile, catalog: &Catalog, node: Option<&[&GpuModel]>) -
                 let mc = match resolve(gpu, entry) {
                     Err((pos, m)) => {
                         err(pos, m.clone(), Severity::Error);
-                        ModelCheck { gpu: gpu.key.clone(), feasible: false, reason: Some(m), instances: vec![], layout: vec![] }
+                        ModelCheck {
+                            gpu: gpu.key.clone(),
+                            feasible: false,
+                            reason: Some(m),
+                            instances: vec![],
+                            layout: vec![],
+                        }
                     }
                     Ok(r) => match geometry::fit(gpu, &r.counts, &[]) {
                         Ok(layout) => ModelCheck {
@@ -653,7 +723,13 @@ pub fn check(file: &ConfigFile, catalog: &Catalog, node: Option<&[&GpuModel]>) -
                         Err(e) => {
                             let m = format!("{}: {}", gpu.key, infeasible_text(gpu, &e));
                             err(entry.mig_devices_pos, m.clone(), Severity::Error);
-                            ModelCheck { gpu: gpu.key.clone(), feasible: false, reason: Some(m), instances: vec![], layout: vec![] }
+                            ModelCheck {
+                                gpu: gpu.key.clone(),
+                                feasible: false,
+                                reason: Some(m),
+                                instances: vec![],
+                                layout: vec![],
+                            }
                         }
                     },
                 };
@@ -680,11 +756,25 @@ pub fn check(file: &ConfigFile, catalog: &Catalog, node: Option<&[&GpuModel]>) -
 pub fn infeasible_text(gpu: &GpuModel, e: &Infeasible) -> String {
     use carve_model::Violation;
     match e {
-        Infeasible::Rule(Violation::ComputeBudget { needed, budget, what }) => {
-            format!("{what} needs {needed} compute slices, {} has {budget}", gpu.key)
+        Infeasible::Rule(Violation::ComputeBudget {
+            needed,
+            budget,
+            what,
+        }) => {
+            format!(
+                "{what} needs {needed} compute slices, {} has {budget}",
+                gpu.key
+            )
         }
-        Infeasible::Rule(Violation::MemorySlots { needed, slots, what }) => {
-            format!("{what} needs {needed} memory slots, {} has {slots}", gpu.key)
+        Infeasible::Rule(Violation::MemorySlots {
+            needed,
+            slots,
+            what,
+        }) => {
+            format!(
+                "{what} needs {needed} memory slots, {} has {slots}",
+                gpu.key
+            )
         }
         other => other.to_string(),
     }
@@ -724,7 +814,7 @@ mig-configs:
     #[test]
     fn positions_are_one_based() {
         let text = "version: v2\nmig-configs: {}\n";
-        let d = parse(text).unwrap_err();
+        let (_, d) = parse(text).unwrap();
         assert_eq!((d[0].pos.line, d[0].pos.column), (1, 10), "{d:?}");
     }
 
@@ -743,10 +833,18 @@ mig-configs:
     #[test]
     fn schema_errors_are_all_reported() {
         let text = "version: v1\nmig-configs:\n  x:\n    - devices: some\n      mig-enable: true\n";
-        let d = parse(text).unwrap_err();
+        let (_, d) = parse(text).unwrap();
         let msgs: Vec<String> = d.iter().map(|d| d.to_string()).collect();
-        assert!(msgs.iter().any(|m| m.contains("did you mean 'mig-enabled'")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.starts_with("4:") && m.contains("devices must be")), "{msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("did you mean 'mig-enabled'")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("4:") && m.contains("devices must be")),
+            "{msgs:?}"
+        );
     }
 
     #[test]

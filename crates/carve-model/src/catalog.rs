@@ -86,9 +86,7 @@ impl GiProfile {
 
     /// Media engines (decoders + encoders + JPEG + OFA) where all are known.
     pub fn media_engines(&self) -> Option<u32> {
-        Some(
-            self.dec? as u32 + self.enc.unwrap_or(0) as u32 + self.jpg? as u32 + self.ofa? as u32,
-        )
+        Some(self.dec? as u32 + self.enc.unwrap_or(0) as u32 + self.jpg? as u32 + self.ofa? as u32)
     }
 }
 
@@ -337,7 +335,10 @@ impl Catalog {
             if let Some(prev) = catalog.find_exact(&gpu.key) {
                 return Err(err_at(
                     start,
-                    format!("GPU key '{}' appears twice (first as '{}')", gpu.key, prev.key),
+                    format!(
+                        "GPU key '{}' appears twice (first as '{}')",
+                        gpu.key, prev.key
+                    ),
                 ));
             }
             catalog.gpus.push(gpu);
@@ -348,7 +349,10 @@ impl Catalog {
                 .iter()
                 .any(|o| o.name.eq_ignore_ascii_case(&e.name))
             {
-                return Err(err_at(0, format!("licence edition '{}' appears twice", e.name)));
+                return Err(err_at(
+                    0,
+                    format!("licence edition '{}' appears twice", e.name),
+                ));
             }
         }
         Ok(catalog)
@@ -411,10 +415,9 @@ impl Catalog {
                 return Ok(g);
             }
         }
-        let names = self
-            .gpus
-            .iter()
-            .flat_map(|g| std::iter::once(g.key.as_str()).chain(g.aliases.iter().map(|a| a.as_str())));
+        let names = self.gpus.iter().flat_map(|g| {
+            std::iter::once(g.key.as_str()).chain(g.aliases.iter().map(|a| a.as_str()))
+        });
         Err(LookupError {
             what: "GPU",
             query: query.to_string(),
@@ -493,12 +496,16 @@ fn validate_gpu(g: &GpuModel) -> Result<(), String> {
     }
     for (i, p) in g.profiles.iter().enumerate() {
         let at = |m: String| format!("profile '{}': {m}", p.name);
-        let parsed = ProfileName::parse(&p.name)
-            .ok_or_else(|| at("not a profile name of the form <G>g.<GB>gb[+me|+me.all|-me|+gfx]".into()))?;
+        let parsed = ProfileName::parse(&p.name).ok_or_else(|| {
+            at("not a profile name of the form <G>g.<GB>gb[+me|+me.all|-me|+gfx]".into())
+        })?;
         if parsed.ci_slices.is_some() {
             return Err(at("a GPU-instance profile has no '<C>c.' part".into()));
         }
-        if g.profiles[..i].iter().any(|o| o.name.eq_ignore_ascii_case(&p.name)) {
+        if g.profiles[..i]
+            .iter()
+            .any(|o| o.name.eq_ignore_ascii_case(&p.name))
+        {
             return Err(at("appears twice".into()));
         }
         if parsed.attribute != p.nvml.attribute() {

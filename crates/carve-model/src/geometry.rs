@@ -10,6 +10,7 @@
 //! 6. a `+me.all` instance takes every media engine: only `-me` instances may share the GPU.
 
 use crate::catalog::GpuModel;
+use crate::profile::ProfileName;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -47,12 +48,12 @@ pub enum Violation {
         b: PlacedInstance,
     },
     ComputeBudget {
-        needed: u32,
+        needed: u64,
         budget: u8,
         what: String,
     },
     MemorySlots {
-        needed: u32,
+        needed: u64,
         slots: u8,
         what: String,
     },
@@ -62,7 +63,7 @@ pub enum Violation {
         max: u8,
     },
     InstanceMax {
-        count: u32,
+        count: u64,
         max: u8,
     },
     MediaExtended {
@@ -76,9 +77,14 @@ pub enum Violation {
 
 /// Formats counts the way people write them: `3g.40gb x3`, or `3g.40gb + 1g.10gb x2`.
 pub fn describe_counts(gpu: &GpuModel, counts: &[u32]) -> String {
+    let mut order: Vec<usize> = (0..counts.len()).collect();
+    order.sort_by_key(|&i| {
+        let p = &gpu.profiles[i];
+        (std::cmp::Reverse(p.compute), std::cmp::Reverse(p.slots), i)
+    });
     let mut parts = Vec::new();
-    for (i, &n) in counts.iter().enumerate() {
-        match n {
+    for i in order {
+        match counts[i] {
             0 => {}
             1 => parts.push(gpu.profiles[i].name.clone()),
             n => parts.push(format!("{} x{n}", gpu.profiles[i].name)),
@@ -148,8 +154,34 @@ impl fmt::Display for Violation {
 }
 
 /// Checks the count-level rules (3, 4, 5, 6 and the memory-slot total) for a multiset of
-/// profiles. These are necessary conditions; placement (rules 1–2) is checked by search.
+/// profiles, budgets first (they explain the most). These are necessary conditions; placement (rules 1–2) is checked by search.
 pub fn check_counts(gpu: &GpuModel, counts: &[u32]) -> Result<(), Violation> {
+    let what = || describe_counts(gpu, counts);
+    // u64: counts come from user input and may be huge.
+    let compute: u64 = counts
+        .iter()
+        .zip(&gpu.profiles)
+        .map(|(&n, p)| n as u64 * p.compute as u64)
+        .sum();
+    if compute > gpu.compute_slices as u64 {
+        return Err(Violation::ComputeBudget {
+            needed: compute,
+            budget: gpu.compute_slices,
+            what: what(),
+        });
+    }
+    let slots: u64 = counts
+        .iter()
+        .zip(&gpu.profiles)
+        .map(|(&n, p)| n as u64 * p.slots as u64)
+        .sum();
+    if slots > gpu.memory_slots as u64 {
+        return Err(Violation::MemorySlots {
+            needed: slots,
+            slots: gpu.memory_slots,
+            what: what(),
+        });
+    }
     for (i, &n) in counts.iter().enumerate() {
         let p = &gpu.profiles[i];
         if n > p.max as u32 {
@@ -160,36 +192,11 @@ pub fn check_counts(gpu: &GpuModel, counts: &[u32]) -> Result<(), Violation> {
             });
         }
     }
-    let total: u32 = counts.iter().sum();
-    if total > gpu.max_instances as u32 {
+    let total: u64 = counts.iter().map(|&n| n as u64).sum();
+    if total > gpu.max_instances as u64 {
         return Err(Violation::InstanceMax {
             count: total,
             max: gpu.max_instances,
-        });
-    }
-    let what = || describe_counts(gpu, counts);
-    let compute: u32 = counts
-        .iter()
-        .zip(&gpu.profiles)
-        .map(|(&n, p)| n * p.compute as u32)
-        .sum();
-    if compute > gpu.compute_slices as u32 {
-        return Err(Violation::ComputeBudget {
-            needed: compute,
-            budget: gpu.compute_slices,
-            what: what(),
-        });
-    }
-    let slots: u32 = counts
-        .iter()
-        .zip(&gpu.profiles)
-        .map(|(&n, p)| n * p.slots as u32)
-        .sum();
-    if slots > gpu.memory_slots as u32 {
-        return Err(Violation::MemorySlots {
-            needed: slots,
-            slots: gpu.memory_slots,
-            what: what(),
         });
     }
     let media: Vec<String> = counts
@@ -395,7 +402,11 @@ pub fn enumerate(gpu: &GpuModel) -> Vec<Layout> {
         .profiles
         .iter()
         .enumerate()
-        .flat_map(|(i, p)| p.starts.iter().map(move |&start| Instance { profile: i, start }))
+        .flat_map(|(i, p)| {
+            p.starts
+                .iter()
+                .map(move |&start| Instance { profile: i, start })
+        })
         .collect();
     let mut out = Vec::new();
     let mut current = Vec::new();
@@ -426,7 +437,15 @@ fn enumerate_from(
         // Every count rule is monotone: once broken, adding more never mends it.
         if check_counts(gpu, counts).is_ok() {
             current.push(*c);
-            enumerate_from(gpu, candidates, k + 1, occupied | mask, current, counts, out);
+            enumerate_from(
+                gpu,
+                candidates,
+                k + 1,
+                occupied | mask,
+                current,
+                counts,
+                out,
+            );
             current.pop();
         }
         counts[c.profile] -= 1;
@@ -507,10 +526,14 @@ pub fn draw(gpu: &GpuModel, layout: &[Instance], cell: usize) -> String {
             slot += 1;
         }
         let width = cell * p.slots as usize + (p.slots as usize - 1);
-        let mut label = p.name.clone();
-        if label.chars().count() > width {
-            label = label.chars().take(width).collect();
-        }
+        // The full name, else without the memory size (`1g+me`), else cut.
+        let short = ProfileName::parse(&p.name)
+            .map(|n| format!("{}g{}", n.gi_slices, n.attribute.suffix()))
+            .unwrap_or_default();
+        let label: String = [p.name.clone(), short]
+            .into_iter()
+            .find(|l| !l.is_empty() && l.chars().count() <= width)
+            .unwrap_or_else(|| p.name.chars().take(width).collect());
         out.push_str(&format!("{label:^width$}"));
         out.push('|');
         slot += p.slots as usize;

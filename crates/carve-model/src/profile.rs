@@ -105,7 +105,10 @@ impl NvmlGiProfile {
 
     /// The numeric value of the C macro.
     pub fn value(self) -> u32 {
-        NvmlGiProfile::ALL.iter().position(|p| *p == self).expect("in ALL") as u32
+        NvmlGiProfile::ALL
+            .iter()
+            .position(|p| *p == self)
+            .expect("in ALL") as u32
     }
 
     pub fn from_value(v: u32) -> Option<Self> {
@@ -303,7 +306,16 @@ mod tests {
             assert_eq!(p.attribute, a, "{s}");
             assert_eq!(p.to_string(), s);
         }
-        for bad in ["", "1g", "g.10gb", "1g.10", "1x.10gb", "0g.5gb", "1g.10gb+foo", "a.b.c.d"] {
+        for bad in [
+            "",
+            "1g",
+            "g.10gb",
+            "1g.10",
+            "1x.10gb",
+            "0g.5gb",
+            "1g.10gb+foo",
+            "a.b.c.d",
+        ] {
             assert!(ProfileName::parse(bad).is_none(), "{bad}");
         }
     }

@@ -71,7 +71,11 @@ fn brute_force_multisets(gpu: &GpuModel) -> HashSet<Vec<u32>> {
         .profiles
         .iter()
         .enumerate()
-        .flat_map(|(i, p)| p.starts.iter().map(move |&start| Instance { profile: i, start }))
+        .flat_map(|(i, p)| {
+            p.starts
+                .iter()
+                .map(move |&start| Instance { profile: i, start })
+        })
         .collect();
     fn rec(
         gpu: &GpuModel,
@@ -178,7 +182,21 @@ fn known_facts_about_h100() {
     let mut c = vec![0; gpu.profiles.len()];
     c[idx("3g.40gb")] = 3;
     let e = fit(gpu, &c, &[]).unwrap_err().to_string();
-    assert!(e.contains("exceeds the limit of 2"), "{e}");
+    assert!(
+        e.contains("3g.40gb x3 needs 9 compute slices, 7 available"),
+        "{e}"
+    );
+    let mut c = vec![0; gpu.profiles.len()];
+    c[idx("1g.20gb")] = 5;
+    let e = fit(gpu, &c, &[]).unwrap_err().to_string();
+    assert!(e.contains("needs 10 memory slots, 8 available"), "{e}");
+    let mut c = vec![0; gpu.profiles.len()];
+    c[idx("1g.10gb+me")] = 2;
+    let e = fit(gpu, &c, &[]).unwrap_err().to_string();
+    assert!(
+        e.contains("exceeds the limit of 1 1g.10gb+me instance per GPU"),
+        "{e}"
+    );
     // mig-parted's all-balanced fits.
     let mut c = vec![0; gpu.profiles.len()];
     c[idx("1g.10gb")] = 2;
@@ -190,7 +208,11 @@ fn known_facts_about_h100() {
     c[idx("1g.10gb")] = 7;
     let l = fit(gpu, &c, &[]).unwrap();
     for p in 0..gpu.profiles.len() {
-        assert!(free_starts(gpu, &l, p).is_empty(), "{}", gpu.profiles[p].name);
+        assert!(
+            free_starts(gpu, &l, p).is_empty(),
+            "{}",
+            gpu.profiles[p].name
+        );
     }
     // 4g.40gb + 2g.20gb x2: compute 8 > 7.
     let mut c = vec![0; gpu.profiles.len()];
@@ -199,7 +221,10 @@ fn known_facts_about_h100() {
     let e = fit(gpu, &c, &[]).unwrap_err().to_string();
     assert!(e.contains("needs 8 compute slices, 7 available"), "{e}");
     // A 3g at 4 leaves 2g starts 0 and 2 only.
-    let existing = [Instance { profile: idx("3g.40gb"), start: 4 }];
+    let existing = [Instance {
+        profile: idx("3g.40gb"),
+        start: 4,
+    }];
     assert_eq!(free_starts(gpu, &existing, idx("2g.20gb")), vec![0, 2]);
     assert_eq!(free_starts(gpu, &existing, idx("1g.20gb")), vec![0, 2]);
 }
@@ -210,7 +235,10 @@ fn a_placement_only_infeasibility_is_proved_by_search() {
     // 2g instances can start only at 0, 2 and 4, and slot 1 blocks 0.
     let gpu = catalog().gpu("H100-80GB").unwrap();
     let idx = |n: &str| gpu.profile_index(n).unwrap();
-    let existing = [Instance { profile: idx("1g.10gb"), start: 1 }];
+    let existing = [Instance {
+        profile: idx("1g.10gb"),
+        start: 1,
+    }];
     let mut c = vec![0; gpu.profiles.len()];
     c[idx("2g.20gb")] = 3;
     match fit(gpu, &c, &existing) {
@@ -220,7 +248,10 @@ fn a_placement_only_infeasibility_is_proved_by_search() {
     // Two 2g.20gb still fit around it.
     c[idx("2g.20gb")] = 2;
     assert_eq!(
-        fit(gpu, &c, &existing).unwrap()[1..].iter().map(|i| i.start).collect::<Vec<_>>(),
+        fit(gpu, &c, &existing).unwrap()[1..]
+            .iter()
+            .map(|i| i.start)
+            .collect::<Vec<_>>(),
         vec![2, 4]
     );
 }
@@ -248,7 +279,11 @@ fn gpu_and_counts() -> impl Strategy<Value = (usize, Vec<u32>)> {
     let n = catalog().gpus.len();
     (0..n).prop_flat_map(|g| {
         let gpu = &catalog().gpus[g];
-        let per: Vec<_> = gpu.profiles.iter().map(|p| 0..=(p.max as u32 + 1)).collect();
+        let per: Vec<_> = gpu
+            .profiles
+            .iter()
+            .map(|p| 0..=(p.max as u32 + 1))
+            .collect();
         (Just(g), per)
     })
 }
