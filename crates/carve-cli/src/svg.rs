@@ -36,8 +36,8 @@ pub fn layouts(gpu: &GpuModel, rows: &[(String, Vec<Instance>)]) -> String {
         .map(|(l, _)| l.chars().count())
         .max()
         .unwrap_or(0)
-        * 7
-        + 20;
+        * 8
+        + 24;
     let width = LEFT + grid_w + GAP + label_w.max(200);
     let height = TOP + rows.len() * (ROW_H + 6) + 12;
     let mut s = String::new();
