@@ -12,7 +12,34 @@ use std::path::{Path, PathBuf};
 pub fn run(cli: Cli) -> Result<Out, Failure> {
     let (catalog, catalog_note) = load_catalog(cli.catalog.as_deref())?;
     let json = cli.json;
+    let ctx = crate::node::Ctx {
+        state: cli.state.clone(),
+        backend: cli.backend,
+        sim: cli.sim.clone(),
+        json,
+    };
     match cli.command {
+        Command::Apply {
+            file,
+            config,
+            boot,
+            dry_run,
+            force,
+        } => crate::node::apply_cmd(
+            &ctx,
+            catalog,
+            file.as_deref(),
+            config.as_deref(),
+            boot,
+            dry_run,
+            force,
+        ),
+        Command::Status => crate::node::status_cmd(&ctx, catalog),
+        Command::Assert { file, config } => {
+            crate::node::assert_cmd(&ctx, catalog, file.as_deref(), config.as_deref())
+        }
+        Command::Export { label } => crate::node::export_cmd(&ctx, catalog, &label),
+        Command::Sim(cmd) => crate::node::sim_cmd(&ctx, catalog, cmd),
         Command::Catalog => catalog_cmd(&catalog, catalog_note, json),
         Command::Profiles { gpu } => profiles_cmd(catalog.gpu(&gpu)?, &catalog, json),
         Command::Layouts { gpu, all, svg } => layouts_cmd(catalog.gpu(&gpu)?, all, svg, json),
@@ -66,7 +93,7 @@ fn load_catalog(flag: Option<&Path>) -> Result<(Catalog, Option<String>), Failur
     Ok((catalog, Some(note)))
 }
 
-fn read_input(path: &Path) -> Result<String, Failure> {
+pub(crate) fn read_input(path: &Path) -> Result<String, Failure> {
     if path == Path::new("-") {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)

@@ -2,6 +2,8 @@
 //! reads files, and prints what the library crates compute.
 
 mod commands;
+mod node;
+mod nvml;
 mod output;
 mod svg;
 
@@ -25,6 +27,17 @@ struct Cli {
     /// <config dir>/carve/catalog.toml when present).
     #[arg(long, global = true, value_name = "FILE")]
     catalog: Option<PathBuf>,
+    /// Where carve keeps its state database (default: the user's data dir; also $CARVE_STATE_DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// Which GPUs to use: nvml (the driver), sim (the simulated node), or auto (NVML when it loads
+    /// and finds GPUs, else the simulated node).
+    #[arg(long, global = true, value_enum, default_value_t = node::BackendChoice::Auto)]
+    backend: node::BackendChoice,
+    /// The simulated node's GPUs, e.g. 2xH100-80GB or A100-40GB,H100-80GB (default: the stored
+    /// node, or 2xH100-80GB). Implies --backend sim.
+    #[arg(long, global = true, value_name = "GPUS")]
+    sim: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,6 +84,43 @@ enum Command {
         #[arg(long, value_name = "GPUS")]
         node: Option<String>,
     },
+    /// Make the GPUs match a mig-parted config with the fewest changes; crash-safe.
+    Apply {
+        /// A mig-parted config (version: v1); - reads standard input.
+        #[arg(value_name = "FILE", required_unless_present = "boot")]
+        file: Option<PathBuf>,
+        /// The config to apply (may be left out when the file has only one).
+        #[arg(short = 'c', long = "config", value_name = "NAME")]
+        config: Option<String>,
+        /// Re-apply the last desired state (run at boot: partitions do not survive a reboot).
+        #[arg(long, conflicts_with_all = ["file", "config"])]
+        boot: bool,
+        /// Print the operations and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Go ahead even when instances to be destroyed are in use (the driver still refuses to
+        /// destroy an instance while processes run on it).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the GPUs, their MIG mode and instances.
+    Status,
+    /// Exit 0 if the GPUs match a config (or the last applied state), 1 with the differences.
+    Assert {
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        #[arg(short = 'c', long = "config", value_name = "NAME")]
+        config: Option<String>,
+    },
+    /// Print the current state as a mig-parted config.
+    Export {
+        /// The config name to write.
+        #[arg(long, default_value = "current")]
+        label: String,
+    },
+    /// Work the simulated node: busy instances, faults, reboots.
+    #[command(subcommand)]
+    Sim(node::SimCommand),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +142,7 @@ fn main() -> ExitCode {
             output::report_failure(&f, json);
             ExitCode::from(match f {
                 Failure::BadInput { .. } => 2,
+                Failure::No { .. } => 1,
             })
         }
     }

@@ -36,9 +36,17 @@ pub enum Failure {
         /// Structured diagnostics for --json.
         diagnostics: Option<Box<serde_json::Value>>,
     },
+    /// The answer is no, or the work could not be done (exit 1).
+    No { message: String },
 }
 
 impl Failure {
+    pub fn no(message: impl Into<String>) -> Failure {
+        Failure::No {
+            message: message.into(),
+        }
+    }
+
     pub fn bad(message: impl Into<String>) -> Failure {
         Failure::BadInput {
             message: message.into(),
@@ -68,12 +76,20 @@ pub fn emit(text: &str) {
 }
 
 pub fn report_failure(f: &Failure, json: bool) {
-    let Failure::BadInput {
-        message,
-        detail,
-        suggestions,
-        diagnostics,
-    } = f;
+    let (message, detail, suggestions, diagnostics) = match f {
+        Failure::BadInput {
+            message,
+            detail,
+            suggestions,
+            diagnostics,
+        } => (
+            message,
+            detail.as_slice(),
+            suggestions.as_slice(),
+            diagnostics,
+        ),
+        Failure::No { message } => (message, &[][..], &[][..], &None),
+    };
     if json {
         let mut v = serde_json::json!({ "error": message });
         if !suggestions.is_empty() {

@@ -689,6 +689,17 @@ pub fn check(file: &ConfigFile, catalog: &Catalog, node: Option<&[&GpuModel]>) -
                     }
                 }
             }
+            // Without a node or a device-filter the entry may be meant for any of the models
+            // that have its profiles: it is an error only when it fits none of them.
+            let lenient = node.is_none() && entry.device_filter.is_empty();
+            let mut deferred: Vec<(Pos, String)> = Vec::new();
+            let mut err = |pos: Pos, message: String, severity: Severity| {
+                if lenient && severity == Severity::Error {
+                    deferred.push((pos, message));
+                } else {
+                    err(pos, message, severity);
+                }
+            };
             let mut checks = Vec::new();
             for gpu in models {
                 if !entry.mig_enabled {
@@ -734,6 +745,21 @@ pub fn check(file: &ConfigFile, catalog: &Catalog, node: Option<&[&GpuModel]>) -
                     },
                 };
                 checks.push(mc);
+            }
+            if lenient && !deferred.is_empty() {
+                let any_fits = checks.iter().any(|c: &ModelCheck| c.feasible);
+                for (pos, message) in deferred {
+                    diags.push(Diagnostic {
+                        severity: if any_fits { Severity::Warning } else { Severity::Error },
+                        pos,
+                        config: Some(cfg.name.clone()),
+                        message: if any_fits {
+                            format!("{message} (fits other GPU models; add a device-filter to target them)")
+                        } else {
+                            message
+                        },
+                    });
+                }
             }
             entries.push(EntryCheck {
                 config: cfg.name.clone(),

@@ -1,0 +1,564 @@
+//! Commands that work on the node's GPUs through a backend: apply, status, assert, export, sim.
+
+use crate::commands::read_input;
+use crate::output::{table, Failure, Out};
+use carve_apply::{ApplyError, GpuTarget, Observed, Op};
+use carve_backend::{Backend, Process};
+use carve_model::geometry::{self, Instance};
+use carve_model::Catalog;
+use carve_sim::SimBackend;
+use carve_state::Store;
+use clap::{Subcommand, ValueEnum};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    Auto,
+    Sim,
+    Nvml,
+}
+
+pub struct Ctx {
+    pub state: Option<PathBuf>,
+    pub backend: BackendChoice,
+    pub sim: Option<String>,
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SimCommand {
+    /// Show the simulated node (same as `carve --backend sim status`).
+    Show,
+    /// Mark a MIG device busy, as if a process ran on it.
+    Busy {
+        /// The MIG device UUID (MIG-...).
+        uuid: String,
+        #[arg(long, default_value_t = 4242)]
+        pid: u32,
+        #[arg(long, default_value = "sim-workload")]
+        name: String,
+    },
+    /// Mark a MIG device idle again.
+    Idle { uuid: String },
+    /// Make the Nth GPU mutation from now fail with an NVML error.
+    Fail {
+        /// Which mutation, counting from 1.
+        nth: u64,
+        /// in-use, insufficient-resources, not-supported, no-permission, not-found,
+        /// invalid-argument, reset-required, unavailable or unknown.
+        error: String,
+    },
+    /// Simulate a reboot: every instance is gone; Hopper and later forget MIG mode.
+    Reboot,
+    /// Simulate a GPU reset: a pending MIG mode change takes effect.
+    Reset { gpu: u32 },
+}
+
+/// The state directory: --state, $CARVE_STATE_DIR, or the user's data dir.
+fn state_dir(ctx: &Ctx) -> PathBuf {
+    ctx.state
+        .clone()
+        .or_else(|| std::env::var_os("CARVE_STATE_DIR").map(PathBuf::from))
+        .or_else(|| {
+            directories::ProjectDirs::from("", "", "carve").map(|d| d.data_dir().to_path_buf())
+        })
+        .unwrap_or_else(|| PathBuf::from(".carve"))
+}
+
+fn open_store(ctx: &Ctx) -> Result<Store, Failure> {
+    Store::open(&state_dir(ctx)).map_err(|e| Failure::no(e.to_string()))
+}
+
+fn open_sim(ctx: &Ctx, catalog: &Catalog) -> Result<(SimBackend, String), Failure> {
+    let (mut sim, fresh) = SimBackend::open(open_store(ctx)?, catalog.clone(), ctx.sim.as_deref())
+        .map_err(|e| Failure::bad(format!("--sim: {e}")))?;
+    let crash = std::env::var("CARVE_SIM_CRASH_AFTER")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    sim.crash_after(crash);
+    let spec = sim.spec().map_err(|e| Failure::no(e.to_string()))?;
+    let note = format!(
+        "simulated node {spec}{} (state: {})",
+        if fresh { ", new" } else { "" },
+        sim.store().path().display()
+    );
+    Ok((sim, note))
+}
+
+/// The backend to use, and a line saying which.
+pub fn open_backend(ctx: &Ctx, catalog: &Catalog) -> Result<(Box<dyn Backend>, String), Failure> {
+    let choice = if ctx.sim.is_some() {
+        BackendChoice::Sim
+    } else {
+        ctx.backend
+    };
+    match choice {
+        BackendChoice::Sim => {
+            let (sim, note) = open_sim(ctx, catalog)?;
+            Ok((Box::new(sim), note))
+        }
+        BackendChoice::Nvml => {
+            let mut b = crate::nvml::open().map_err(|e| Failure::no(format!("NVML: {e}")))?;
+            let n = b.gpus().map(|g| g.len()).unwrap_or(0);
+            Ok((b, format!("NVML ({n} GPUs)")))
+        }
+        BackendChoice::Auto => {
+            if let Ok(mut b) = crate::nvml::open() {
+                if let Ok(g) = b.gpus() {
+                    if !g.is_empty() {
+                        return Ok((b, format!("NVML ({} GPUs)", g.len())));
+                    }
+                }
+            }
+            let (sim, note) = open_sim(ctx, catalog)?;
+            Ok((Box::new(sim), note))
+        }
+    }
+}
+
+fn apply_failure(e: ApplyError) -> Failure {
+    match e {
+        ApplyError::Input(m) => Failure::bad(m),
+        other => Failure::no(other.to_string()),
+    }
+}
+
+/// Reads a mig-parted file and picks the named config (checked against the node later).
+fn load_config(
+    catalog: &Catalog,
+    file: &Path,
+    config: Option<&str>,
+) -> Result<(carve_migparted::NamedConfig, String), Failure> {
+    let _ = catalog;
+    let text = read_input(file)?;
+    let name = file.display().to_string();
+    let (cfg, diags) = carve_migparted::parse(&text).map_err(|d| {
+        Failure::bad(format!(
+            "{name}:{}",
+            d.first().map(|d| d.to_string()).unwrap_or_default()
+        ))
+    })?;
+    if let Some(d) = diags
+        .iter()
+        .find(|d| d.severity == carve_migparted::Severity::Error)
+    {
+        return Err(Failure::bad(format!("{name}:{d}")));
+    }
+    let chosen = match config {
+        Some(c) => cfg
+            .resolve(c)
+            .map_err(|m| Failure::bad(format!("{name}: {m}")))?,
+        None if cfg.configs.len() == 1 => &cfg.configs[0],
+        None => {
+            let names: Vec<&str> = cfg.configs.iter().map(|c| c.name.as_str()).collect();
+            return Err(Failure::bad(format!(
+                "{name} has {} configs; choose one with -c ({})",
+                names.len(),
+                names.join(", ")
+            )));
+        }
+    };
+    Ok((chosen.clone(), name))
+}
+
+/// Checks a config against the node's GPUs (by index); any error is bad input.
+fn check_on_node(
+    catalog: &Catalog,
+    cfg: &carve_migparted::NamedConfig,
+    file: &str,
+    observed: &[Observed],
+) -> Result<(), Failure> {
+    let mut models = Vec::new();
+    for o in observed {
+        match o.model.as_deref().and_then(|k| catalog.gpu(k).ok()) {
+            Some(m) => models.push(m),
+            // Unknown models are reported when an entry selects them.
+            None => return Ok(()),
+        }
+    }
+    let one = carve_migparted::ConfigFile {
+        configs: vec![cfg.clone()],
+    };
+    let report = carve_migparted::check(&one, catalog, Some(&models));
+    if let Some(d) = report
+        .diagnostics
+        .iter()
+        .find(|d| d.severity == carve_migparted::Severity::Error)
+    {
+        return Err(Failure::bad(format!("{file}:{d}")));
+    }
+    Ok(())
+}
+
+fn draw_observed(catalog: &Catalog, o: &Observed) -> Option<String> {
+    let model = catalog.gpu(o.model.as_deref()?).ok()?;
+    let layout: Vec<Instance> = o
+        .instances
+        .iter()
+        .filter_map(|gi| {
+            Some(Instance {
+                profile: model.profiles.iter().position(|p| p.nvml == gi.profile)?,
+                start: gi.start,
+            })
+        })
+        .collect();
+    Some(geometry::draw(
+        model,
+        &layout,
+        if model.memory_slots > 8 { 3 } else { 7 },
+    ))
+}
+
+fn status_text(catalog: &Catalog, observed: &[Observed]) -> String {
+    let mut s = String::new();
+    for o in observed {
+        let mig = match o.info.mig {
+            None => "MIG not supported".to_string(),
+            Some(m) if m.current == m.pending => {
+                format!("MIG {}", if m.current { "on" } else { "off" })
+            }
+            Some(m) => format!(
+                "MIG {} (pending {} after reset)",
+                if m.current { "on" } else { "off" },
+                if m.pending { "on" } else { "off" }
+            ),
+        };
+        s.push_str(&format!(
+            "GPU {}  {}  {}  {}\n",
+            o.info.index,
+            o.model.as_deref().unwrap_or(&o.info.name),
+            o.info.uuid,
+            mig
+        ));
+        if o.instances.is_empty() {
+            if o.info.mig.is_some_and(|m| m.current) {
+                s.push_str("  no GPU instances\n");
+            }
+            continue;
+        }
+        if let Some(d) = draw_observed(catalog, o) {
+            s.push_str(&format!("  {d}\n"));
+        }
+        let mut rows = vec![vec![
+            "  GI".to_string(),
+            "PROFILE".into(),
+            "PLACEMENT".into(),
+            "CI".into(),
+            "MIG DEVICE".into(),
+            "PROCESSES".into(),
+        ]];
+        for (gi, name) in o.instances.iter().zip(&o.profile_names) {
+            let place = format!("{}:{}", gi.start, gi.size);
+            if gi.compute_instances.is_empty() {
+                rows.push(vec![
+                    format!("  {}", gi.id),
+                    name.clone(),
+                    place.clone(),
+                    "-".into(),
+                    "(no compute instance)".into(),
+                    String::new(),
+                ]);
+            }
+            for ci in &gi.compute_instances {
+                let procs: Vec<String> = ci
+                    .processes
+                    .iter()
+                    .map(|p| format!("{} ({})", p.name, p.pid))
+                    .collect();
+                rows.push(vec![
+                    format!("  {}", gi.id),
+                    if ci.slices == gi.compute_instances.iter().map(|c| c.slices).sum::<u8>()
+                        && gi.compute_instances.len() == 1
+                    {
+                        name.clone()
+                    } else {
+                        format!("{}c.{name}", ci.slices)
+                    },
+                    place.clone(),
+                    ci.id.to_string(),
+                    ci.uuid.clone(),
+                    procs.join(", "),
+                ]);
+            }
+        }
+        s.push_str(&table(&rows));
+    }
+    s
+}
+
+pub fn status_cmd(ctx: &Ctx, catalog: Catalog) -> Result<Out, Failure> {
+    let (mut backend, note) = open_backend(ctx, &catalog)?;
+    let observed = carve_apply::observe(backend.as_mut(), &catalog).map_err(apply_failure)?;
+    let store = open_store(ctx)?;
+    let unfinished = store
+        .journal_unfinished()
+        .map_err(|e| Failure::no(e.to_string()))?;
+    if ctx.json {
+        return Ok(Out::json(
+            &json!({ "backend": backend.kind(), "gpus": observed, "interrupted_applies": unfinished.len() }),
+            0,
+        ));
+    }
+    let mut s = format!("{note}\n\n{}", status_text(&catalog, &observed));
+    if !unfinished.is_empty() {
+        s.push_str(&format!(
+            "\nwarning: {} apply was interrupted; the next `carve apply` finishes it.\n",
+            unfinished.len()
+        ));
+    }
+    Ok(Out::ok(s))
+}
+
+fn summarize(targets: &[GpuTarget], plan: &carve_apply::Plan) -> String {
+    let mut s = String::new();
+    for t in targets {
+        let ops: Vec<&Op> = plan.ops.iter().filter(|o| o.gpu() == t.gpu_index).collect();
+        let destroys = ops
+            .iter()
+            .filter(|o| matches!(o, Op::DestroyGpuInstance { .. }))
+            .count();
+        let creates = ops
+            .iter()
+            .filter(|o| matches!(o, Op::CreateGpuInstance { .. }))
+            .count();
+        let keep = t.instances.len().saturating_sub(creates);
+        s.push_str(&format!(
+            "GPU {} ({}): keep {keep}, destroy {destroys}, create {creates}{}\n",
+            t.gpu_index,
+            t.model,
+            if ops.is_empty() {
+                " (already as wanted)"
+            } else {
+                ""
+            }
+        ));
+    }
+    s
+}
+
+pub fn apply_cmd(
+    ctx: &Ctx,
+    catalog: Catalog,
+    file: Option<&Path>,
+    config: Option<&str>,
+    boot: bool,
+    dry_run: bool,
+    force: bool,
+) -> Result<Out, Failure> {
+    // Bad input is found before any GPU is touched.
+    let cfg = match (boot, file) {
+        (false, Some(f)) => Some(load_config(&catalog, f, config)?),
+        (false, None) => {
+            return Err(Failure::bad(
+                "apply needs a mig-parted config file, or --boot",
+            ))
+        }
+        (true, _) => None,
+    };
+    let (mut backend, note) = open_backend(ctx, &catalog)?;
+    if let Some((c, name)) = &cfg {
+        let observed = carve_apply::observe(backend.as_mut(), &catalog).map_err(apply_failure)?;
+        check_on_node(&catalog, c, name, &observed)?;
+    }
+    let store = open_store(ctx)?;
+    let json = ctx.json;
+    let mut log = String::new();
+    let mut progress = |i: usize, n: usize, op: &Op| {
+        if !json {
+            eprintln!("  [{}/{}] {op}", i + 1, n);
+        }
+    };
+    // An apply that a crash interrupted is finished first.
+    if !dry_run {
+        let recovered =
+            carve_apply::recover(backend.as_mut(), &catalog, &store, force, &mut progress)
+                .map_err(apply_failure)?;
+        for r in &recovered {
+            log.push_str(&format!(
+                "finished an interrupted apply: {} operation(s)\n",
+                r.ops.len()
+            ));
+        }
+    }
+    let observed = carve_apply::observe(backend.as_mut(), &catalog).map_err(apply_failure)?;
+    let (targets, source) = match &cfg {
+        Some((c, _)) => (
+            carve_apply::targets_from_migparted(&catalog, c, &observed).map_err(apply_failure)?,
+            format!("config '{}'", c.name),
+        ),
+        None => (
+            carve_apply::desired_targets(&store, &observed).map_err(apply_failure)?,
+            "the last desired state".to_string(),
+        ),
+    };
+    let plan = carve_apply::diff(&observed, &targets).map_err(apply_failure)?;
+    if !json {
+        eprintln!("carve: applying {source} on {note}");
+        eprint!("{}", summarize(&targets, &plan));
+    }
+    if targets.is_empty() && !json {
+        log.push_str("no GPU is selected: nothing to do.\n");
+    }
+    if dry_run {
+        if json {
+            return Ok(Out::json(
+                &json!({ "dry_run": true, "backend": backend.kind(), "targets": targets, "ops": plan.ops, "kept": plan.kept, "blocked": plan.blockers }),
+                0,
+            ));
+        }
+        let mut s = log;
+        s.push_str(&format!(
+            "dry run: {} operation(s), nothing changed\n",
+            plan.ops.len()
+        ));
+        for op in &plan.ops {
+            s.push_str(&format!("  {op}\n"));
+        }
+        for b in &plan.blockers {
+            s.push_str(&format!("  blocked: {b}\n"));
+        }
+        return Ok(Out::ok(s));
+    }
+    let outcome = carve_apply::execute(
+        backend.as_mut(),
+        &store,
+        &targets,
+        &plan,
+        force,
+        &mut progress,
+    )
+    .map_err(apply_failure)?;
+    if json {
+        return Ok(Out::json(
+            &json!({ "dry_run": false, "backend": backend.kind(), "journal_id": outcome.journal_id, "targets": targets, "ops": outcome.ops, "kept": outcome.kept }),
+            0,
+        ));
+    }
+    log.push_str(&format!(
+        "done: {} operation(s); {} MIG device(s) kept untouched.\n",
+        outcome.ops.len(),
+        outcome.kept.len()
+    ));
+    Ok(Out::ok(log))
+}
+
+pub fn assert_cmd(
+    ctx: &Ctx,
+    catalog: Catalog,
+    file: Option<&Path>,
+    config: Option<&str>,
+) -> Result<Out, Failure> {
+    let cfg = file.map(|f| load_config(&catalog, f, config)).transpose()?;
+    let (mut backend, _) = open_backend(ctx, &catalog)?;
+    let store = open_store(ctx)?;
+    let observed = carve_apply::observe(backend.as_mut(), &catalog).map_err(apply_failure)?;
+    let targets = match &cfg {
+        Some((c, name)) => {
+            check_on_node(&catalog, c, name, &observed)?;
+            // Assert compares counts, as mig-parted does: any placement of the wanted profiles.
+            carve_apply::targets_from_migparted(&catalog, c, &observed).map_err(apply_failure)?
+        }
+        None => carve_apply::desired_targets(&store, &observed).map_err(apply_failure)?,
+    };
+    let plan = carve_apply::diff(&observed, &targets).map_err(apply_failure)?;
+    let matches = plan.ops.is_empty();
+    if ctx.json {
+        return Ok(Out::json(
+            &json!({ "matches": matches, "differences": plan.ops }),
+            if matches { 0 } else { 1 },
+        ));
+    }
+    if matches {
+        Ok(Out::ok(format!(
+            "the GPUs match ({} GPU(s) checked)\n",
+            targets.len()
+        )))
+    } else {
+        let mut s = format!(
+            "the GPUs differ: {} operation(s) would be needed:\n",
+            plan.ops.len()
+        );
+        for op in &plan.ops {
+            s.push_str(&format!("  {op}\n"));
+        }
+        Ok(Out::no(s))
+    }
+}
+
+pub fn export_cmd(ctx: &Ctx, catalog: Catalog, label: &str) -> Result<Out, Failure> {
+    if label.is_empty() || label.contains(char::is_whitespace) || label.contains(':') {
+        return Err(Failure::bad(format!(
+            "--label '{label}' must be a single word"
+        )));
+    }
+    let (mut backend, _) = open_backend(ctx, &catalog)?;
+    let observed = carve_apply::observe(backend.as_mut(), &catalog).map_err(apply_failure)?;
+    let yaml = carve_apply::export::to_migparted(&catalog, &observed, label);
+    if ctx.json {
+        return Ok(Out::json(&json!({ "config": label, "yaml": yaml }), 0));
+    }
+    Ok(Out::ok(yaml))
+}
+
+pub fn sim_cmd(ctx: &Ctx, catalog: Catalog, cmd: SimCommand) -> Result<Out, Failure> {
+    let (mut sim, note) = open_sim(ctx, &catalog)?;
+    let done = |what: String| -> Result<Out, Failure> {
+        if ctx.json {
+            Ok(Out::json(&json!({ "ok": true, "did": what }), 0))
+        } else {
+            Ok(Out::ok(format!("{what}\n")))
+        }
+    };
+    let no = |e: carve_backend::BackendError| Failure::no(e.to_string());
+    match cmd {
+        SimCommand::Show => {
+            let observed = carve_apply::observe(&mut sim, &catalog).map_err(apply_failure)?;
+            if ctx.json {
+                let fault = sim.fault().map_err(no)?;
+                return Ok(Out::json(
+                    &json!({ "spec": sim.spec().map_err(no)?, "gpus": observed, "fault": fault }),
+                    0,
+                ));
+            }
+            let mut s = format!("{note}\n\n{}", status_text(&catalog, &observed));
+            if let Some(f) = sim.fault().map_err(no)? {
+                s.push_str(&format!(
+                    "\nfault armed: mutation #{} from now fails with {}\n",
+                    f.countdown, f.kind
+                ));
+            }
+            Ok(Out::ok(s))
+        }
+        SimCommand::Busy { uuid, pid, name } => {
+            sim.set_busy(
+                &uuid,
+                Some(Process {
+                    pid,
+                    name: name.clone(),
+                }),
+            )
+            .map_err(|e| Failure::bad(e.to_string()))?;
+            done(format!("{uuid} is busy: {name} (pid {pid})"))
+        }
+        SimCommand::Idle { uuid } => {
+            sim.set_busy(&uuid, None)
+                .map_err(|e| Failure::bad(e.to_string()))?;
+            done(format!("{uuid} is idle"))
+        }
+        SimCommand::Fail { nth, error } => {
+            sim.inject_fault(nth, &error).map_err(Failure::bad)?;
+            done(format!(
+                "GPU mutation #{nth} from now will fail with {error}"
+            ))
+        }
+        SimCommand::Reboot => {
+            sim.reboot().map_err(no)?;
+            done("rebooted: every GPU instance is gone; Hopper and later GPUs have MIG off".into())
+        }
+        SimCommand::Reset { gpu } => {
+            sim.reset(gpu).map_err(|e| Failure::bad(e.to_string()))?;
+            done(format!("GPU {gpu} reset"))
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! `carve apply` on the simulated node, through the real binary: fewest changes, busy instances,
+//! crash safety at every operation boundary, faults, reboot, assert and export.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+const CONFIG: &str = r#"version: v1
+mig-configs:
+  balanced:
+    - devices: all
+      mig-enabled: true
+      mig-devices:
+        "1g.10gb": 2
+        "2g.20gb": 1
+        "3g.40gb": 1
+  small:
+    - devices: all
+      mig-enabled: true
+      mig-devices:
+        "1g.10gb": 4
+        "3g.40gb": 1
+  sevens:
+    - devices: all
+      mig-enabled: true
+      mig-devices:
+        "1g.10gb": 7
+  split:
+    - devices: all
+      mig-enabled: true
+      mig-devices:
+        "1c.3g.40gb": 1
+        "4g.40gb": 1
+  off:
+    - devices: all
+      mig-enabled: false
+"#;
+
+struct Node {
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Node {
+    fn new(tag: &str, spec: &str) -> Node {
+        let dir = std::env::temp_dir().join(format!("carve-apply-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.yaml");
+        std::fs::write(&config, CONFIG).unwrap();
+        let n = Node { dir, config };
+        n.cmd().args(["--sim", spec, "status"]).assert().success();
+        n
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("carve").unwrap();
+        c.env("CARVE_STATE_DIR", self.dir.join("state"))
+            .env_remove("CARVE_SIM_CRASH_AFTER")
+            .env_remove("CARVE_CATALOG")
+            .env("HOME", &self.dir)
+            .env("XDG_CONFIG_HOME", self.dir.join("config"));
+        c
+    }
+
+    fn apply(&self, config: &str) -> assert_cmd::assert::Assert {
+        self.cmd()
+            .args(["apply", self.config.to_str().unwrap(), "-c", config])
+            .assert()
+    }
+
+    fn status(&self) -> Value {
+        let out = self.cmd().args(["status", "--json"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Every MIG device UUID with its GPU, profile and placement start.
+    fn devices(&self) -> BTreeSet<(u64, String, u64, String)> {
+        let st = self.status();
+        let mut out = BTreeSet::new();
+        for (g, gpu) in st["gpus"].as_array().unwrap().iter().enumerate() {
+            for (gi, name) in gpu["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(gpu["profile_names"].as_array().unwrap())
+            {
+                for ci in gi["compute_instances"].as_array().unwrap() {
+                    out.insert((
+                        g as u64,
+                        name.as_str().unwrap().to_string(),
+                        gi["start"].as_u64().unwrap(),
+                        ci["uuid"].as_str().unwrap().to_string(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    fn assert_matches(&self, config: &str) {
+        self.cmd()
+            .args(["assert", self.config.to_str().unwrap(), "-c", config])
+            .assert()
+            .success();
+    }
+}
+
+fn profiles(devs: &BTreeSet<(u64, String, u64, String)>) -> Vec<(u64, String, u64)> {
+    devs.iter()
+        .map(|(g, p, s, _)| (*g, p.clone(), *s))
+        .collect()
+}
+
+#[test]
+fn apply_changes_only_what_must_change() {
+    let n = Node::new("minimal", "H100-80GB");
+    n.apply("balanced").success();
+    n.assert_matches("balanced");
+    let before = n.devices();
+    assert_eq!(before.len(), 4);
+    let out = n
+        .cmd()
+        .args(["apply", n.config.to_str().unwrap(), "-c", "small", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ops = v["ops"].as_array().unwrap();
+    // 2g.20gb goes (CI + GI), two 1g.10gb come (GI + CI each): 6 operations, nothing else.
+    assert_eq!(ops.len(), 6, "{ops:#?}");
+    assert_eq!(v["kept"].as_array().unwrap().len(), 3);
+    let after = n.devices();
+    let kept: Vec<_> = before.iter().filter(|d| d.1 != "2g.20gb").collect();
+    for d in kept {
+        assert!(after.contains(d), "{d:?} was not kept");
+    }
+    n.assert_matches("small");
+    // Applying again changes nothing.
+    let v: Value = serde_json::from_slice(
+        &n.cmd()
+            .args(["apply", n.config.to_str().unwrap(), "-c", "small", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(v["ops"].as_array().unwrap().len(), 0);
+    assert_eq!(n.devices(), after);
+}
+
+#[test]
+fn busy_instances_are_kept_or_refused() {
+    let n = Node::new("busy", "H100-80GB");
+    n.apply("balanced").success();
+    let devs = n.devices();
+    let busy_1g = devs.iter().find(|d| d.1 == "1g.10gb").unwrap().3.clone();
+    n.cmd()
+        .args(["sim", "busy", &busy_1g, "--name", "python", "--pid", "77"])
+        .assert()
+        .success();
+    // 'sevens' keeps both 1g.10gb, so the busy one is untouched.
+    n.apply("sevens").success();
+    assert!(n.devices().iter().any(|d| d.3 == busy_1g));
+    // 'balanced' would keep it too; 'off' would destroy it: refused, nothing changed.
+    let before = n.devices();
+    n.apply("off")
+        .code(1)
+        .stderr(predicate::str::contains(
+            "refusing to destroy instances in use",
+        ))
+        .stderr(predicate::str::contains(&busy_1g))
+        .stderr(predicate::str::contains("python (pid 77)"));
+    assert_eq!(n.devices(), before);
+    // --force tries, and the driver refuses the busy compute instance (NVML IN_USE).
+    n.cmd()
+        .args(["apply", n.config.to_str().unwrap(), "-c", "off", "--force"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("in use"));
+    n.cmd().args(["sim", "idle", &busy_1g]).assert().success();
+    n.apply("off").success();
+    let st = n.status();
+    assert_eq!(st["gpus"][0]["info"]["mig"]["current"], false);
+}
+
+#[test]
+fn a_crash_at_every_operation_boundary_converges() {
+    // balanced -> small on two GPUs: 12 operations.
+    let n = Node::new("crash-count", "2xH100-80GB");
+    n.apply("balanced").success();
+    let dry: Value = serde_json::from_slice(
+        &n.cmd()
+            .args([
+                "apply",
+                n.config.to_str().unwrap(),
+                "-c",
+                "small",
+                "--dry-run",
+                "--json",
+            ])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let total = dry["ops"].as_array().unwrap().len();
+    assert_eq!(total, 12);
+    for crash_after in 1..=total {
+        let n = Node::new(&format!("crash-{crash_after}"), "2xH100-80GB");
+        n.apply("balanced").success();
+        let before = n.devices();
+        let to_keep: Vec<_> = before
+            .iter()
+            .filter(|d| d.1 != "2g.20gb")
+            .cloned()
+            .collect();
+        let out = n
+            .cmd()
+            .env("CARVE_SIM_CRASH_AFTER", crash_after.to_string())
+            .args(["apply", n.config.to_str().unwrap(), "-c", "small"])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "crash {crash_after}: the process should abort"
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("CARVE_SIM_CRASH_AFTER"));
+        // Kept instances were never touched, even mid-way.
+        let mid = n.devices();
+        for d in &to_keep {
+            assert!(mid.contains(d), "crash {crash_after}: {d:?} destroyed");
+        }
+        n.cmd()
+            .args(["status"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("interrupted"));
+        // A second crash, during recovery, when there is work left.
+        if crash_after + 1 < total {
+            let out = n
+                .cmd()
+                .env("CARVE_SIM_CRASH_AFTER", "1")
+                .args(["apply", n.config.to_str().unwrap(), "-c", "small"])
+                .output()
+                .unwrap();
+            assert!(
+                !out.status.success(),
+                "crash {crash_after}: recovery should abort"
+            );
+        }
+        n.apply("small")
+            .success()
+            .stdout(predicate::str::contains("finished an interrupted apply"));
+        n.assert_matches("small");
+        let after = n.devices();
+        for d in &to_keep {
+            assert!(after.contains(d), "crash {crash_after}: {d:?} destroyed");
+        }
+        let mut want: Vec<(u64, String, u64)> = Vec::new();
+        for g in 0..2 {
+            for s in 0..4 {
+                want.push((g, "1g.10gb".into(), s));
+            }
+            want.push((g, "3g.40gb".into(), 4));
+        }
+        want.sort();
+        assert_eq!(profiles(&after), want, "crash {crash_after}");
+    }
+}
+
+#[test]
+fn an_injected_fault_stops_the_apply_and_a_rerun_converges() {
+    let n = Node::new("fault", "H100-80GB");
+    n.apply("balanced").success();
+    n.cmd()
+        .args(["sim", "fail", "3", "insufficient-resources"])
+        .assert()
+        .success();
+    n.apply("small")
+        .code(1)
+        .stderr(predicate::str::contains("insufficient resources"));
+    n.apply("small").success();
+    n.assert_matches("small");
+    n.cmd()
+        .args(["sim", "fail", "1", "exploded"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("unknown NVML error 'exploded'"));
+}
+
+#[test]
+fn boot_reapplies_the_last_desired_state() {
+    let n = Node::new("boot", "H100-80GB,A100-40GB");
+    let cfg = n.dir.join("mixed.yaml");
+    std::fs::write(
+        &cfg,
+        "version: v1\nmig-configs:\n  mixed:\n    - devices: [0]\n      mig-enabled: true\n      mig-devices: {\"3g.40gb\": 2}\n    - devices: [1]\n      mig-enabled: true\n      mig-devices: {\"1g.5gb\": 7}\n",
+    )
+    .unwrap();
+    n.cmd()
+        .args(["apply", cfg.to_str().unwrap()])
+        .assert()
+        .success();
+    let before = profiles(&n.devices());
+    n.cmd().args(["sim", "reboot"]).assert().success();
+    let st = n.status();
+    assert_eq!(
+        st["gpus"][0]["info"]["mig"]["current"], false,
+        "Hopper forgets MIG mode"
+    );
+    assert_eq!(
+        st["gpus"][1]["info"]["mig"]["current"], true,
+        "Ampere keeps it"
+    );
+    assert!(n.devices().is_empty());
+    n.cmd().args(["assert"]).assert().code(1);
+    n.cmd().args(["apply", "--boot"]).assert().success();
+    assert_eq!(profiles(&n.devices()), before);
+    n.cmd().args(["assert"]).assert().success();
+}
+
+#[test]
+fn compute_instance_splits_and_export_round_trip() {
+    let n = Node::new("export", "H100-80GB");
+    n.apply("split").success();
+    let out = n.cmd().args(["export", "--label", "now"]).output().unwrap();
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        yaml.contains("\"1c.3g.40gb\": 1") && yaml.contains("\"4g.40gb\": 1"),
+        "{yaml}"
+    );
+    let f = n.dir.join("export.yaml");
+    std::fs::write(&f, &yaml).unwrap();
+    n.cmd()
+        .args(["validate", f.to_str().unwrap()])
+        .assert()
+        .success();
+    n.cmd()
+        .args(["assert", f.to_str().unwrap(), "-c", "now"])
+        .assert()
+        .success();
+    n.cmd()
+        .args(["assert", n.config.to_str().unwrap(), "-c", "balanced"])
+        .assert()
+        .code(1);
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    let n = Node::new("bad", "H100-80GB");
+    n.apply("balanced").success();
+    let before = n.devices();
+    let bad = n.dir.join("bad.yaml");
+    std::fs::write(&bad, "version: v1\nmig-configs:\n  x:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {\"3g.40gb\": 3}\n").unwrap();
+    n.cmd()
+        .args(["apply", bad.to_str().unwrap()])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("bad.yaml:6:7"))
+        .stderr(predicate::str::contains("needs 9 compute slices"));
+    n.cmd()
+        .args(["apply", n.config.to_str().unwrap(), "-c", "balancd"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("did you mean 'balanced'"));
+    n.cmd()
+        .args(["apply", n.config.to_str().unwrap()])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("choose one with -c"));
+    n.cmd().args(["apply"]).assert().code(2);
+    n.cmd()
+        .args(["--sim", "3xH100-8OGB", "status"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("did you mean 'H100-80GB'"));
+    n.cmd().args(["sim", "busy", "MIG-nope"]).assert().code(2);
+    assert_eq!(n.devices(), before);
+}
+
+#[allow(dead_code)]
+fn exists(p: &Path) -> bool {
+    p.exists()
+}
