@@ -49,8 +49,12 @@ fn run(name: &str, catalog: &Catalog, models: &[&GpuModel], n: u64, rng: &mut Rn
             let from = rng.pick(&layouts[g]).clone();
             for inst in &from {
                 let p = &m.profiles[inst.profile];
-                let gi = backend.create_gpu_instance(g as u32, p.nvml, inst.start).unwrap();
-                backend.create_compute_instance(g as u32, gi, p.compute).unwrap();
+                let gi = backend
+                    .create_gpu_instance(g as u32, p.nvml, inst.start)
+                    .unwrap();
+                backend
+                    .create_compute_instance(g as u32, gi, p.compute)
+                    .unwrap();
             }
             froms.push(from);
             tos.push(rng.pick(&layouts[g]).clone());
@@ -83,7 +87,8 @@ fn run(name: &str, catalog: &Catalog, models: &[&GpuModel], n: u64, rng: &mut Rn
                 .instances
                 .iter()
                 .filter(|ti| {
-                    from.iter().any(|f| f.start == ti.start && m.profiles[f.profile].name == ti.profile)
+                    from.iter()
+                        .any(|f| f.start == ti.start && m.profiles[f.profile].name == ti.profile)
                 })
                 .count() as u64;
             if kept_here < both {
@@ -101,7 +106,11 @@ fn run(name: &str, catalog: &Catalog, models: &[&GpuModel], n: u64, rng: &mut Rn
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("{name}: {} transitions in {secs:.2} s ({:.0} µs per plan incl. setup)", t.transitions, secs * 1e6 / t.transitions as f64);
+    println!(
+        "{name}: {} transitions in {secs:.2} s ({:.0} µs per plan incl. setup)",
+        t.transitions,
+        secs * 1e6 / t.transitions as f64
+    );
     println!(
         "  instances present in both layouts (same profile, same placement): {}",
         t.in_both
@@ -126,14 +135,32 @@ fn run(name: &str, catalog: &Catalog, models: &[&GpuModel], n: u64, rng: &mut Rn
 }
 
 fn main() {
-    let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2000);
     let catalog = Catalog::embedded();
     let mut rng = Rng(2026);
     let h100 = catalog.gpu("H100-80GB").unwrap();
     run("H100-80GB, one GPU", &catalog, &[h100], n, &mut rng);
-    let mixed: Vec<&GpuModel> = ["H100-80GB", "H100-80GB", "H100-80GB", "H100-80GB", "A100-40GB", "A100-40GB", "A30-24GB", "RTX-PRO-6000"]
-        .iter()
-        .map(|k| catalog.gpu(k).unwrap())
-        .collect();
-    run("mixed 8-GPU node (4xH100-80GB, 2xA100-40GB, A30-24GB, RTX-PRO-6000)", &catalog, &mixed, n / 4, &mut rng);
+    let mixed: Vec<&GpuModel> = [
+        "H100-80GB",
+        "H100-80GB",
+        "H100-80GB",
+        "H100-80GB",
+        "A100-40GB",
+        "A100-40GB",
+        "A30-24GB",
+        "RTX-PRO-6000",
+    ]
+    .iter()
+    .map(|k| catalog.gpu(k).unwrap())
+    .collect();
+    run(
+        "mixed 8-GPU node (4xH100-80GB, 2xA100-40GB, A30-24GB, RTX-PRO-6000)",
+        &catalog,
+        &mixed,
+        n / 4,
+        &mut rng,
+    );
 }

@@ -577,7 +577,7 @@ pub fn run_op(backend: &mut dyn Backend, op: &Op) -> Result<(), BackendError> {
             let m = backend.set_mig_mode(*gpu, *enabled)?;
             if m.current != *enabled {
                 return Err(BackendError::ResetRequired(format!(
-                    "GPU {gpu}: the MIG mode change is pending until the GPU is reset (Ampere)"
+                    "GPU {gpu}: the MIG mode change is pending until the GPU is reset (Ampere; nvidia-smi -r -i {gpu}, or `carve sim reset {gpu}` on the simulated node), then apply again"
                 )));
             }
             Ok(())

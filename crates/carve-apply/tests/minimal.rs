@@ -132,15 +132,33 @@ fn busy_instances_win_ties() {
     let model = fx.catalog.gpu("H100-80GB").unwrap();
     let one = model.profile_index("1g.10gb").unwrap();
     let two = model.profile_index("2g.20gb").unwrap();
-    let from: Vec<Instance> = (0..7).map(|s| Instance { profile: one, start: s }).collect();
+    let from: Vec<Instance> = (0..7)
+        .map(|s| Instance {
+            profile: one,
+            start: s,
+        })
+        .collect();
     let mut backend = node_with(model, &from);
-    let uuid = backend.gpu_instances(0).unwrap()[5].compute_instances[0].uuid.clone();
+    let uuid = backend.gpu_instances(0).unwrap()[5].compute_instances[0]
+        .uuid
+        .clone();
     backend
         .node
-        .set_busy(&uuid, Some(carve_backend::Process { pid: 1, name: "job".into() }))
+        .set_busy(
+            &uuid,
+            Some(carve_backend::Process {
+                pid: 1,
+                name: "job".into(),
+            }),
+        )
         .unwrap();
     let observed = observe(&mut backend, &fx.catalog).unwrap();
     let items = vec![(two, 2), (two, 2), (one, 1), (one, 1), (one, 1)];
     let target = choose_layout(model, &observed[0].instances, &items).unwrap();
-    assert!(target.iter().any(|t| t.profile == "1g.10gb" && t.start == 5), "{target:?}");
+    assert!(
+        target
+            .iter()
+            .any(|t| t.profile == "1g.10gb" && t.start == 5),
+        "{target:?}"
+    );
 }

@@ -70,8 +70,29 @@ fn open_store(ctx: &Ctx) -> Result<Store, Failure> {
     Store::open(&state_dir(ctx)).map_err(|e| Failure::no(e.to_string()))
 }
 
+/// `--sim` takes a spec (`2xH100-80GB,A30`) or a node file: one spec per line, `#` comments.
+fn sim_spec(arg: &str) -> Result<String, Failure> {
+    let path = Path::new(arg);
+    if !path.is_file() {
+        return Ok(arg.to_string());
+    }
+    let text = read_input(path)?;
+    let parts: Vec<&str> = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if parts.is_empty() {
+        return Err(Failure::bad(format!(
+            "{arg}: the node file names no GPUs (e.g. a line 2xH100-80GB)"
+        )));
+    }
+    Ok(parts.join(","))
+}
+
 fn open_sim(ctx: &Ctx, catalog: &Catalog) -> Result<(SimBackend, String), Failure> {
-    let (mut sim, fresh) = SimBackend::open(open_store(ctx)?, catalog.clone(), ctx.sim.as_deref())
+    let spec = ctx.sim.as_deref().map(sim_spec).transpose()?;
+    let (mut sim, fresh) = SimBackend::open(open_store(ctx)?, catalog.clone(), spec.as_deref())
         .map_err(|e| Failure::bad(format!("--sim: {e}")))?;
     let crash = std::env::var("CARVE_SIM_CRASH_AFTER")
         .ok()

@@ -390,3 +390,21 @@ fn bad_input_changes_nothing() {
 fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+#[test]
+fn node_file_and_ampere_mode_change_needs_a_reset() {
+    let dir = std::env::temp_dir().join(format!("carve-apply-nodefile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let node_file = dir.join("node.txt");
+    std::fs::write(&node_file, "# a lab box\nA100-40GB\n").unwrap();
+    let n = Node::new("ampere", node_file.to_str().unwrap());
+    let st = n.status();
+    assert_eq!(st["gpus"].as_array().unwrap().len(), 1);
+    n.apply("off")
+        .code(1)
+        .stderr(predicate::str::contains("pending until the GPU is reset"));
+    n.cmd().args(["sim", "reset", "0"]).assert().success();
+    n.apply("off").success();
+    assert_eq!(n.status()["gpus"][0]["info"]["mig"]["current"], false);
+}
