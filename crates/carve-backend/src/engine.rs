@@ -467,6 +467,61 @@ impl SimNode {
     }
 }
 
+/// The engine as a [`crate::Backend`] held in memory: for tests, benchmarks and embedding.
+pub struct InMemory {
+    pub node: SimNode,
+    pub catalog: Catalog,
+    /// Mutating calls made so far.
+    pub mutations: u64,
+}
+
+impl InMemory {
+    pub fn new(catalog: Catalog, models: &[&GpuModel], seed: u64) -> InMemory {
+        InMemory {
+            node: SimNode::new(models, seed),
+            catalog,
+            mutations: 0,
+        }
+    }
+}
+
+impl crate::Backend for InMemory {
+    fn kind(&self) -> &'static str {
+        "sim"
+    }
+    fn gpus(&mut self) -> Result<Vec<GpuInfo>> {
+        Ok(self.node.gpu_infos())
+    }
+    fn mig_mode(&mut self, gpu: u32) -> Result<MigMode> {
+        self.node.mig_mode(gpu)
+    }
+    fn set_mig_mode(&mut self, gpu: u32, enabled: bool) -> Result<MigMode> {
+        self.mutations += 1;
+        self.node.set_mig_mode(gpu, enabled)
+    }
+    fn gpu_instances(&mut self, gpu: u32) -> Result<Vec<GpuInstance>> {
+        self.node.gpu_instances(&self.catalog, gpu)
+    }
+    fn create_gpu_instance(&mut self, gpu: u32, profile: NvmlGiProfile, start: u8) -> Result<u32> {
+        self.mutations += 1;
+        self.node
+            .create_gpu_instance(&self.catalog, gpu, profile, start)
+    }
+    fn create_compute_instance(&mut self, gpu: u32, gi: u32, slices: u8) -> Result<u32> {
+        self.mutations += 1;
+        self.node
+            .create_compute_instance(&self.catalog, gpu, gi, slices)
+    }
+    fn destroy_compute_instance(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<()> {
+        self.mutations += 1;
+        self.node.destroy_compute_instance(gpu, gi, ci)
+    }
+    fn destroy_gpu_instance(&mut self, gpu: u32, gi: u32) -> Result<()> {
+        self.mutations += 1;
+        self.node.destroy_gpu_instance(gpu, gi)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,60 +617,5 @@ mod tests {
         );
         n.reset(1).unwrap();
         assert!(!n.mig_mode(1).unwrap().current);
-    }
-}
-
-/// The engine as a [`crate::Backend`] held in memory: for tests, benchmarks and embedding.
-pub struct InMemory {
-    pub node: SimNode,
-    pub catalog: Catalog,
-    /// Mutating calls made so far.
-    pub mutations: u64,
-}
-
-impl InMemory {
-    pub fn new(catalog: Catalog, models: &[&GpuModel], seed: u64) -> InMemory {
-        InMemory {
-            node: SimNode::new(models, seed),
-            catalog,
-            mutations: 0,
-        }
-    }
-}
-
-impl crate::Backend for InMemory {
-    fn kind(&self) -> &'static str {
-        "sim"
-    }
-    fn gpus(&mut self) -> Result<Vec<GpuInfo>> {
-        Ok(self.node.gpu_infos())
-    }
-    fn mig_mode(&mut self, gpu: u32) -> Result<MigMode> {
-        self.node.mig_mode(gpu)
-    }
-    fn set_mig_mode(&mut self, gpu: u32, enabled: bool) -> Result<MigMode> {
-        self.mutations += 1;
-        self.node.set_mig_mode(gpu, enabled)
-    }
-    fn gpu_instances(&mut self, gpu: u32) -> Result<Vec<GpuInstance>> {
-        self.node.gpu_instances(&self.catalog, gpu)
-    }
-    fn create_gpu_instance(&mut self, gpu: u32, profile: NvmlGiProfile, start: u8) -> Result<u32> {
-        self.mutations += 1;
-        self.node
-            .create_gpu_instance(&self.catalog, gpu, profile, start)
-    }
-    fn create_compute_instance(&mut self, gpu: u32, gi: u32, slices: u8) -> Result<u32> {
-        self.mutations += 1;
-        self.node
-            .create_compute_instance(&self.catalog, gpu, gi, slices)
-    }
-    fn destroy_compute_instance(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<()> {
-        self.mutations += 1;
-        self.node.destroy_compute_instance(gpu, gi, ci)
-    }
-    fn destroy_gpu_instance(&mut self, gpu: u32, gi: u32) -> Result<()> {
-        self.mutations += 1;
-        self.node.destroy_gpu_instance(gpu, gi)
     }
 }
