@@ -383,6 +383,16 @@ pub fn apply_cmd(
         check_on_node(&catalog, c, name, &observed)?;
     }
     let store = open_store(ctx)?;
+    // One apply at a time per node; the lock dies with the process.
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(
+            store
+                .lock_apply(|| eprintln!("carve: another apply is running; waiting for it"))
+                .map_err(|e| Failure::no(e.to_string()))?,
+        )
+    };
     let json = ctx.json;
     let mut log = String::new();
     let mut progress = |i: usize, n: usize, op: &Op| {

@@ -408,3 +408,38 @@ fn node_file_and_ampere_mode_change_needs_a_reset() {
     n.apply("off").success();
     assert_eq!(n.status()["gpus"][0]["info"]["mig"]["current"], false);
 }
+
+#[test]
+fn concurrent_applies_take_turns() {
+    let n = Node::new("concurrent", "2xH100-80GB");
+    let spawn = |cfg: &str| {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("carve"));
+        c.env("CARVE_STATE_DIR", n.dir.join("state"))
+            .env_remove("CARVE_SIM_CRASH_AFTER")
+            .env("HOME", &n.dir)
+            .args(["apply", n.config.to_str().unwrap(), "-c", cfg])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let kids: Vec<_> = (0..4)
+        .map(|i| spawn(if i % 2 == 0 { "balanced" } else { "sevens" }))
+        .collect();
+    for k in kids {
+        let out = k.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ok = |cfg: &str| {
+        n.cmd()
+            .args(["assert", n.config.to_str().unwrap(), "-c", cfg])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(ok("balanced") || ok("sevens"));
+}

@@ -17,7 +17,7 @@ pub enum StateError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("cannot create state directory {path}: {source}")]
+    #[error("{path}: {source}")]
     Dir {
         path: String,
         #[source]
@@ -90,6 +90,38 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Takes the node-wide apply lock (`apply.lock` beside the database), waiting for another
+    /// holder. The operating system releases it when the process ends, crash or not.
+    pub fn lock_apply(&self, on_wait: impl FnOnce()) -> Result<std::fs::File> {
+        let path = self.path.with_file_name("apply.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StateError::Dir {
+                path: path.display().to_string(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                on_wait();
+                file.lock().map_err(|source| StateError::Dir {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(StateError::Dir {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        }
+        Ok(file)
     }
 
     fn db(&self, source: rusqlite::Error) -> StateError {
