@@ -1,9 +1,7 @@
-//! Opening the NVML backend.
+//! Opening the NVML backend (`libnvidia-ml.so.1`, or `$CARVE_NVML_LIB`).
 
 use carve_backend::{Backend, BackendError};
 
 pub fn open() -> Result<Box<dyn Backend>, BackendError> {
-    Err(BackendError::Unavailable(
-        "the NVML backend is not built yet".into(),
-    ))
+    Ok(Box::new(carve_nvml::NvmlBackend::open()?))
 }

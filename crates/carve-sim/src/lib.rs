@@ -139,7 +139,9 @@ impl SimBackend {
         self.store
             .update::<SimState, _>(KEY, |st| match st {
                 Some(st) => f(&mut st.node),
-                None => Err(BackendError::Unavailable("the simulated node is gone".into())),
+                None => Err(BackendError::Unavailable(
+                    "the simulated node is gone".into(),
+                )),
             })
             .map_err(state_err)?
     }
