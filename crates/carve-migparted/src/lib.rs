@@ -448,7 +448,8 @@ pub fn parse(text: &str) -> Result<(ConfigFile, Vec<Diagnostic>), Vec<Diagnostic
     Ok((ConfigFile { configs }, p.diags))
 }
 
-fn load_error(e: &LoadError) -> Diagnostic {
+/// A YAML load error as a located diagnostic (shared by every carve YAML reader).
+pub fn load_error(e: &LoadError) -> Diagnostic {
     let (marker, message) = match e {
         LoadError::TopLevelMustBeMapping(m) => (
             Some(*m),

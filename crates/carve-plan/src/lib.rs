@@ -1,0 +1,13 @@
+//! The tenancy planner: tenants in, a sharing mode per tenant with its reason out, MIG slices
+//! packed onto the fewest GPUs, and the configs that follow from it.
+//!
+//! Pure: no I/O. [`tenancy::parse`] reads the tenancy file, [`decide`] picks modes, [`pack`]
+//! places replicas on GPUs, [`plan`] is the result (`plan.json`), [`render`] turns a plan into
+//! files people use.
+
+pub mod plan;
+pub mod render;
+pub mod tenancy;
+
+pub use plan::{Mode, Plan};
+pub use tenancy::{parse, Tenancy};

@@ -1,0 +1,1 @@
+//! Files made from a plan (filled in by the render work).

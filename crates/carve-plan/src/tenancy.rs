@@ -1,0 +1,660 @@
+//! The tenancy file: the fleet (nodes and their GPUs) and the tenants, read with the position of
+//! every value and checked against the catalog. Pure: text in, model or located errors out.
+//!
+//! ```yaml
+//! fleet:
+//!   - node: node-a
+//!     platform: kubernetes          # kubernetes | vsphere | bare-metal
+//!     gpus: [H100-80GB, 2xA100-40GB, {model: L40S, memory_gb: 48}]
+//!     licence: vcs                  # vGPU edition on hypervisor nodes (optional)
+//! tenants:
+//!   - name: search
+//!     workload: inference           # inference | training | interactive | desktop | dev | batch
+//!     memory_gb: 10                 # per replica
+//!     replicas: 2
+//!     slo: strict                   # strict | relaxed (or p95_ms: 50)
+//! ```
+
+use crate::plan::Platform;
+use carve_model::suggest::did_you_mean;
+use carve_model::Catalog;
+use marked_yaml::{FromYamlError, Spanned};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A 1-based line and column (0:0 when unknown).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Pos {
+    fn of(span: &marked_yaml::Span) -> Pos {
+        span.start()
+            .map(|m| Pos {
+                line: m.line(),
+                column: m.column(),
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A located problem with the tenancy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.pos.line > 0 {
+            write!(f, "{}:{}: {}", self.pos.line, self.pos.column, self.message)
+        } else {
+            f.write_str(&self.message)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Workload {
+    Inference,
+    Training,
+    Interactive,
+    Desktop,
+    Dev,
+    Batch,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 6] = [
+        Workload::Inference,
+        Workload::Training,
+        Workload::Interactive,
+        Workload::Desktop,
+        Workload::Dev,
+        Workload::Batch,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Workload::Inference => "inference",
+            Workload::Training => "training",
+            Workload::Interactive => "interactive",
+            Workload::Desktop => "desktop",
+            Workload::Dev => "dev",
+            Workload::Batch => "batch",
+        }
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The latency objective.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Slo {
+    Strict,
+    Relaxed,
+    /// A p95 latency target in milliseconds (counts as strict).
+    P95Ms(f64),
+}
+
+impl Slo {
+    /// Strict, or a latency target.
+    pub fn is_strict(self) -> bool {
+        !matches!(self, Slo::Relaxed)
+    }
+}
+
+impl fmt::Display for Slo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Slo::Strict => f.write_str("strict"),
+            Slo::Relaxed => f.write_str("relaxed"),
+            Slo::P95Ms(ms) => write!(f, "p95 ≤ {ms} ms"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    Hard,
+    Soft,
+}
+
+/// One GPU of the fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetGpu {
+    /// Index into the catalog, for MIG-capable models.
+    pub model: Option<usize>,
+    /// Catalog key, or the name given for a GPU outside the catalog.
+    pub name: String,
+    pub memory_mib: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetNode {
+    pub name: String,
+    pub platform: Platform,
+    /// Canonical licence edition name (`vCS`).
+    pub licence: Option<String>,
+    pub gpus: Vec<FleetGpu>,
+    pub pos: Pos,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tenant {
+    pub name: String,
+    pub workload: Workload,
+    /// Memory per replica, MiB (from `memory_gb`, or the named profile's nominal size).
+    pub memory_mib: Option<u64>,
+    /// Compute slices wanted.
+    pub compute: Option<u8>,
+    /// A MIG profile named directly.
+    pub profile: Option<String>,
+    /// GPU-time share (0, 1].
+    pub share: Option<f64>,
+    pub replicas: u32,
+    pub slo: Slo,
+    pub isolation: Isolation,
+    pub vm: bool,
+    pub media: bool,
+    pub spread: bool,
+    pub pos: Pos,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tenancy {
+    pub nodes: Vec<FleetNode>,
+    pub tenants: Vec<Tenant>,
+}
+
+impl Tenancy {
+    /// Every GPU as (node index, GPU index on the node, GPU).
+    pub fn gpus(&self) -> impl Iterator<Item = (usize, u32, &FleetGpu)> {
+        self.nodes.iter().enumerate().flat_map(|(n, node)| {
+            node.gpus
+                .iter()
+                .enumerate()
+                .map(move |(i, g)| (n, i as u32, g))
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    fleet: Spanned<Vec<Spanned<RawNode>>>,
+    tenants: Spanned<Vec<Spanned<RawTenant>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    node: Spanned<String>,
+    #[serde(default)]
+    platform: Option<Spanned<String>>,
+    gpus: Spanned<Vec<Spanned<RawGpu>>>,
+    #[serde(default, alias = "license")]
+    licence: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawGpu {
+    Name(String),
+    Custom {
+        model: String,
+        memory_gb: f64,
+        #[serde(default)]
+        count: Option<i64>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    name: Spanned<String>,
+    workload: Spanned<String>,
+    #[serde(default)]
+    memory_gb: Option<Spanned<f64>>,
+    #[serde(default)]
+    compute: Option<Spanned<i64>>,
+    #[serde(default)]
+    profile: Option<Spanned<String>>,
+    #[serde(default)]
+    share: Option<Spanned<f64>>,
+    #[serde(default)]
+    replicas: Option<Spanned<i64>>,
+    #[serde(default)]
+    slo: Option<Spanned<String>>,
+    #[serde(default)]
+    p95_ms: Option<Spanned<f64>>,
+    #[serde(default)]
+    isolation: Option<Spanned<String>>,
+    #[serde(default)]
+    vm: Option<bool>,
+    #[serde(default)]
+    media: Option<bool>,
+    #[serde(default)]
+    spread: Option<bool>,
+}
+
+/// Most replicas of one tenant, and most GPUs in one `NxMODEL` entry (keeps input sane).
+pub const MAX_REPLICAS: i64 = 1_000_000;
+pub const MAX_GPUS_PER_ENTRY: i64 = 100_000;
+
+fn pos<T>(s: &Spanned<T>) -> Pos {
+    Pos::of(s.span())
+}
+
+fn yaml_error(e: FromYamlError) -> InputError {
+    match e {
+        FromYamlError::ParseYaml(le) => {
+            let d = carve_migparted::load_error(&le);
+            InputError {
+                pos: Pos {
+                    line: d.pos.line,
+                    column: d.pos.column,
+                },
+                message: d.message,
+            }
+        }
+        FromYamlError::FromNode(ne) => {
+            let pos = ne
+                .start_mark()
+                .map(|m| Pos {
+                    line: m.line(),
+                    column: m.column(),
+                })
+                .unwrap_or_default();
+            let message = match &*ne {
+                marked_yaml::spanned_serde::Error::UnknownFieldError(field, expected, _) => {
+                    let mut m = format!("unknown field `{field}`");
+                    match did_you_mean(field, expected.iter().copied()).first() {
+                        Some(best) => m.push_str(&format!("; did you mean `{}`?", best.name)),
+                        None => m.push_str(&format!("; expected one of {}", expected.join(", "))),
+                    }
+                    m
+                }
+                other => match ne.path() {
+                    Some(p) if !p.is_empty() && p != "." => format!("{p}: {other}"),
+                    _ => other.to_string(),
+                },
+            };
+            InputError { pos, message }
+        }
+    }
+}
+
+fn one_of<T: Copy>(
+    s: &Spanned<String>,
+    what: &str,
+    options: &[(&'static str, T)],
+    errors: &mut Vec<InputError>,
+) -> Option<T> {
+    let v = s.trim().to_ascii_lowercase();
+    if let Some((_, t)) = options.iter().find(|(n, _)| *n == v) {
+        return Some(*t);
+    }
+    let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+    let hint = did_you_mean(&v, names.iter().copied())
+        .first()
+        .map(|b| format!("did you mean `{}`?", b.name))
+        .unwrap_or_else(|| format!("expected one of {}", names.join(", ")));
+    errors.push(InputError {
+        pos: pos(s),
+        message: format!("unknown {what} `{}`; {hint}", s.as_str()),
+    });
+    None
+}
+
+/// Parses `NxMODEL` / `N x MODEL` / `MODEL`.
+fn split_count(s: &str) -> (Option<&str>, &str) {
+    let t = s.trim();
+    if let Some(i) = t.find(['x', 'X']) {
+        let (n, rest) = t.split_at(i);
+        let n = n.trim();
+        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
+            return (Some(n), rest[1..].trim());
+        }
+    }
+    (None, t)
+}
+
+fn gib_to_mib(gb: f64) -> u64 {
+    (gb * 1024.0).round() as u64
+}
+
+/// Reads and checks a tenancy file. All errors found are returned, each located.
+pub fn parse(text: &str, catalog: &Catalog) -> Result<Tenancy, Vec<InputError>> {
+    let opts = marked_yaml::LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .toplevel_mapping();
+    let raw: RawFile =
+        marked_yaml::from_yaml_with_options(0, text, opts).map_err(|e| vec![yaml_error(e)])?;
+    let mut errors = Vec::new();
+    let platforms = [
+        ("kubernetes", Platform::Kubernetes),
+        ("k8s", Platform::Kubernetes),
+        ("vsphere", Platform::Vsphere),
+        ("bare-metal", Platform::BareMetal),
+        ("baremetal", Platform::BareMetal),
+    ];
+
+    // Fleet.
+    let mut nodes: Vec<FleetNode> = Vec::new();
+    if raw.fleet.is_empty() {
+        errors.push(InputError {
+            pos: pos(&raw.fleet),
+            message: "the fleet has no nodes".into(),
+        });
+    }
+    for rn in raw.fleet.iter() {
+        let name = rn.node.trim().to_string();
+        if name.is_empty() {
+            errors.push(InputError {
+                pos: pos(&rn.node),
+                message: "a node needs a name".into(),
+            });
+        }
+        if let Some(prev) = nodes.iter().find(|n| n.name == name) {
+            errors.push(InputError {
+                pos: pos(&rn.node),
+                message: format!(
+                    "node `{name}` is listed twice (first at line {})",
+                    prev.pos.line
+                ),
+            });
+        }
+        let platform = match &rn.platform {
+            Some(p) => one_of(p, "platform", &platforms, &mut errors).unwrap_or(Platform::Kubernetes),
+            None => Platform::Kubernetes,
+        };
+        let licence = rn.licence.as_ref().and_then(|l| match catalog.edition(l) {
+            Ok(e) => Some(e.name.clone()),
+            Err(e) => {
+                errors.push(InputError {
+                    pos: pos(l),
+                    message: e.to_string(),
+                });
+                None
+            }
+        });
+        let mut gpus = Vec::new();
+        if rn.gpus.is_empty() {
+            errors.push(InputError {
+                pos: pos(&rn.gpus),
+                message: format!("node `{name}` has no GPUs"),
+            });
+        }
+        for g in rn.gpus.iter() {
+            let p = pos(g);
+            match &**g {
+                RawGpu::Name(s) => {
+                    let (n, model) = split_count(s);
+                    let count = match n.map(|n| n.parse::<i64>()) {
+                        None => 1,
+                        Some(Ok(c)) if (1..=MAX_GPUS_PER_ENTRY).contains(&c) => c,
+                        Some(_) => {
+                            errors.push(InputError {
+                                pos: p,
+                                message: format!(
+                                    "`{s}`: the GPU count must be 1 to {MAX_GPUS_PER_ENTRY}"
+                                ),
+                            });
+                            continue;
+                        }
+                    };
+                    match catalog.gpu(model) {
+                        Ok(m) => {
+                            let idx = catalog.gpus.iter().position(|x| x.key == m.key);
+                            for _ in 0..count {
+                                gpus.push(FleetGpu {
+                                    model: idx,
+                                    name: m.key.clone(),
+                                    memory_mib: m.memory_gb as u64 * 1024,
+                                });
+                            }
+                        }
+                        Err(e) => errors.push(InputError {
+                            pos: p,
+                            message: format!(
+                                "{e} (a GPU without MIG is written {{model: NAME, memory_gb: N}})"
+                            ),
+                        }),
+                    }
+                }
+                RawGpu::Custom {
+                    model,
+                    memory_gb,
+                    count,
+                } => {
+                    let count = count.unwrap_or(1);
+                    if !(1..=MAX_GPUS_PER_ENTRY).contains(&count) {
+                        errors.push(InputError {
+                            pos: p,
+                            message: format!("`count` must be 1 to {MAX_GPUS_PER_ENTRY}"),
+                        });
+                        continue;
+                    }
+                    if !(memory_gb.is_finite() && *memory_gb > 0.0 && *memory_gb <= 100_000.0) {
+                        errors.push(InputError {
+                            pos: p,
+                            message: format!("`{model}`: memory_gb must be positive"),
+                        });
+                        continue;
+                    }
+                    // A catalog model written as a map keeps its MIG abilities.
+                    let idx = catalog
+                        .gpu(model)
+                        .ok()
+                        .and_then(|m| catalog.gpus.iter().position(|x| x.key == m.key));
+                    for _ in 0..count {
+                        gpus.push(FleetGpu {
+                            model: idx,
+                            name: idx
+                                .map(|i| catalog.gpus[i].key.clone())
+                                .unwrap_or_else(|| model.trim().to_string()),
+                            memory_mib: gib_to_mib(*memory_gb),
+                        });
+                    }
+                }
+            }
+        }
+        nodes.push(FleetNode {
+            name,
+            platform,
+            licence,
+            gpus,
+            pos: pos(rn),
+        });
+    }
+
+    // Tenants.
+    let fleet_models: Vec<usize> = {
+        let mut v: Vec<usize> = nodes
+            .iter()
+            .flat_map(|n| n.gpus.iter().filter_map(|g| g.model))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let workloads: Vec<(&'static str, Workload)> =
+        Workload::ALL.iter().map(|w| (w.as_str(), *w)).collect();
+    let mut tenants: Vec<Tenant> = Vec::new();
+    let mut seen: BTreeMap<String, Pos> = BTreeMap::new();
+    if raw.tenants.is_empty() {
+        errors.push(InputError {
+            pos: pos(&raw.tenants),
+            message: "there are no tenants".into(),
+        });
+    }
+    for rt in raw.tenants.iter() {
+        let tp = pos(rt);
+        let name = rt.name.trim().to_string();
+        if name.is_empty() || name.chars().any(|c| c.is_control()) {
+            errors.push(InputError {
+                pos: pos(&rt.name),
+                message: "a tenant needs a name (printable, not empty)".into(),
+            });
+        }
+        if let Some(prev) = seen.get(&name) {
+            errors.push(InputError {
+                pos: pos(&rt.name),
+                message: format!("tenant `{name}` is listed twice (first at line {})", prev.line),
+            });
+        }
+        seen.insert(name.clone(), pos(&rt.name));
+        let workload = one_of(&rt.workload, "workload", &workloads, &mut errors);
+        let memory_mib = match &rt.memory_gb {
+            Some(m) if m.is_finite() && **m > 0.0 && **m <= 100_000.0 => Some(gib_to_mib(**m)),
+            Some(m) => {
+                errors.push(InputError {
+                    pos: pos(m),
+                    message: format!("memory_gb must be a positive size, not {}", **m),
+                });
+                None
+            }
+            None => None,
+        };
+        let compute = match &rt.compute {
+            Some(c) if (1..=32).contains(&**c) => Some(**c as u8),
+            Some(c) => {
+                errors.push(InputError {
+                    pos: pos(c),
+                    message: format!("compute must be 1 to 32 compute slices, not {}", **c),
+                });
+                None
+            }
+            None => None,
+        };
+        let profile = match &rt.profile {
+            Some(p) => {
+                let q = p.trim();
+                let known = fleet_models
+                    .iter()
+                    .any(|&m| catalog.gpus[m].profile_index(q).is_some());
+                if known {
+                    Some(q.to_string())
+                } else {
+                    let names: Vec<&str> = fleet_models
+                        .iter()
+                        .flat_map(|&m| catalog.gpus[m].profiles.iter().map(|p| p.name.as_str()))
+                        .collect();
+                    let hint = did_you_mean(q, names.iter().copied())
+                        .first()
+                        .map(|b| format!("; did you mean `{}`?", b.name))
+                        .unwrap_or_default();
+                    errors.push(InputError {
+                        pos: pos(p),
+                        message: if fleet_models.is_empty() {
+                            format!("profile `{q}`: no GPU in the fleet supports MIG")
+                        } else {
+                            format!("unknown MIG profile `{q}` for the GPUs of this fleet{hint}")
+                        },
+                    });
+                    None
+                }
+            }
+            None => None,
+        };
+        let share = match &rt.share {
+            Some(s) if s.is_finite() && **s > 0.0 && **s <= 1.0 => Some(**s),
+            Some(s) => {
+                errors.push(InputError {
+                    pos: pos(s),
+                    message: format!("share must be in (0, 1], not {}", **s),
+                });
+                None
+            }
+            None => None,
+        };
+        let replicas = match &rt.replicas {
+            Some(r) if (1..=MAX_REPLICAS).contains(&**r) => **r as u32,
+            Some(r) => {
+                errors.push(InputError {
+                    pos: pos(r),
+                    message: format!("replicas must be 1 to {MAX_REPLICAS}, not {}", **r),
+                });
+                1
+            }
+            None => 1,
+        };
+        let mut slo = match &rt.slo {
+            Some(s) => one_of(
+                s,
+                "slo",
+                &[("strict", Slo::Strict), ("relaxed", Slo::Relaxed)],
+                &mut errors,
+            )
+            .unwrap_or(Slo::Relaxed),
+            None => Slo::Relaxed,
+        };
+        if let Some(p) = &rt.p95_ms {
+            if p.is_finite() && **p > 0.0 {
+                slo = Slo::P95Ms(**p);
+            } else {
+                errors.push(InputError {
+                    pos: pos(p),
+                    message: format!("p95_ms must be a positive number of milliseconds, not {}", **p),
+                });
+            }
+        }
+        let isolation = match &rt.isolation {
+            Some(s) => one_of(
+                s,
+                "isolation",
+                &[("hard", Isolation::Hard), ("soft", Isolation::Soft)],
+                &mut errors,
+            )
+            .unwrap_or(Isolation::Soft),
+            None => Isolation::Soft,
+        };
+        if memory_mib.is_none() && profile.is_none() && rt.memory_gb.is_none() {
+            errors.push(InputError {
+                pos: tp,
+                message: format!("tenant `{name}` needs `memory_gb` (per replica) or a `profile`"),
+            });
+        }
+        // A named profile's nominal memory stands in for memory_gb.
+        let memory_mib = memory_mib.or_else(|| {
+            profile.as_deref().and_then(|p| {
+                carve_model::profile::ProfileName::parse(p).map(|n| n.memory_gb as u64 * 1024)
+            })
+        });
+        if let Some(w) = workload {
+            tenants.push(Tenant {
+                name,
+                workload: w,
+                memory_mib,
+                compute,
+                profile,
+                share,
+                replicas,
+                slo,
+                isolation,
+                vm: rt.vm.unwrap_or(false),
+                media: rt.media.unwrap_or(false),
+                spread: rt.spread.unwrap_or(false),
+                pos: tp,
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(Tenancy { nodes, tenants })
+    } else {
+        errors.sort_by_key(|e| e.pos);
+        Err(errors)
+    }
+}
