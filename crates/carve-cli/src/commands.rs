@@ -34,6 +34,11 @@ pub fn run(cli: Cli) -> Result<Out, Failure> {
             dry_run,
             force,
         ),
+        Command::Plan {
+            file,
+            out,
+            allow_partial,
+        } => crate::plan::plan_cmd(&catalog, &file, out.as_deref(), allow_partial, json),
         Command::Status => crate::node::status_cmd(&ctx, catalog),
         Command::Assert { file, config } => {
             crate::node::assert_cmd(&ctx, catalog, file.as_deref(), config.as_deref())

@@ -5,6 +5,7 @@ mod commands;
 mod node;
 mod nvml;
 mod output;
+mod plan;
 mod svg;
 
 use clap::{Parser, Subcommand};
@@ -83,6 +84,18 @@ enum Command {
         /// has its profiles.
         #[arg(long, value_name = "GPUS")]
         node: Option<String>,
+    },
+    /// Plan a tenancy: a sharing mode per tenant with its reason, MIG slices packed onto the
+    /// fewest GPUs, and the files to use (plan.json, report.md, layout.svg, per-node configs).
+    Plan {
+        /// The tenancy file (YAML: fleet and tenants); - reads standard input.
+        file: PathBuf,
+        /// Write plan.json and the rendered files into DIR.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// When not everything fits, still write (and exit 0 with) the partial plan.
+        #[arg(long)]
+        allow_partial: bool,
     },
     /// Make the GPUs match a mig-parted config with the fewest changes; crash-safe.
     Apply {

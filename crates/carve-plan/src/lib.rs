@@ -5,9 +5,13 @@
 //! places replicas on GPUs, [`plan`] is the result (`plan.json`), [`render`] turns a plan into
 //! files people use.
 
+pub mod decide;
+pub mod pack;
 pub mod plan;
+pub mod planner;
 pub mod render;
 pub mod tenancy;
 
 pub use plan::{Mode, Plan};
+pub use planner::plan;
 pub use tenancy::{parse, Tenancy};
