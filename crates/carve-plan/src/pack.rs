@@ -454,6 +454,20 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
             }
         }
     }
+    // Slots of a (model, profile) beyond what the programme's split reserves for classes.
+    let mut slack: HashMap<(usize, usize), i64> = HashMap::new();
+    for s in &slots {
+        for (prof, &n) in s.rem.iter().enumerate() {
+            *slack.entry((s.mi, prof)).or_default() += n as i64;
+        }
+    }
+    for (k, c) in classes.iter().enumerate() {
+        for (mi, p) in c.profile.iter().enumerate() {
+            if let Some(p) = p {
+                *slack.entry((mi, *p)).or_default() -= quota[k][mi] as i64;
+            }
+        }
+    }
     let mut extra_gpus = 0u32;
     let mut unplaced: BTreeMap<usize, u32> = BTreeMap::new();
     for (t, n) in unplaceable {
@@ -480,17 +494,21 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
     });
     let take = |slots: &mut Vec<Slot>,
                     quota: &mut Vec<Vec<u32>>,
+                    slack: &mut HashMap<(usize, usize), i64>,
                     k: usize,
                     si: usize,
                     prof: usize,
                     tenant: usize,
                     r: u32| {
         let s = &mut slots[si];
-        if s.rem[prof] > 0 {
+        let reserved = s.rem[prof] > 0;
+        if reserved {
             s.rem[prof] -= 1;
         }
         if quota[k][s.mi] > 0 {
             quota[k][s.mi] -= 1;
+        } else if reserved {
+            *slack.entry((s.mi, prof)).or_default() -= 1;
         }
         s.counts[prof] += 1;
         s.given.push((prof, tenant, r));
@@ -513,6 +531,11 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
             while (picked.len() as u32) < d.replicas {
                 let mut best: Option<((usize, usize), (u32, Reverse<usize>))> = None;
                 for key in &keys {
+                    let own = quota[k][key.0] as i64
+                        - picked.iter().filter(|(si, _)| slots[*si].mi == key.0).count() as i64;
+                    if own <= 0 && slack.get(key).copied().unwrap_or(0) <= 0 {
+                        continue;
+                    }
                     let Some(h) = heaps.get_mut(key) else { continue };
                     // Drop stale entries.
                     while let Some(&(n, Reverse(si))) = h.peek() {
@@ -537,7 +560,7 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
                 picked.push((top.1 .0, key.1));
             }
             for (si, prof) in picked {
-                take(&mut slots, &mut quota, k, si, prof, d.tenant, next_r);
+                take(&mut slots, &mut quota, &mut slack, k, si, prof, d.tenant, next_r);
                 next_r += 1;
                 left -= 1;
             }
@@ -551,7 +574,11 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
             // Fill GPUs in order, models as the programme split them, then any with room.
             while left > 0 {
                 let mut chosen: Option<(usize, usize)> = None;
-                let mut by_quota: Vec<(usize, usize)> = keys.clone();
+                let mut by_quota: Vec<(usize, usize)> = keys
+                    .iter()
+                    .copied()
+                    .filter(|key| quota[k][key.0] > 0 || slack.get(key).copied().unwrap_or(0) > 0)
+                    .collect();
                 by_quota.sort_by_key(|&(mi, _)| std::cmp::Reverse(quota[k][mi]));
                 for key in by_quota {
                     let Some((list, cursor)) = lists.get_mut(&key) else { continue };
@@ -564,7 +591,7 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
                     }
                 }
                 let Some((si, prof)) = chosen else { break };
-                take(&mut slots, &mut quota, k, si, prof, d.tenant, next_r);
+                take(&mut slots, &mut quota, &mut slack, k, si, prof, d.tenant, next_r);
                 next_r += 1;
                 left -= 1;
             }
@@ -610,7 +637,7 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
                 *unplaced.entry(d.tenant).or_default() += left;
                 break;
             };
-            take(&mut slots, &mut quota, k, si, prof, d.tenant, next_r);
+            take(&mut slots, &mut quota, &mut slack, k, si, prof, d.tenant, next_r);
             next_r += 1;
             left -= 1;
         }

@@ -200,6 +200,8 @@ pub fn plan(tenancy: &Tenancy, catalog: &Catalog) -> Plan {
     }
 
     // Tenants.
+    let node_by_name: std::collections::HashMap<&str, &crate::tenancy::FleetNode> =
+        tenancy.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
     let mut tenants = Vec::new();
     for (ti, t) in tenancy.tenants.iter().enumerate() {
         let d = &decisions[ti];
@@ -207,10 +209,9 @@ pub fn plan(tenancy: &Tenancy, catalog: &Catalog) -> Plan {
         let mut ps = std::mem::take(&mut placements[ti]);
         ps.sort_by_key(|p| p.replica);
         let on_k8s = ps.iter().any(|p| {
-            tenancy
-                .nodes
-                .iter()
-                .any(|n| n.name == p.node && n.platform == Platform::Kubernetes)
+            node_by_name
+                .get(p.node.as_str())
+                .is_some_and(|n| n.platform == Platform::Kubernetes)
         });
         let resource = on_k8s.then(|| match d.mode {
             Mode::Mig => {
@@ -225,7 +226,7 @@ pub fn plan(tenancy: &Tenancy, catalog: &Catalog) -> Plan {
         if let Some(ed) = d.licence {
             let mut missing: Vec<&str> = ps
                 .iter()
-                .filter_map(|p| tenancy.nodes.iter().find(|n| n.name == p.node))
+                .filter_map(|p| node_by_name.get(p.node.as_str()).copied())
                 .filter(|n| !licence_covers(catalog, n.licence.as_deref(), ed))
                 .map(|n| n.name.as_str())
                 .collect();
