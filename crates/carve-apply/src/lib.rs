@@ -3,7 +3,8 @@
 //! 1. [`observe`] reads the GPUs through a backend.
 //! 2. [`targets_from_migparted`] turns a mig-parted config into a *placed* target per GPU, keeping
 //!    as many existing GPU instances as possible where they are (busy ones first), and placing the
-//!    rest around them with the exact `fit` of `carve-model`.
+//!    rest around them with the exact `fit` of `carve-model`. [`targets_from_plan`] does the
+//!    same for a carve plan (`plan.json`), whose placements are already explicit.
 //! 3. [`diff`] lists the operations from the observed state to the targets: an instance present in
 //!    both (same profile, same placement, same compute-instance split) is kept untouched.
 //! 4. [`execute`] records the targets and operations in the journal, then runs the operations,
@@ -12,6 +13,9 @@
 //!    the GPUs really hold.
 
 pub mod export;
+mod from_plan;
+
+pub use from_plan::{plan_node, plan_node_names, targets_from_plan};
 
 use carve_backend::{Backend, BackendError, GpuInfo, GpuInstance, Process};
 use carve_migparted::{Devices, NamedConfig};

@@ -22,6 +22,7 @@ pub fn run(cli: Cli) -> Result<Out, Failure> {
         Command::Apply {
             file,
             config,
+            node,
             boot,
             dry_run,
             force,
@@ -30,6 +31,7 @@ pub fn run(cli: Cli) -> Result<Out, Failure> {
             catalog,
             file.as_deref(),
             config.as_deref(),
+            node.as_deref(),
             boot,
             dry_run,
             force,
@@ -40,9 +42,13 @@ pub fn run(cli: Cli) -> Result<Out, Failure> {
             allow_partial,
         } => crate::plan::plan_cmd(&catalog, &file, out.as_deref(), allow_partial, json),
         Command::Status => crate::node::status_cmd(&ctx, catalog),
-        Command::Assert { file, config } => {
-            crate::node::assert_cmd(&ctx, catalog, file.as_deref(), config.as_deref())
-        }
+        Command::Assert { file, config, node } => crate::node::assert_cmd(
+            &ctx,
+            catalog,
+            file.as_deref(),
+            config.as_deref(),
+            node.as_deref(),
+        ),
         Command::Export { label } => crate::node::export_cmd(&ctx, catalog, &label),
         Command::Sim(cmd) => crate::node::sim_cmd(&ctx, catalog, cmd),
         Command::Catalog => catalog_cmd(&catalog, catalog_note, json),

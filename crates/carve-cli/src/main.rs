@@ -97,16 +97,21 @@ enum Command {
         #[arg(long)]
         allow_partial: bool,
     },
-    /// Make the GPUs match a mig-parted config with the fewest changes; crash-safe.
+    /// Make the GPUs match a mig-parted config or a carve plan with the fewest changes;
+    /// crash-safe.
     Apply {
-        /// A mig-parted config (version: v1); - reads standard input.
+        /// A mig-parted config (version: v1) or a carve plan (plan.json); - reads standard input.
         #[arg(value_name = "FILE", required_unless_present = "boot")]
         file: Option<PathBuf>,
         /// The config to apply (may be left out when the file has only one).
         #[arg(short = 'c', long = "config", value_name = "NAME")]
         config: Option<String>,
+        /// With a plan: the node to apply (default: the plan's only node, or the one named like
+        /// this machine's hostname).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
         /// Re-apply the last desired state (run at boot: partitions do not survive a reboot).
-        #[arg(long, conflicts_with_all = ["file", "config"])]
+        #[arg(long, conflicts_with_all = ["file", "config", "node"])]
         boot: bool,
         /// Print the operations and change nothing.
         #[arg(long)]
@@ -118,12 +123,17 @@ enum Command {
     },
     /// Show the GPUs, their MIG mode and instances.
     Status,
-    /// Exit 0 if the GPUs match a config (or the last applied state), 1 with the differences.
+    /// Exit 0 if the GPUs match a config, a plan (or the last applied state), 1 with the
+    /// differences.
     Assert {
+        /// A mig-parted config or a carve plan (plan.json).
         #[arg(value_name = "FILE")]
         file: Option<PathBuf>,
         #[arg(short = 'c', long = "config", value_name = "NAME")]
         config: Option<String>,
+        /// With a plan: the node to check (as for apply).
+        #[arg(long, value_name = "NAME", requires = "file")]
+        node: Option<String>,
     },
     /// Print the current state as a mig-parted config.
     Export {

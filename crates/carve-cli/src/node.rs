@@ -1,4 +1,5 @@
 //! Commands that work on the node's GPUs through a backend: apply, status, assert, export, sim.
+//! `apply` and `assert` take a mig-parted config or a carve plan (`plan.json`).
 
 use crate::commands::read_input;
 use crate::output::{table, Failure, Out};
@@ -145,16 +146,132 @@ fn apply_failure(e: ApplyError) -> Failure {
     }
 }
 
-/// Reads a mig-parted file and picks the named config (checked against the node later).
-fn load_config(
+/// The state-store key of the last applied plan (for the node agent to serve), and of its node.
+const PLAN_KEY: &str = "plan";
+const PLAN_NODE_KEY: &str = "plan-node";
+
+/// What `apply` or `assert` was given.
+enum Desired {
+    /// A mig-parted config (the chosen one) and the file's name.
+    MigParted(carve_migparted::NamedConfig, String),
+    /// A carve plan, the node of it to apply, and the file's name.
+    Plan {
+        plan: Box<carve_plan::Plan>,
+        node: String,
+        file: String,
+    },
+}
+
+/// This machine's hostname, for choosing its node of a plan.
+fn hostname() -> Option<String> {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// A carve plan, when `text` is one (a JSON object with "version" and "gpus"); `None` for anything
+/// else, which is read as a mig-parted config.
+fn read_plan(text: &str, name: &str) -> Result<Option<carve_plan::Plan>, Failure> {
+    if !text.trim_start().starts_with('{') {
+        return Ok(None);
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) if v.get("version").is_some() && v.get("gpus").is_some() => {}
+        Ok(_) => return Ok(None),
+        Err(e) => {
+            // YAML's flow style also starts with '{': a valid mig-parted config stays one.
+            let yaml_ok = carve_migparted::parse(text).is_ok_and(|(_, d)| {
+                !d.iter()
+                    .any(|d| d.severity == carve_migparted::Severity::Error)
+            });
+            if yaml_ok {
+                return Ok(None);
+            }
+            let msg = e.to_string();
+            let suffix = format!(" at line {} column {}", e.line(), e.column());
+            return Err(Failure::bad(format!(
+                "{name}:{}:{}: not valid JSON: {}",
+                e.line(),
+                e.column(),
+                msg.strip_suffix(&suffix).unwrap_or(&msg)
+            )));
+        }
+    }
+    carve_plan::Plan::from_json(text).map(Some).map_err(|m| {
+        // Syntax and schema errors come as "line:col: ...", others without a position.
+        let sep = if m.starts_with(|c: char| c.is_ascii_digit()) {
+            ""
+        } else {
+            " "
+        };
+        Failure::bad(format!("{name}:{sep}{m}"))
+    })
+}
+
+/// Reads a mig-parted config or a carve plan; picks the config (`-c`) or the node (`--node`).
+fn load_desired(
     catalog: &Catalog,
     file: &Path,
     config: Option<&str>,
-) -> Result<(carve_migparted::NamedConfig, String), Failure> {
-    let _ = catalog;
+    node: Option<&str>,
+) -> Result<Desired, Failure> {
     let text = read_input(file)?;
     let name = file.display().to_string();
-    let (cfg, diags) = carve_migparted::parse(&text).map_err(|d| {
+    if let Some(plan) = read_plan(&text, &name)? {
+        if config.is_some() {
+            return Err(Failure::bad(format!(
+                "{name} is a carve plan: -c/--config picks a config of a mig-parted file (use --node to pick a node of the plan)"
+            )));
+        }
+        let host = if node.is_none() { hostname() } else { None };
+        let chosen = carve_apply::plan_node(&plan, node, host.as_deref())
+            .map_err(|e| Failure::bad(format!("{name}: {e}")))?
+            .to_string();
+        return Ok(Desired::Plan {
+            plan: Box::new(plan),
+            node: chosen,
+            file: name,
+        });
+    }
+    if node.is_some() {
+        return Err(Failure::bad(format!(
+            "{name} is a mig-parted config: --node picks a node of a carve plan (plan.json)"
+        )));
+    }
+    let (cfg, name) = load_config(catalog, &text, name, config)?;
+    Ok(Desired::MigParted(cfg, name))
+}
+
+/// The targets of a config or a plan for the observed GPUs.
+fn desired_targets_of(
+    catalog: &Catalog,
+    desired: &Desired,
+    observed: &[Observed],
+) -> Result<Vec<GpuTarget>, Failure> {
+    match desired {
+        Desired::MigParted(c, _) => {
+            carve_apply::targets_from_migparted(catalog, c, observed).map_err(apply_failure)
+        }
+        Desired::Plan { plan, node, file } => {
+            carve_apply::targets_from_plan(plan, node, observed, catalog).map_err(|e| match e {
+                ApplyError::Input(m) => Failure::bad(format!("{file}: {m}")),
+                other => apply_failure(other),
+            })
+        }
+    }
+}
+
+/// Parses a mig-parted file and picks the named config (checked against the node later).
+fn load_config(
+    catalog: &Catalog,
+    text: &str,
+    name: String,
+    config: Option<&str>,
+) -> Result<(carve_migparted::NamedConfig, String), Failure> {
+    let _ = catalog;
+    let (cfg, diags) = carve_migparted::parse(text).map_err(|d| {
         Failure::bad(format!(
             "{name}:{}",
             d.first().map(|d| d.to_string()).unwrap_or_default()
@@ -358,29 +475,37 @@ fn summarize(targets: &[GpuTarget], plan: &carve_apply::Plan) -> String {
     s
 }
 
+#[allow(clippy::too_many_arguments)] // one per flag of `carve apply`
 pub fn apply_cmd(
     ctx: &Ctx,
     catalog: Catalog,
     file: Option<&Path>,
     config: Option<&str>,
+    node: Option<&str>,
     boot: bool,
     dry_run: bool,
     force: bool,
 ) -> Result<Out, Failure> {
     // Bad input is found before any GPU is touched.
     let cfg = match (boot, file) {
-        (false, Some(f)) => Some(load_config(&catalog, f, config)?),
+        (false, Some(f)) => Some(load_desired(&catalog, f, config, node)?),
         (false, None) => {
             return Err(Failure::bad(
-                "apply needs a mig-parted config file, or --boot",
+                "apply needs a mig-parted config file or a carve plan, or --boot",
             ))
         }
         (true, _) => None,
     };
     let (mut backend, note) = open_backend(ctx, &catalog)?;
-    if let Some((c, name)) = &cfg {
+    if let Some(d) = &cfg {
         let observed = carve_apply::observe(backend.as_mut(), &catalog).map_err(apply_failure)?;
-        check_on_node(&catalog, c, name, &observed)?;
+        match d {
+            Desired::MigParted(c, name) => check_on_node(&catalog, c, name, &observed)?,
+            // Every check of a plan against the node happens while making its targets.
+            Desired::Plan { .. } => {
+                desired_targets_of(&catalog, d, &observed)?;
+            }
+        }
     }
     let store = open_store(ctx)?;
     // One apply at a time per node; the lock dies with the process.
@@ -414,9 +539,12 @@ pub fn apply_cmd(
     }
     let observed = carve_apply::observe(backend.as_mut(), &catalog).map_err(apply_failure)?;
     let (targets, source) = match &cfg {
-        Some((c, _)) => (
-            carve_apply::targets_from_migparted(&catalog, c, &observed).map_err(apply_failure)?,
-            format!("config '{}'", c.name),
+        Some(d) => (
+            desired_targets_of(&catalog, d, &observed)?,
+            match d {
+                Desired::MigParted(c, _) => format!("config '{}'", c.name),
+                Desired::Plan { node, file, .. } => format!("plan {file} (node {node})"),
+            },
         ),
         None => (
             carve_apply::desired_targets(&store, &observed).map_err(apply_failure)?,
@@ -451,6 +579,20 @@ pub fn apply_cmd(
         }
         return Ok(Out::ok(s));
     }
+    // The plan the node now follows is kept for the node agent, before any GPU is touched (as
+    // the desired state is); a mig-parted config replaces it. `execute` refuses the same case.
+    if plan.blockers.is_empty() || force {
+        let kept = match &cfg {
+            Some(Desired::Plan { plan, node, .. }) => store
+                .put(PLAN_KEY, plan)
+                .and_then(|_| store.put(PLAN_NODE_KEY, node)),
+            Some(Desired::MigParted(..)) => store
+                .delete(PLAN_KEY)
+                .and_then(|_| store.delete(PLAN_NODE_KEY)),
+            None => Ok(()),
+        };
+        kept.map_err(|e| Failure::no(e.to_string()))?;
+    }
     let outcome = carve_apply::execute(
         backend.as_mut(),
         &store,
@@ -479,17 +621,22 @@ pub fn assert_cmd(
     catalog: Catalog,
     file: Option<&Path>,
     config: Option<&str>,
+    node: Option<&str>,
 ) -> Result<Out, Failure> {
-    let cfg = file.map(|f| load_config(&catalog, f, config)).transpose()?;
+    let cfg = file
+        .map(|f| load_desired(&catalog, f, config, node))
+        .transpose()?;
     let (mut backend, _) = open_backend(ctx, &catalog)?;
     let store = open_store(ctx)?;
     let observed = carve_apply::observe(backend.as_mut(), &catalog).map_err(apply_failure)?;
     let targets = match &cfg {
-        Some((c, name)) => {
+        Some(d @ Desired::MigParted(c, name)) => {
             check_on_node(&catalog, c, name, &observed)?;
             // Assert compares counts, as mig-parted does: any placement of the wanted profiles.
-            carve_apply::targets_from_migparted(&catalog, c, &observed).map_err(apply_failure)?
+            desired_targets_of(&catalog, d, &observed)?
         }
+        // A plan places every instance: assert compares placements.
+        Some(d @ Desired::Plan { .. }) => desired_targets_of(&catalog, d, &observed)?,
         None => carve_apply::desired_targets(&store, &observed).map_err(apply_failure)?,
     };
     let plan = carve_apply::diff(&observed, &targets).map_err(apply_failure)?;

@@ -188,10 +188,11 @@ pub fn plan_cmd(
                 dir.join("plan.json").display()
             ));
         }
-        Some(_) => text.push_str("nothing written (use --allow-partial to write the partial plan)\n"),
-        None => text.push_str(
-            "(--out DIR writes plan.json, report.md, layout.svg and per-node configs)\n",
-        ),
+        Some(_) => {
+            text.push_str("nothing written (use --allow-partial to write the partial plan)\n")
+        }
+        None => text
+            .push_str("(--out DIR writes plan.json, report.md, layout.svg and per-node configs)\n"),
     }
     Ok(Out { text, code })
 }

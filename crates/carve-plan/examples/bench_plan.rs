@@ -76,13 +76,16 @@ fn fleet(models: &[&str], gpus: usize, catalog: &Catalog) -> Vec<FleetNode> {
     nodes
 }
 
+/// (largest GI slices, order, profile per model, spread, replica).
+type Item<'a> = (u8, usize, &'a BTreeMap<String, String>, bool, u32);
+
 /// First-fit decreasing over the fleet's GPUs in order: each replica (largest profile first) to
 /// the first GPU where its profile still fits. GPUs with the same load behave alike, so they are
 /// kept in groups by load.
 fn ffd(plan: &carve_plan::Plan, catalog: &Catalog, tenancy: &Tenancy) -> u32 {
     // The profile carve chose per tenant and model, from the plan.
     let models: Vec<usize> = tenancy.gpus().map(|(_, _, g)| g.model.unwrap()).collect();
-    let mut items: Vec<(u8, usize, &BTreeMap<String, String>, bool, u32)> = Vec::new();
+    let mut items: Vec<Item> = Vec::new();
     for t in &plan.tenants {
         let size = t
             .profiles
@@ -110,7 +113,9 @@ fn ffd(plan: &carve_plan::Plan, catalog: &Catalog, tenancy: &Tenancy) -> u32 {
         let mut best: Option<(usize, (usize, Vec<u32>), usize)> = None;
         for ((m, counts), set) in &groups {
             let g = &catalog.gpus[*m];
-            let Some(pname) = profiles.get(&g.key) else { continue };
+            let Some(pname) = profiles.get(&g.key) else {
+                continue;
+            };
             let p = g.profile_index(pname).unwrap();
             let ok = *fits.entry((*m, counts.clone(), p)).or_insert_with(|| {
                 let mut c = counts.clone();
@@ -140,7 +145,11 @@ fn ffd(plan: &carve_plan::Plan, catalog: &Catalog, tenancy: &Tenancy) -> u32 {
 fn uniform(plan: &carve_plan::Plan) -> (String, String) {
     let (mut small, mut mid, mut large, mut beyond) = (0u64, 0u64, 0u64, 0u64);
     for t in &plan.tenants {
-        let p = t.profiles.get("H100-80GB").map(String::as_str).unwrap_or("");
+        let p = t
+            .profiles
+            .get("H100-80GB")
+            .map(String::as_str)
+            .unwrap_or("");
         let n = t.replicas as u64;
         match p {
             "1g.10gb" => small += n,
@@ -156,7 +165,9 @@ fn uniform(plan: &carve_plan::Plan) -> (String, String) {
         format!("{} + {} tenants unserved", small.div_ceil(7), total - small)
     };
     // 2×1g.10gb + 2g.20gb + 3g.40gb per GPU; nested slot classes (Hall's condition).
-    let bal = large.max((mid + large).div_ceil(2)).max((small + mid + large).div_ceil(4));
+    let bal = large
+        .max((mid + large).div_ceil(2))
+        .max((small + mid + large).div_ceil(4));
     let balanced = if beyond == 0 {
         format!("{bal}")
     } else {
@@ -186,7 +197,16 @@ fn main() {
     ];
     println!(
         "{:<10} {:>8} {:>7} {:>7} {:>6} {:>9} {:>7} {:>7} {:>28} {:>12}",
-        "fleet", "tenants", "carve", "bound", "gap", "plan ms", "ffd", "ffd/cv", "all-1g.10gb", "all-balanced"
+        "fleet",
+        "tenants",
+        "carve",
+        "bound",
+        "gap",
+        "plan ms",
+        "ffd",
+        "ffd/cv",
+        "all-1g.10gb",
+        "all-balanced"
     );
     let mut sizes = vec![10usize];
     while *sizes.last().unwrap() < max {

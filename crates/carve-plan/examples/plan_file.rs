@@ -1,6 +1,8 @@
 //! Plans a tenancy file and prints plan.json (a development aid; `carve plan` is the tool).
 fn main() {
-    let path = std::env::args().nth(1).expect("usage: plan_file TENANCY.yaml");
+    let path = std::env::args()
+        .nth(1)
+        .expect("usage: plan_file TENANCY.yaml");
     let text = std::fs::read_to_string(&path).expect("read");
     let catalog = carve_model::Catalog::embedded();
     match carve_plan::parse(&text, &catalog) {

@@ -200,12 +200,16 @@ pub fn profile_for(g: &GpuModel, t: &Tenant) -> Option<usize> {
                 _ => false,
             };
             let media_ok = !t.media || p.attribute() == Attribute::Me || p.dec.unwrap_or(0) > 0;
-            attr_ok
-                && media_ok
-                && nominal_gb(p) as f64 + 1e-9 >= mem_gb
-                && p.compute >= compute
+            attr_ok && media_ok && nominal_gb(p) as f64 + 1e-9 >= mem_gb && p.compute >= compute
         })
-        .min_by_key(|(_, p)| (p.slots, p.compute, nominal_gb(p), p.attribute() == Attribute::Me))
+        .min_by_key(|(_, p)| {
+            (
+                p.slots,
+                p.compute,
+                nominal_gb(p),
+                p.attribute() == Attribute::Me,
+            )
+        })
         .map(|(i, _)| i)
 }
 
@@ -227,11 +231,23 @@ pub fn policy_for(t: &Tenant) -> (Policy, u32, &'static str) {
         Workload::Training | Workload::Batch => 16,
     };
     if t.share.is_some() {
-        (Policy::FixedShare, slice, "a share is given: fixed share keeps it constant as others come and go")
+        (
+            Policy::FixedShare,
+            slice,
+            "a share is given: fixed share keeps it constant as others come and go",
+        )
     } else if matches!(t.workload, Workload::Desktop | Workload::Interactive) {
-        (Policy::EqualShare, slice, "an interactive pool: equal share keeps every user responsive")
+        (
+            Policy::EqualShare,
+            slice,
+            "an interactive pool: equal share keeps every user responsive",
+        )
     } else {
-        (Policy::BestEffort, slice, "no share given: best effort lets each tenant use what others leave idle")
+        (
+            Policy::BestEffort,
+            slice,
+            "no share given: best effort lets each tenant use what others leave idle",
+        )
     }
 }
 
@@ -290,7 +306,12 @@ pub fn decide(t: &Tenant, catalog: &Catalog, facts: &Facts) -> Decision {
         .expect("the last rule matches everything");
     let mut mode = rule.mode;
     let mut warnings = Vec::new();
-    let mut reason = format!("{}. Rule `{}`: {}.", capitalise(rule.why), rule.id, rule.when);
+    let mut reason = format!(
+        "{}. Rule `{}`: {}.",
+        capitalise(rule.why),
+        rule.id,
+        rule.when
+    );
 
     // What the fleet offers.
     if mode.is_vgpu() && !facts.has_hypervisor {
@@ -309,9 +330,7 @@ pub fn decide(t: &Tenant, catalog: &Catalog, facts: &Facts) -> Decision {
         } else {
             Mode::VgpuTimeSliced
         };
-        warnings.push(format!(
-            "every node is a hypervisor: planned as {to}, a VM"
-        ));
+        warnings.push(format!("every node is a hypervisor: planned as {to}, a VM"));
         mode = to;
     }
     let mut profiles = BTreeMap::new();
@@ -336,9 +355,9 @@ pub fn decide(t: &Tenant, catalog: &Catalog, facts: &Facts) -> Decision {
                 ),
             };
             if facts.models_for(mode).is_empty() {
-                warnings.push(format!(
-                    "no GPU that supports MIG where this tenant runs: time-sliced instead, with no hardware isolation (carve's memory limits only)"
-                ));
+                warnings.push(
+                    "no GPU that supports MIG where this tenant runs: time-sliced instead, with no hardware isolation (carve's memory limits only)".to_string(),
+                );
             } else {
                 warnings.push(format!(
                     "no MIG profile of the fleet's GPUs offers {what}: time-sliced instead"
@@ -350,7 +369,12 @@ pub fn decide(t: &Tenant, catalog: &Catalog, facts: &Facts) -> Decision {
     if !profiles.is_empty() {
         let list: Vec<String> = profiles
             .iter()
-            .map(|(&m, &p)| format!("{} on {}", catalog.gpus[m].profiles[p].name, catalog.gpus[m].key))
+            .map(|(&m, &p)| {
+                format!(
+                    "{} on {}",
+                    catalog.gpus[m].profiles[p].name, catalog.gpus[m].key
+                )
+            })
             .collect();
         let need = match &t.profile {
             Some(_) => "as named".to_string(),

@@ -37,6 +37,11 @@ pub struct Demand {
     pub profiles: BTreeMap<usize, usize>,
 }
 
+/// (pool model, profile) of a slot list.
+type Key = (usize, usize);
+/// Free slots of a GPU and its slot index, in a max-heap.
+type HeapEntry = (u32, Reverse<usize>);
+
 /// One free GPU of the pool: (position in the caller's GPU list, catalog model).
 pub type PoolGpu = (usize, usize);
 
@@ -114,7 +119,13 @@ enum Goal {
     Most,
 }
 
-fn solve(models: &[Model], classes: &[Class], caps: &[Option<u32>], goal: Goal, relax: bool) -> Option<Solved> {
+fn solve(
+    models: &[Model],
+    classes: &[Class],
+    caps: &[Option<u32>],
+    goal: Goal,
+    relax: bool,
+) -> Option<Solved> {
     let mut p = Problem::new(OptimizationDirection::Minimize);
     p.set_time_limit(SOLVE_LIMIT);
     let total_gpus: f64 = models.iter().map(|m| m.free.len() as f64).sum::<f64>() + 1.0;
@@ -241,9 +252,10 @@ fn solve(models: &[Model], classes: &[Class], caps: &[Option<u32>], goal: Goal, 
         });
     }
     Some(Solved {
-        x: x.iter().map(|r| r.iter().map(|v| val(*v)).collect()).collect(),
-        z: z
-            .iter()
+        x: x.iter()
+            .map(|r| r.iter().map(|v| val(*v)).collect())
+            .collect(),
+        z: z.iter()
             .map(|r| r.iter().map(|v| v.map(val).unwrap_or(0)).collect())
             .collect(),
         optimal,
@@ -306,7 +318,12 @@ impl<'a> Placer<'a> {
 }
 
 /// Packs MIG replicas onto the pool's free GPUs.
-pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mut Placer) -> Outcome {
+pub fn pack(
+    catalog: &Catalog,
+    pool: &[PoolGpu],
+    demands: &[Demand],
+    placer: &mut Placer,
+) -> Outcome {
     // Models of the pool, GPUs in fleet order.
     let mut models: Vec<Model> = Vec::new();
     for &(pos, m) in pool {
@@ -390,14 +407,20 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
             }
         }
     };
-    let mut lower = if complete && solved.optimal {
+    let lower = if complete && solved.optimal {
         solved.x.iter().flatten().sum::<u32>()
     } else {
         // The LP relaxation without the caps: a bound on the GPUs that placing everything needs.
         let uncapped = vec![None; models.len()];
-        solve(&models, &classes, if complete { &caps } else { &uncapped }, Goal::All, true)
-            .map(|s| s.x[0][0])
-            .unwrap_or(0)
+        solve(
+            &models,
+            &classes,
+            if complete { &caps } else { &uncapped },
+            Goal::All,
+            true,
+        )
+        .map(|s| s.x[0][0])
+        .unwrap_or(0)
     };
 
     // GPUs and their slots: per model, fullest configurations first, GPUs in fleet order.
@@ -445,12 +468,15 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
     // (a cursor, for packing) and in a max-heap of free slots (for spreading).
     let mut quota: Vec<Vec<u32>> = solved.z.clone();
     let mut lists: HashMap<(usize, usize), (Vec<usize>, usize)> = HashMap::new();
-    let mut heaps: HashMap<(usize, usize), BinaryHeap<(u32, Reverse<usize>)>> = HashMap::new();
+    let mut heaps: HashMap<Key, BinaryHeap<HeapEntry>> = HashMap::new();
     for (si, s) in slots.iter().enumerate() {
         for (prof, &n) in s.rem.iter().enumerate() {
             if n > 0 {
                 lists.entry((s.mi, prof)).or_default().0.push(si);
-                heaps.entry((s.mi, prof)).or_default().push((n, Reverse(si)));
+                heaps
+                    .entry((s.mi, prof))
+                    .or_default()
+                    .push((n, Reverse(si)));
             }
         }
     }
@@ -493,13 +519,13 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
         )
     });
     let take = |slots: &mut Vec<Slot>,
-                    quota: &mut Vec<Vec<u32>>,
-                    slack: &mut HashMap<(usize, usize), i64>,
-                    k: usize,
-                    si: usize,
-                    prof: usize,
-                    tenant: usize,
-                    r: u32| {
+                quota: &mut Vec<Vec<u32>>,
+                slack: &mut HashMap<(usize, usize), i64>,
+                k: usize,
+                si: usize,
+                prof: usize,
+                tenant: usize,
+                r: u32| {
         let s = &mut slots[si];
         let reserved = s.rem[prof] > 0;
         if reserved {
@@ -527,16 +553,21 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
         if d.spread && d.replicas > 1 {
             // The GPUs with the most free slots of the profile, one replica each.
             let mut picked: Vec<(usize, usize)> = Vec::new();
-            let mut held: Vec<((usize, usize), (u32, Reverse<usize>))> = Vec::new();
+            let mut held: Vec<(Key, HeapEntry)> = Vec::new();
             while (picked.len() as u32) < d.replicas {
-                let mut best: Option<((usize, usize), (u32, Reverse<usize>))> = None;
+                let mut best: Option<(Key, HeapEntry)> = None;
                 for key in &keys {
                     let own = quota[k][key.0] as i64
-                        - picked.iter().filter(|(si, _)| slots[*si].mi == key.0).count() as i64;
+                        - picked
+                            .iter()
+                            .filter(|(si, _)| slots[*si].mi == key.0)
+                            .count() as i64;
                     if own <= 0 && slack.get(key).copied().unwrap_or(0) <= 0 {
                         continue;
                     }
-                    let Some(h) = heaps.get_mut(key) else { continue };
+                    let Some(h) = heaps.get_mut(key) else {
+                        continue;
+                    };
                     // Drop stale entries.
                     while let Some(&(n, Reverse(si))) = h.peek() {
                         if slots[si].rem[key.1] == n && n > 0 {
@@ -560,14 +591,19 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
                 picked.push((top.1 .0, key.1));
             }
             for (si, prof) in picked {
-                take(&mut slots, &mut quota, &mut slack, k, si, prof, d.tenant, next_r);
+                take(
+                    &mut slots, &mut quota, &mut slack, k, si, prof, d.tenant, next_r,
+                );
                 next_r += 1;
                 left -= 1;
             }
             for (key, (_, Reverse(si))) in held {
                 let now = slots[si].rem[key.1];
                 if now > 0 {
-                    heaps.get_mut(&key).expect("key exists").push((now, Reverse(si)));
+                    heaps
+                        .get_mut(&key)
+                        .expect("key exists")
+                        .push((now, Reverse(si)));
                 }
             }
         } else {
@@ -581,7 +617,9 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
                     .collect();
                 by_quota.sort_by_key(|&(mi, _)| std::cmp::Reverse(quota[k][mi]));
                 for key in by_quota {
-                    let Some((list, cursor)) = lists.get_mut(&key) else { continue };
+                    let Some((list, cursor)) = lists.get_mut(&key) else {
+                        continue;
+                    };
                     while *cursor < list.len() && slots[list[*cursor]].rem[key.1] == 0 {
                         *cursor += 1;
                     }
@@ -591,7 +629,9 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
                     }
                 }
                 let Some((si, prof)) = chosen else { break };
-                take(&mut slots, &mut quota, &mut slack, k, si, prof, d.tenant, next_r);
+                take(
+                    &mut slots, &mut quota, &mut slack, k, si, prof, d.tenant, next_r,
+                );
                 next_r += 1;
                 left -= 1;
             }
@@ -606,7 +646,9 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
                 .collect();
             let mut best: Option<(usize, usize)> = None;
             for (si, s) in slots.iter().enumerate() {
-                let Some(prof) = class.profile[s.mi] else { continue };
+                let Some(prof) = class.profile[s.mi] else {
+                    continue;
+                };
                 if d.spread && used_here.contains(&s.pos) {
                     continue;
                 }
@@ -619,7 +661,10 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
                 }
             }
             if best.is_none() {
-                if let Some(i) = spare.iter().position(|&(_, mi)| class.profile[mi].is_some()) {
+                if let Some(i) = spare
+                    .iter()
+                    .position(|&(_, mi)| class.profile[mi].is_some())
+                {
                     let (pos, mi) = spare.remove(i);
                     let g = &catalog.gpus[models[mi].catalog];
                     slots.push(Slot {
@@ -637,7 +682,9 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
                 *unplaced.entry(d.tenant).or_default() += left;
                 break;
             };
-            take(&mut slots, &mut quota, &mut slack, k, si, prof, d.tenant, next_r);
+            take(
+                &mut slots, &mut quota, &mut slack, k, si, prof, d.tenant, next_r,
+            );
             next_r += 1;
             left -= 1;
         }
@@ -679,10 +726,8 @@ pub fn pack(catalog: &Catalog, pool: &[PoolGpu], demands: &[Demand], placer: &mu
     out.gpus.sort_by_key(|(p, _)| *p);
     out.unplaced = unplaced.into_iter().filter(|(_, n)| *n > 0).collect();
     let used = out.gpus.len() as u32;
-    if !complete {
-        lower = lower.max(0);
-    }
-    out.optimal = complete && solved.optimal && extra_gpus == 0 && out.unplaced.is_empty() && used == lower;
+    out.optimal =
+        complete && solved.optimal && extra_gpus == 0 && out.unplaced.is_empty() && used == lower;
     out.lower_bound = lower.min(used.max(lower));
     out
 }
@@ -711,7 +756,12 @@ mod tests {
         let c = Catalog::embedded();
         let pool: Vec<PoolGpu> = (0..4).map(|i| (i, h100(&c))).collect();
         let mut placer = Placer::new(&c);
-        let o = pack(&c, &pool, &[demand(&c, 0, "1g.10gb", 7, false)], &mut placer);
+        let o = pack(
+            &c,
+            &pool,
+            &[demand(&c, 0, "1g.10gb", 7, false)],
+            &mut placer,
+        );
         assert_eq!(o.gpus.len(), 1);
         assert!(o.optimal);
         assert_eq!(o.lower_bound, 1);
@@ -732,7 +782,12 @@ mod tests {
         let c = Catalog::embedded();
         let pool: Vec<PoolGpu> = (0..1).map(|i| (i, h100(&c))).collect();
         let mut placer = Placer::new(&c);
-        let o = pack(&c, &pool, &[demand(&c, 0, "3g.40gb", 5, false)], &mut placer);
+        let o = pack(
+            &c,
+            &pool,
+            &[demand(&c, 0, "3g.40gb", 5, false)],
+            &mut placer,
+        );
         assert_eq!(o.unplaced, vec![(0, 3)]);
         assert_eq!(o.shortfall, vec![(h100(&c), 2)]);
     }

@@ -371,13 +371,8 @@ impl Plan {
 
     /// Reads a `plan.json`.
     pub fn from_json(text: &str) -> Result<Plan, String> {
-        let plan: Plan = serde_json::from_str(text).map_err(|e| {
-            format!(
-                "{}:{}: not a carve plan: {e}",
-                e.line(),
-                e.column()
-            )
-        })?;
+        let plan: Plan = serde_json::from_str(text)
+            .map_err(|e| format!("{}:{}: not a carve plan: {e}", e.line(), e.column()))?;
         if plan.version != PLAN_VERSION {
             return Err(format!(
                 "plan version {} is not supported (this carve reads version {PLAN_VERSION})",

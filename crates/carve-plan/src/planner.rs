@@ -239,7 +239,10 @@ pub fn plan(tenancy: &Tenancy, catalog: &Catalog) -> Plan {
             }
         }
         if unplaced[ti] > 0 {
-            w.push(format!("{} of {} replicas found no room", unplaced[ti], t.replicas));
+            w.push(format!(
+                "{} of {} replicas found no room",
+                unplaced[ti], t.replicas
+            ));
         }
         tenants.push(PlannedTenant {
             name: t.name.clone(),
@@ -510,15 +513,16 @@ fn time_slice(
                 let count_ok = b.items.len() < per_gpu;
                 let mem_ok = b.mem + it.mem <= g.memory_mib;
                 // Shares given add up to at most 1, leaving 5% for each tenant without one.
-                let unshared = b.items.iter().filter(|&&j| items[j].share.is_none()).count()
+                let unshared = b
+                    .items
+                    .iter()
+                    .filter(|&&j| items[j].share.is_none())
+                    .count()
                     + usize::from(it.share.is_none());
                 let share_ok =
                     b.share + it.share.unwrap_or(0.0) + 0.05 * unshared as f64 <= 1.0 + 1e-9;
-                let spread_ok = !it.spread
-                    || !b
-                        .items
-                        .iter()
-                        .any(|&j| items[j].tenant == it.tenant);
+                let spread_ok =
+                    !it.spread || !b.items.iter().any(|&j| items[j].tenant == it.tenant);
                 count_ok && mem_ok && share_ok && spread_ok
             };
             let found = bins.iter().position(|b| fits(b, gpus));
@@ -573,21 +577,25 @@ fn time_slice(
                 b.policy = b
                     .items
                     .iter()
-                    .map(|&i| decisions[items[i].tenant].policy.unwrap_or(Policy::BestEffort))
+                    .map(|&i| {
+                        decisions[items[i].tenant]
+                            .policy
+                            .unwrap_or(Policy::BestEffort)
+                    })
                     .fold(Policy::BestEffort, stronger);
             }
-            let unshared = b.items.iter().filter(|&&i| items[i].share.is_none()).count();
+            let unshared = b
+                .items
+                .iter()
+                .filter(|&&i| items[i].share.is_none())
+                .count();
             let rest = (1.0 - b.share).max(0.0) / unshared.max(1) as f64;
             let pref = b.items.iter().map(|&i| items[i].slice).min().unwrap_or(2);
             let dev_only = b
                 .items
                 .iter()
                 .all(|&i| tenancy.tenants[items[i].tenant].workload == Workload::Dev);
-            let slice = if dev_only && n > VGPU_DENSE {
-                1
-            } else {
-                pref
-            };
+            let slice = if dev_only && n > VGPU_DENSE { 1 } else { pref };
             let g = &mut gpus[b.pos];
             let mut reason = match b.policy {
                 Policy::FixedShare if unshared > 0 => format!(

@@ -212,11 +212,12 @@ struct RawNode {
 #[serde(untagged)]
 enum RawGpu {
     Name(String),
+    // Untagged content reaches these as text (YAML scalars), so numbers are parsed here.
     Custom {
         model: String,
-        memory_gb: f64,
+        memory_gb: String,
         #[serde(default)]
-        count: Option<i64>,
+        count: Option<String>,
     },
 }
 
@@ -257,7 +258,34 @@ fn pos<T>(s: &Spanned<T>) -> Pos {
     Pos::of(s.span())
 }
 
-fn yaml_error(e: FromYamlError) -> InputError {
+fn unknown_field(field: &str, expected: &[&str]) -> String {
+    match did_you_mean(field, expected.iter().copied()).first() {
+        Some(best) => format!("unknown field `{field}`; did you mean `{}`?", best.name),
+        None => format!(
+            "unknown field `{field}`; expected one of {}",
+            expected.join(", ")
+        ),
+    }
+}
+
+/// Where `key:` first appears as a mapping key (for errors the YAML reader gives no position).
+fn key_pos(text: &str, key: &str) -> Pos {
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start().trim_start_matches("- ");
+        let indent = line.len() - t.len();
+        if let Some(rest) = t.strip_prefix(key) {
+            if rest.trim_start().starts_with(':') {
+                return Pos {
+                    line: i + 1,
+                    column: indent + 1,
+                };
+            }
+        }
+    }
+    Pos::default()
+}
+
+fn yaml_error(e: FromYamlError, text: &str) -> InputError {
     match e {
         FromYamlError::ParseYaml(le) => {
             let d = carve_migparted::load_error(&le);
@@ -279,6 +307,12 @@ fn yaml_error(e: FromYamlError) -> InputError {
                 .unwrap_or_default();
             let message = match &*ne {
                 marked_yaml::spanned_serde::Error::UnknownFieldError(field, expected, _) => {
+                    if pos.line == 0 {
+                        return InputError {
+                            pos: key_pos(text, field),
+                            message: unknown_field(field, expected),
+                        };
+                    }
                     let mut m = format!("unknown field `{field}`");
                     match did_you_mean(field, expected.iter().copied()).first() {
                         Some(best) => m.push_str(&format!("; did you mean `{}`?", best.name)),
@@ -340,8 +374,8 @@ pub fn parse(text: &str, catalog: &Catalog) -> Result<Tenancy, Vec<InputError>> 
     let opts = marked_yaml::LoaderOptions::default()
         .error_on_duplicate_keys(true)
         .toplevel_mapping();
-    let raw: RawFile =
-        marked_yaml::from_yaml_with_options(0, text, opts).map_err(|e| vec![yaml_error(e)])?;
+    let raw: RawFile = marked_yaml::from_yaml_with_options(0, text, opts)
+        .map_err(|e| vec![yaml_error(e, text)])?;
     let mut errors = Vec::new();
     let platforms = [
         ("kubernetes", Platform::Kubernetes),
@@ -377,7 +411,9 @@ pub fn parse(text: &str, catalog: &Catalog) -> Result<Tenancy, Vec<InputError>> 
             });
         }
         let platform = match &rn.platform {
-            Some(p) => one_of(p, "platform", &platforms, &mut errors).unwrap_or(Platform::Kubernetes),
+            Some(p) => {
+                one_of(p, "platform", &platforms, &mut errors).unwrap_or(Platform::Kubernetes)
+            }
             None => Platform::Kubernetes,
         };
         let licence = rn.licence.as_ref().and_then(|l| match catalog.edition(l) {
@@ -439,7 +475,12 @@ pub fn parse(text: &str, catalog: &Catalog) -> Result<Tenancy, Vec<InputError>> 
                     memory_gb,
                     count,
                 } => {
-                    let count = count.unwrap_or(1);
+                    let count = match count.as_deref().map(|c| c.trim().parse::<i64>()) {
+                        None => 1,
+                        Some(Ok(c)) => c,
+                        Some(Err(_)) => 0,
+                    };
+                    let memory_gb = &memory_gb.trim().parse::<f64>().unwrap_or(f64::NAN);
                     if !(1..=MAX_GPUS_PER_ENTRY).contains(&count) {
                         errors.push(InputError {
                             pos: p,
@@ -512,7 +553,10 @@ pub fn parse(text: &str, catalog: &Catalog) -> Result<Tenancy, Vec<InputError>> 
         if let Some(prev) = seen.get(&name) {
             errors.push(InputError {
                 pos: pos(&rt.name),
-                message: format!("tenant `{name}` is listed twice (first at line {})", prev.line),
+                message: format!(
+                    "tenant `{name}` is listed twice (first at line {})",
+                    prev.line
+                ),
             });
         }
         seen.insert(name.clone(), pos(&rt.name));
@@ -607,7 +651,10 @@ pub fn parse(text: &str, catalog: &Catalog) -> Result<Tenancy, Vec<InputError>> 
             } else {
                 errors.push(InputError {
                     pos: pos(p),
-                    message: format!("p95_ms must be a positive number of milliseconds, not {}", **p),
+                    message: format!(
+                        "p95_ms must be a positive number of milliseconds, not {}",
+                        **p
+                    ),
                 });
             }
         }

@@ -66,11 +66,17 @@ fn check_outcome(cat: &Catalog, model: usize, demands: &[Demand], o: &carve_plan
     let mut seen: BTreeMap<(usize, u32), usize> = BTreeMap::new();
     for (pos, given) in &o.gpus {
         let layout: Vec<Instance> = given.iter().map(|x| x.instance).collect();
-        assert!(geometry::check(g, &layout).is_ok(), "invalid layout on GPU {pos}: {layout:?}");
+        assert!(
+            geometry::check(g, &layout).is_ok(),
+            "invalid layout on GPU {pos}: {layout:?}"
+        );
         for x in given {
             let d = demands.iter().find(|d| d.tenant == x.tenant).unwrap();
             assert_eq!(x.instance.profile, d.profiles[&model], "wrong profile");
-            assert!(seen.insert((x.tenant, x.replica), *pos).is_none(), "placed twice");
+            assert!(
+                seen.insert((x.tenant, x.replica), *pos).is_none(),
+                "placed twice"
+            );
         }
     }
     for d in demands {
@@ -87,7 +93,12 @@ fn check_outcome(cat: &Catalog, model: usize, demands: &[Demand], o: &carve_plan
             let mut p = placed.clone();
             p.sort_unstable();
             p.dedup();
-            assert_eq!(p.len(), placed.len(), "spread broken for tenant {}", d.tenant);
+            assert_eq!(
+                p.len(),
+                placed.len(),
+                "spread broken for tenant {}",
+                d.tenant
+            );
         }
     }
 }
