@@ -15,14 +15,55 @@ pub const MAX_TIME_SLICED_PER_GPU: usize = 32;
 /// The vGPU scheduler's default slice above this many vGPUs is 1 ms (2 ms up to it).
 const VGPU_DENSE: usize = 8;
 
+/// What a decision depends on.
+#[derive(PartialEq, Eq, Hash)]
+struct DecisionKey {
+    workload: Workload,
+    memory_mib: Option<u64>,
+    compute: Option<u8>,
+    profile: Option<String>,
+    share: Option<u64>,
+    slo: (u8, u64),
+    hard: bool,
+    vm: bool,
+    media: bool,
+}
+
+impl DecisionKey {
+    fn of(t: &Tenant) -> DecisionKey {
+        use crate::tenancy::{Isolation, Slo};
+        DecisionKey {
+            workload: t.workload,
+            memory_mib: t.memory_mib,
+            compute: t.compute,
+            profile: t.profile.clone(),
+            share: t.share.map(f64::to_bits),
+            slo: match t.slo {
+                Slo::Strict => (0, 0),
+                Slo::Relaxed => (1, 0),
+                Slo::P95Ms(ms) => (2, ms.to_bits()),
+            },
+            hard: t.isolation == Isolation::Hard,
+            vm: t.vm,
+            media: t.media,
+        }
+    }
+}
+
 /// Plans a tenancy.
 pub fn plan(tenancy: &Tenancy, catalog: &Catalog) -> Plan {
     let started = Instant::now();
     let facts = Facts::of(tenancy);
+    // Tenants that differ only in name, replicas and spread get the same decision: decide once.
+    let mut seen: std::collections::HashMap<DecisionKey, Decision> = Default::default();
     let decisions: Vec<Decision> = tenancy
         .tenants
         .iter()
-        .map(|t| decide::decide(t, catalog, &facts))
+        .map(|t| {
+            seen.entry(DecisionKey::of(t))
+                .or_insert_with(|| decide::decide(t, catalog, &facts))
+                .clone()
+        })
         .collect();
 
     let mut gpus: Vec<PlannedGpu> = Vec::new();
