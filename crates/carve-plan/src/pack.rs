@@ -112,6 +112,23 @@ struct Solved {
     optimal: bool,
 }
 
+/// What the solver said.
+enum Answer {
+    Solved(Solved),
+    Infeasible,
+    /// Interrupted by the time limit with no assignment: packing falls back to first fit.
+    Unknown,
+}
+
+impl Answer {
+    fn ok(self) -> Option<Solved> {
+        match self {
+            Answer::Solved(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
 enum Goal {
     /// Place everything on the fewest GPUs.
     All,
@@ -125,9 +142,10 @@ fn solve(
     caps: &[Option<u32>],
     goal: Goal,
     relax: bool,
-) -> Option<Solved> {
+    limit: Duration,
+) -> Answer {
     let mut p = Problem::new(OptimizationDirection::Minimize);
-    p.set_time_limit(SOLVE_LIMIT);
+    p.set_time_limit(limit);
     let total_gpus: f64 = models.iter().map(|m| m.free.len() as f64).sum::<f64>() + 1.0;
     let big = |cap: Option<u32>, fallback: u32| cap.unwrap_or(fallback).min(i32::MAX as u32) as i32;
     let total_demand: u32 = classes.iter().map(|c| c.demand).sum();
@@ -231,9 +249,16 @@ fn solve(
             }
         }
     }
-    let outcome = p.solve().ok()?;
+    let outcome = match p.solve() {
+        Ok(o) => o,
+        Err(microlp::Error::Infeasible) => return Answer::Infeasible,
+        Err(_) => return Answer::Unknown,
+    };
     let optimal = outcome.is_optimal();
-    let sol = outcome.solution()?;
+    let Some(sol) = outcome.solution() else {
+        // The time limit struck before any assignment was found.
+        return Answer::Unknown;
+    };
     let val = |v: Variable| -> u32 {
         let f = sol.var_value(v);
         if relax {
@@ -245,13 +270,13 @@ fn solve(
     if relax {
         // Only the objective matters: return it in x[0][0].
         let obj = sol.objective();
-        return Some(Solved {
+        return Answer::Solved(Solved {
             x: vec![vec![(obj - 1e-6).ceil().max(0.0) as u32]],
             z: Vec::new(),
             optimal,
         });
     }
-    Some(Solved {
+    Answer::Solved(Solved {
         x: x.iter()
             .map(|r| r.iter().map(|v| val(*v)).collect())
             .collect(),
@@ -324,6 +349,18 @@ pub fn pack(
     demands: &[Demand],
     placer: &mut Placer,
 ) -> Outcome {
+    pack_with_limit(catalog, pool, demands, placer, SOLVE_LIMIT)
+}
+
+/// [`pack`] with a time limit per integer programme. When the solver finds nothing in time,
+/// replicas are placed first fit and the plan is not claimed optimal.
+pub fn pack_with_limit(
+    catalog: &Catalog,
+    pool: &[PoolGpu],
+    demands: &[Demand],
+    placer: &mut Placer,
+    limit: Duration,
+) -> Outcome {
     // Models of the pool, GPUs in fleet order.
     let mut models: Vec<Model> = Vec::new();
     for &(pos, m) in pool {
@@ -383,27 +420,30 @@ pub fn pack(
         out.optimal = true;
         return out;
     }
-    let full = solve(&models, &classes, &caps, Goal::All, false);
-    let (solved, complete) = match full {
-        Some(s) => (s, true),
-        None => {
+    // Nothing reserved: every replica goes the first-fit way (when the solver gives up).
+    let nothing = || Solved {
+        x: models.iter().map(|m| vec![0; m.configs.len()]).collect(),
+        z: classes.iter().map(|_| vec![0; models.len()]).collect(),
+        optimal: false,
+    };
+    let (solved, complete) = match solve(&models, &classes, &caps, Goal::All, false, limit) {
+        Answer::Solved(s) => (s, true),
+        Answer::Unknown => (nothing(), true),
+        Answer::Infeasible => {
             // Not everything fits: what would, and the most that does.
             for (mi, m) in models.iter().enumerate() {
                 let mut c = caps.clone();
                 c[mi] = None;
-                if let Some(s) = solve(&models, &classes, &c, Goal::All, false) {
+                if let Answer::Solved(s) = solve(&models, &classes, &c, Goal::All, false, limit) {
                     let used: u32 = s.x[mi].iter().sum();
                     out.shortfall
                         .push((m.catalog, used.saturating_sub(m.free.len() as u32)));
                 }
             }
             out.shortfall.sort_by_key(|&(_, n)| n);
-            match solve(&models, &classes, &caps, Goal::Most, false) {
-                Some(s) => (s, false),
-                None => {
-                    out.unplaced = demands.iter().map(|d| (d.tenant, d.replicas)).collect();
-                    return out;
-                }
+            match solve(&models, &classes, &caps, Goal::Most, false, limit) {
+                Answer::Solved(s) => (s, false),
+                _ => (nothing(), false),
             }
         }
     };
@@ -418,7 +458,9 @@ pub fn pack(
             if complete { &caps } else { &uncapped },
             Goal::All,
             true,
+            limit,
         )
+        .ok()
         .map(|s| s.x[0][0])
         .unwrap_or(0)
     };

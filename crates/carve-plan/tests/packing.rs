@@ -177,3 +177,35 @@ proptest! {
         }
     }
 }
+
+/// When the solver gives up (no time at all here), packing still places every replica validly,
+/// first fit, and does not claim optimality.
+#[test]
+fn a_solver_timeout_falls_back_to_first_fit() {
+    let cat = Catalog::embedded();
+    let model = cat.gpus.iter().position(|g| g.key == "H100-80GB").unwrap();
+    let g = &cat.gpus[model];
+    let demands: Vec<Demand> = PROFILES
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Demand {
+            tenant: i,
+            replicas: 3,
+            spread: i == 0,
+            profiles: [(model, g.profile_index(p).unwrap())].into_iter().collect(),
+        })
+        .collect();
+    let pool: Vec<PoolGpu> = (0..40).map(|i| (i, model)).collect();
+    let mut placer = Placer::new(&cat);
+    let o = carve_plan::pack::pack_with_limit(
+        &cat,
+        &pool,
+        &demands,
+        &mut placer,
+        std::time::Duration::ZERO,
+    );
+    check_outcome(&cat, model, &demands, &o);
+    assert!(o.unplaced.is_empty(), "{o:?}");
+    assert!(!o.optimal);
+    assert!(o.gpus.len() as u32 >= o.lower_bound);
+}
