@@ -160,7 +160,7 @@ pub fn plan_cmd(
         pj.push('\n');
         write("plan.json", &pj)?;
         written.push("plan.json".to_string());
-        for (rel, text) in rendered(&plan, catalog) {
+        for (rel, text) in carve_plan::files::files(&plan, catalog) {
             write(&rel, &text)?;
             written.push(rel);
         }
@@ -195,9 +195,4 @@ pub fn plan_cmd(
             .push_str("(--out DIR writes plan.json, report.md, layout.svg and per-node configs)\n"),
     }
     Ok(Out { text, code })
-}
-
-/// The rendered files (TEMPORARY until render::files lands).
-fn rendered(_plan: &Plan, _catalog: &Catalog) -> Vec<(String, String)> {
-    Vec::new()
 }

@@ -6,6 +6,7 @@
 //! files people use.
 
 pub mod decide;
+pub mod files;
 pub mod pack;
 pub mod plan;
 pub mod planner;

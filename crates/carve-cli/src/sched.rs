@@ -1,0 +1,209 @@
+//! `carve sched` (the time-slice scheduler daemon and its status) and `carve run` (a command under
+//! the shim).
+
+use crate::commands::read_input;
+use crate::output::{table, Failure, Out};
+use carve_sched::config::Config;
+use carve_sched::proto::{self, Reply, Request, StatusReport};
+use clap::Subcommand;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Debug, Subcommand)]
+pub enum SchedCommand {
+    /// Run the scheduler for one GPU (or one MIG instance) until interrupted.
+    Serve {
+        /// Scheduler configuration (YAML: policy, slice_ms, tenants with share, memory limit
+        /// and identity).
+        #[arg(long, value_name = "FILE", required_unless_present = "plan")]
+        config: Option<PathBuf>,
+        /// Or take policy, slice, shares and memory limits from a plan's time-sliced GPU.
+        #[arg(long, value_name = "PLAN", conflicts_with = "config")]
+        plan: Option<PathBuf>,
+        /// The plan's node (default: the only one).
+        #[arg(long, requires = "plan")]
+        node: Option<String>,
+        /// The GPU index on the node (with --plan).
+        #[arg(long, requires = "plan")]
+        gpu: Option<u32>,
+        /// With --plan: a directory of per-tenant token files (created 0600 when missing).
+        #[arg(long, value_name = "DIR", requires = "plan")]
+        tokens: Option<PathBuf>,
+        #[arg(long, value_name = "PATH", default_value = proto::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Per-tenant shares, GPU time, throttling and memory of a running scheduler.
+    Status {
+        #[arg(long, value_name = "PATH", default_value = proto::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Release);
+}
+
+pub fn sched_cmd(cmd: SchedCommand, json: bool) -> Result<Out, Failure> {
+    match cmd {
+        SchedCommand::Serve {
+            config,
+            plan,
+            node,
+            gpu,
+            tokens,
+            socket,
+        } => {
+            let cfg = match (config, plan) {
+                (Some(path), _) => {
+                    let text = read_input(&path)?;
+                    let base = path.parent().unwrap_or(Path::new("."));
+                    Config::from_yaml(&text, base)
+                        .map_err(|e| Failure::bad(format!("{}:{e}", path.display())))?
+                }
+                (None, Some(path)) => {
+                    let text = read_input(&path)?;
+                    let plan = carve_plan::Plan::from_json(&text)
+                        .map_err(|e| Failure::bad(format!("{}:{e}", path.display())))?;
+                    let dir = tokens.unwrap_or_else(|| PathBuf::from("/run/carve/tokens"));
+                    carve_sched::plan::from_plan(&plan, node.as_deref(), gpu, &dir)
+                        .map_err(|e| Failure::bad(format!("{}: {e}", path.display())))?
+                }
+                (None, None) => return Err(Failure::bad("give --config FILE or --plan PLAN")),
+            };
+            let server = carve_sched::server::Server::start(cfg.clone(), &socket).map_err(Failure::no)?;
+            // SAFETY: installing async-signal-safe handlers that only store an atomic.
+            unsafe {
+                libc::signal(libc::SIGINT, on_signal as libc::sighandler_t);
+                libc::signal(libc::SIGTERM, on_signal as libc::sighandler_t);
+            }
+            eprintln!(
+                "carve sched: {} with {} tenant(s) on {} (Ctrl-C stops)",
+                cfg.policy.as_str(),
+                cfg.tenants.len(),
+                socket.display()
+            );
+            server.wait(&STOP);
+            Ok(Out::ok(String::new()))
+        }
+        SchedCommand::Status { socket } => {
+            let st = status(&socket).map_err(Failure::no)?;
+            if json {
+                return Ok(Out::json(&st, 0));
+            }
+            let mut rows = vec![vec![
+                "TENANT".to_string(),
+                "TARGET".into(),
+                "ACHIEVED".into(),
+                "GPU TIME".into(),
+                "TURNS".into(),
+                "THROTTLED".into(),
+                "MEMORY".into(),
+                "CLIENTS".into(),
+            ]];
+            for t in &st.tenants {
+                rows.push(vec![
+                    t.name.clone(),
+                    format!("{:.1}%", t.target_share * 100.0),
+                    format!("{:.1}%", t.achieved_share * 100.0),
+                    format!("{:.1} s", t.gpu_time_ns as f64 / 1e9),
+                    t.launches.to_string(),
+                    format!("{:.1} s", t.throttled_ns as f64 / 1e9),
+                    match t.memory_limit_mib {
+                        Some(l) => format!("{:.0}/{:.0} MiB", t.memory_used_mib, l),
+                        None => format!("{:.0} MiB", t.memory_used_mib),
+                    },
+                    t.clients.to_string(),
+                ]);
+            }
+            Ok(Out::ok(format!(
+                "{} policy, {} ms slices, up {:.1} s\n{}",
+                st.policy,
+                st.slice_ms,
+                st.uptime_ns as f64 / 1e9,
+                table(&rows)
+            )))
+        }
+    }
+}
+
+/// Asks a running scheduler for its status.
+pub fn status(socket: &Path) -> Result<StatusReport, String> {
+    let mut s = UnixStream::connect(socket)
+        .map_err(|e| format!("no scheduler at {} ({e})", socket.display()))?;
+    s.write_all(proto::encode(&Request::Status).as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(&s)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    match serde_json::from_str::<Reply>(&line) {
+        Ok(Reply::Status { status }) => Ok(status),
+        Ok(Reply::Error { message }) => Err(message),
+        Ok(other) => Err(format!("unexpected reply {other:?}")),
+        Err(e) => Err(format!("bad reply: {e}")),
+    }
+}
+
+/// Where the shim library is: `$CARVE_SHIM_LIB`, else beside the `carve` executable.
+fn shim_path() -> Result<PathBuf, Failure> {
+    if let Some(p) = std::env::var_os("CARVE_SHIM_LIB").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| Failure::no(format!("cannot find carve: {e}")))?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    for cand in [
+        dir.join("libcarve_shim.so"),
+        dir.join("../lib/carve/libcarve_shim.so"),
+        dir.join("../libcarve_shim.so"),
+    ] {
+        if cand.is_file() {
+            return Ok(cand.canonicalize().unwrap_or(cand));
+        }
+    }
+    Err(Failure::no(format!(
+        "cannot find libcarve_shim.so beside {} (build it with `cargo build -p carve-shim`, or set CARVE_SHIM_LIB)",
+        exe.display()
+    )))
+}
+
+/// `carve run`: runs a command with the shim preloaded, as a tenant of a scheduler.
+pub fn run_cmd(
+    tenant: &str,
+    socket: &Path,
+    token_file: Option<&Path>,
+    fail: &str,
+    command: &[String],
+) -> Result<Out, Failure> {
+    use std::os::unix::process::CommandExt;
+    let Some((prog, args)) = command.split_first() else {
+        return Err(Failure::bad("nothing to run: carve run --tenant NAME -- COMMAND [ARGS...]"));
+    };
+    if fail != "open" && fail != "closed" {
+        return Err(Failure::bad(format!("--fail must be open or closed, not {fail}")));
+    }
+    let shim = shim_path()?;
+    let mut preload = shim.display().to_string();
+    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|p| !p.is_empty()) {
+        preload = format!("{preload}:{}", old.to_string_lossy());
+    }
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(args)
+        .env("LD_PRELOAD", preload)
+        .env("CARVE_SCHED_SOCKET", socket)
+        .env("CARVE_TENANT", tenant)
+        .env("CARVE_FAIL", fail);
+    match token_file {
+        Some(t) => {
+            cmd.env("CARVE_TOKEN_FILE", t);
+        }
+        None => {
+            cmd.env_remove("CARVE_TOKEN_FILE");
+        }
+    }
+    let err = cmd.exec();
+    Err(Failure::bad(format!("cannot run {prog}: {err}")))
+}

@@ -1,0 +1,190 @@
+//! Who is on the other end of a connection: the kernel's word (peer credentials: pid, uid; the
+//! pid's cgroup), never the client's. A tenant's claim is accepted when its token matches or its
+//! peer credentials match the tenant's configuration.
+
+use crate::config::{Identity, TenantConfig};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+
+/// The peer of a unix socket, from `SO_PEERCRED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub fn peer(stream: &UnixStream) -> std::io::Result<Peer> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt(SO_PEERCRED) fills a ucred of the given length.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Peer {
+        pid: cred.pid as u32,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
+/// The cgroup paths of a process (`/proc/PID/cgroup`, every hierarchy).
+pub fn cgroups(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map(|s| {
+            s.lines()
+                .filter_map(|l| l.splitn(3, ':').nth(2).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Equal, in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether a client with these credentials (and this token) may act as the tenant.
+pub fn admits(id: &Identity, peer: Peer, token: Option<&str>, cgroups: &[String]) -> bool {
+    if let (Some(want), Some(got)) = (&id.token, token) {
+        if same_secret(want, got) {
+            return true;
+        }
+    }
+    if id.uids.contains(&peer.uid) {
+        return true;
+    }
+    if let Some(prefix) = &id.cgroup {
+        let prefix = prefix.trim_end_matches('/');
+        if cgroups.iter().any(|c| {
+            c == prefix || (c.starts_with(prefix) && c.as_bytes().get(prefix.len()) == Some(&b'/'))
+        }) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Finds the tenant a client claims and checks the claim. The error says why, for the client.
+pub fn authenticate<'a>(
+    tenants: &'a [TenantConfig],
+    claim: &str,
+    token: Option<&str>,
+    peer: Peer,
+) -> Result<&'a TenantConfig, String> {
+    let Some(t) = tenants.iter().find(|t| t.name == claim) else {
+        let names: Vec<&str> = tenants.iter().map(|t| t.name.as_str()).collect();
+        let close = names
+            .iter()
+            .filter(|n| strsim_like(claim, n))
+            .copied()
+            .collect::<Vec<_>>();
+        return Err(if close.is_empty() {
+            format!(
+                "unknown tenant '{claim}' (this scheduler has {})",
+                names.join(", ")
+            )
+        } else {
+            format!("unknown tenant '{claim}'; did you mean '{}'?", close[0])
+        });
+    };
+    let groups = cgroups(peer.pid);
+    if admits(&t.identity, peer, token, &groups) {
+        Ok(t)
+    } else {
+        Err(format!(
+            "process {} (uid {}) is not recognised as tenant '{claim}': no matching token, user or cgroup",
+            peer.pid, peer.uid
+        ))
+    }
+}
+
+/// A cheap closeness test for suggestions (shared prefix or one edit apart).
+fn strsim_like(a: &str, b: &str) -> bool {
+    let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+    if a.len() >= 3 && (b.starts_with(&a[..3]) || a.starts_with(&b[..b.len().min(3)])) {
+        return true;
+    }
+    let (x, y): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if x.len().abs_diff(y.len()) > 1 {
+        return false;
+    }
+    let mut prev: Vec<usize> = (0..=y.len()).collect();
+    for i in 1..=x.len() {
+        let mut cur = vec![i; y.len() + 1];
+        for j in 1..=y.len() {
+            let sub = prev[j - 1] + usize::from(x[i - 1] != y[j - 1]);
+            cur[j] = sub.min(prev[j] + 1).min(cur[j - 1] + 1);
+        }
+        prev = cur;
+    }
+    prev[y.len()] <= 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(token: Option<&str>, uids: &[u32], cgroup: Option<&str>) -> Identity {
+        Identity {
+            token: token.map(str::to_string),
+            uids: uids.to_vec(),
+            cgroup: cgroup.map(str::to_string),
+        }
+    }
+
+    const P: Peer = Peer {
+        pid: 1,
+        uid: 1000,
+        gid: 1000,
+    };
+
+    #[test]
+    fn tokens_users_and_cgroups() {
+        let tok = "0123456789abcdef0123";
+        assert!(admits(&id(Some(tok), &[], None), P, Some(tok), &[]));
+        assert!(!admits(
+            &id(Some(tok), &[], None),
+            P,
+            Some("0123456789abcdef0124"),
+            &[]
+        ));
+        assert!(!admits(&id(Some(tok), &[], None), P, None, &[]));
+        assert!(admits(&id(None, &[1000], None), P, None, &[]));
+        assert!(!admits(&id(None, &[0], None), P, None, &[]));
+        let g = vec!["/kubepods/pod1/ctr".to_string()];
+        assert!(admits(&id(None, &[], Some("/kubepods/pod1")), P, None, &g));
+        assert!(admits(&id(None, &[], Some("/kubepods/pod1/")), P, None, &g));
+        assert!(!admits(&id(None, &[], Some("/kubepods/pod")), P, None, &g));
+    }
+
+    #[test]
+    fn unknown_tenants_get_a_suggestion() {
+        let t = vec![TenantConfig {
+            name: "search".into(),
+            share: None,
+            memory_limit_bytes: None,
+            identity: id(None, &[1000], None),
+        }];
+        let e = authenticate(&t, "serch", None, P).unwrap_err();
+        assert!(e.contains("did you mean 'search'"), "{e}");
+        assert!(authenticate(&t, "search", None, P).is_ok());
+    }
+}

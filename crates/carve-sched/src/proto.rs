@@ -1,0 +1,126 @@
+//! The protocol between the shim (inside each CUDA process) and `carve sched`: one JSON object per
+//! line over a unix stream socket, request then reply. Times are `CLOCK_MONOTONIC` nanoseconds,
+//! which every process on the node shares.
+//!
+//! A client first says `hello` with the tenant it claims and, if it has one, the token the agent
+//! gave that tenant. The daemon does not take the claim on trust: it checks the connection's peer
+//! credentials (uid, and the peer pid's cgroup) or the token against the tenant's configuration,
+//! and refuses an unknown client.
+//!
+//! The fast path never talks to the daemon: while it holds a grant (`until_ns` in the future) the
+//! shim launches freely. At the end of a grant it asks to `renew`; the daemon answers with a new
+//! grant when nobody else is due, or `yield`, after which the shim drains its work, reports the
+//! GPU time it took (`release`) and waits for its next turn (`acquire`).
+
+use serde::{Deserialize, Serialize};
+
+/// Protocol version; a daemon refuses other versions with a clear message.
+pub const VERSION: u32 = 1;
+
+/// Default socket path.
+pub const DEFAULT_SOCKET: &str = "/run/carve/sched.sock";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    /// Identify. `token` is the content of the tenant's token file, when it has one.
+    Hello {
+        version: u32,
+        tenant: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+    /// Wait for the next turn.
+    Acquire,
+    /// The grant ran out and the client still has work: may it go on without a switch?
+    /// `used_ns`: GPU time held since the grant began.
+    Renew { used_ns: u64 },
+    /// The turn is over; `used_ns` is the time from the grant until the client's work drained
+    /// (more than the grant when kernels overran). `pending`: it has more work waiting.
+    Release { used_ns: u64, pending: bool },
+    /// Reserve device memory against the tenant's limit.
+    Alloc { bytes: u64 },
+    /// Return device memory.
+    Free { bytes: u64 },
+    /// Per-tenant figures (for `carve sched status`).
+    Status,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "kebab-case")]
+pub enum Reply {
+    Welcome {
+        tenant: String,
+        /// Memory limit of the tenant, bytes (all its processes together).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        memory_limit: Option<u64>,
+        slice_ns: u64,
+        policy: String,
+    },
+    /// Run until `until_ns` (CLOCK_MONOTONIC).
+    Grant {
+        until_ns: u64,
+    },
+    /// Someone else is due: drain, release, then acquire.
+    Yield,
+    AllocOk {
+        used: u64,
+    },
+    AllocDenied {
+        used: u64,
+        limit: u64,
+    },
+    Freed {
+        used: u64,
+    },
+    Status {
+        status: StatusReport,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// What `carve sched status --json` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub policy: String,
+    pub slice_ms: f64,
+    pub uptime_ns: u64,
+    pub tenants: Vec<TenantStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantStatus {
+    pub name: String,
+    pub target_share: f64,
+    pub achieved_share: f64,
+    pub gpu_time_ns: u64,
+    /// Turns granted.
+    pub launches: u64,
+    /// Time it waited for a turn while it had work.
+    pub throttled_ns: u64,
+    pub memory_used_mib: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mib: Option<f64>,
+    /// Connected client processes.
+    pub clients: u32,
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes a timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// One line of JSON for a message.
+pub fn encode<T: Serialize>(m: &T) -> String {
+    let mut s = serde_json::to_string(m).expect("protocol messages serialise");
+    s.push('\n');
+    s
+}

@@ -1,0 +1,533 @@
+//! The daemon: a unix-socket server, one thread per client connection, and one scheduling thread
+//! that hands out turns through the policy core (`carve-timeslice`). The control plane is never in
+//! the fast path: a client that holds a turn launches without talking to the daemon.
+
+use crate::config::Config;
+use crate::identity;
+use crate::proto::{self, Reply, Request, StatusReport, TenantStatus};
+use carve_timeslice as core;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How long after a turn ends the daemon waits for the holder's report (its real GPU time, with
+/// any overrun) before moving on without it.
+const GRACE_NS: u64 = 2_000_000;
+
+#[derive(Debug, Default, Clone)]
+struct TenantState {
+    clients: u32,
+    /// Client threads waiting for a turn.
+    waiting: u32,
+    memory_used: u64,
+    gpu_time: u64,
+    turns: u64,
+    throttled: u64,
+    /// Since when it has waited with work (for `throttled`).
+    waiting_since: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct Turn {
+    tenant: usize,
+    /// Sequence number, so that clients can tell a new turn from the one they had.
+    seq: u64,
+    start: u64,
+    until: u64,
+    /// Clients of the tenant running in this turn.
+    running: u32,
+    /// GPU time reported so far for the turn.
+    used: u64,
+}
+
+struct State {
+    core: core::Scheduler,
+    tenants: Vec<TenantState>,
+    turn: Option<Turn>,
+    /// A turn that ended by time, still waiting for its holder's report until `.1`.
+    unreported: Option<(Turn, u64)>,
+    seq: u64,
+}
+
+struct Shared {
+    config: Config,
+    state: Mutex<State>,
+    cv: Condvar,
+    started: u64,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running scheduler.
+pub struct Server {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn core_config(c: &Config) -> core::Config {
+    core::Config {
+        policy: match c.policy {
+            crate::config::PolicyName::BestEffort => core::Policy::BestEffort,
+            crate::config::PolicyName::EqualShare => core::Policy::EqualShare,
+            crate::config::PolicyName::FixedShare => core::Policy::FixedShare,
+        },
+        slice_ns: c.slice_ms.map(|ms| ms as u64 * 1_000_000),
+        work_conserving: c.work_conserving,
+        averaging_factor: c.averaging_factor,
+    }
+}
+
+impl Server {
+    /// Binds the socket (owner-only, 0600) and starts serving.
+    pub fn start(config: Config, path: &Path) -> Result<Server, String> {
+        let sched = core::Scheduler::new(core_config(&config)).map_err(|e| e.to_string())?;
+        if path.exists() {
+            // A stale socket from a previous run: refuse if someone still answers on it.
+            if UnixStream::connect(path).is_ok() {
+                return Err(format!("{} is in use by another scheduler", path.display()));
+            }
+            std::fs::remove_file(path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+        }
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+        }
+        let listener = UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot set permissions on {}: {e}", path.display()))?;
+        let n = config.tenants.len();
+        let shared = Arc::new(Shared {
+            config,
+            state: Mutex::new(State {
+                core: sched,
+                tenants: vec![TenantState::default(); n],
+                turn: None,
+                unreported: None,
+                seq: 0,
+            }),
+            cv: Condvar::new(),
+            started: proto::now_ns(),
+            stop: AtomicBool::new(false),
+        });
+        let mut threads = Vec::new();
+        let s = shared.clone();
+        threads.push(std::thread::spawn(move || schedule_loop(&s)));
+        let s = shared.clone();
+        threads.push(std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let s = s.clone();
+                std::thread::spawn(move || serve(&s, conn));
+            }
+        }));
+        Ok(Server {
+            shared,
+            path: path.to_path_buf(),
+            threads,
+        })
+    }
+
+    pub fn status(&self) -> StatusReport {
+        status(&self.shared)
+    }
+
+    /// Stops accepting, wakes everyone, removes the socket.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.cv.notify_all();
+        let _ = UnixStream::connect(&self.path);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// Serves until the process is told to stop (SIGINT/SIGTERM set `stop`).
+    pub fn wait(mut self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.shutdown();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.shutdown();
+        }
+    }
+}
+
+fn tenant_id(i: usize) -> core::TenantId {
+    core::TenantId(i as u32)
+}
+
+/// Ends the current turn with the GPU time it took.
+fn end_turn(st: &mut State, used: u64, now: u64) {
+    if let Some(t) = st.turn.take() {
+        st.core.finish(tenant_id(t.tenant), used, now);
+        let ts = &mut st.tenants[t.tenant];
+        ts.gpu_time += used;
+    }
+}
+
+fn schedule_loop(s: &Shared) {
+    let mut st = s.lock();
+    loop {
+        if s.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let now = proto::now_ns();
+        // A turn that ran out: wait a little for its holder's report, then move on.
+        if let Some(t) = &st.turn {
+            if now < t.until {
+                let wait = t.until - now;
+                st = s.cv.wait_timeout(st, Duration::from_nanos(wait)).unwrap_or_else(|p| p.into_inner()).0;
+                continue;
+            }
+            if t.running > 0 {
+                let t = st.turn.take().expect("checked");
+                st.unreported = Some((t, now + GRACE_NS));
+            } else {
+                let used = t.used.max(t.until - t.start);
+                end_turn(&mut st, used, now);
+            }
+        }
+        if let Some((t, deadline)) = st.unreported.clone() {
+            if now < deadline {
+                st = s.cv.wait_timeout(st, Duration::from_nanos(deadline - now)).unwrap_or_else(|p| p.into_inner()).0;
+                continue;
+            }
+            // No report: the holder went idle. Account the grant.
+            st.unreported = None;
+            st.turn = Some(t.clone());
+            end_turn(&mut st, t.until - t.start, now);
+        }
+        match st.core.next(now) {
+            core::Decision::Grant { tenant, until } => {
+                st.seq += 1;
+                let i = tenant.0 as usize;
+                st.turn = Some(Turn {
+                    tenant: i,
+                    seq: st.seq,
+                    start: now,
+                    until: until.max(now + 1),
+                    running: 0,
+                    used: 0,
+                });
+                let ts = &mut st.tenants[i];
+                ts.turns += 1;
+                if let Some(since) = ts.waiting_since.take() {
+                    ts.throttled += now.saturating_sub(since);
+                }
+                s.cv.notify_all();
+            }
+            core::Decision::Idle { until } => {
+                let wait = until.saturating_sub(now).max(1);
+                st = s.cv.wait_timeout(st, Duration::from_nanos(wait)).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            core::Decision::Empty => {
+                st = s.cv.wait_timeout(st, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
+            }
+        }
+    }
+}
+
+/// Waits until the tenant holds a turn; returns its end.
+fn acquire(s: &Shared, me: usize) -> Option<u64> {
+    let mut st = s.lock();
+    let now = proto::now_ns();
+    {
+        let ts = &mut st.tenants[me];
+        ts.waiting += 1;
+        if ts.waiting_since.is_none() {
+            ts.waiting_since = Some(now);
+        }
+    }
+    st.core.set_pending(tenant_id(me), true, now);
+    s.cv.notify_all();
+    loop {
+        if s.stop.load(Ordering::Acquire) {
+            st.tenants[me].waiting -= 1;
+            return None;
+        }
+        let now = proto::now_ns();
+        if let Some(t) = st.turn.as_mut() {
+            if t.tenant == me && now < t.until {
+                t.running += 1;
+                let until = t.until;
+                let ts = &mut st.tenants[me];
+                ts.waiting -= 1;
+                if ts.waiting == 0 {
+                    if let Some(since) = ts.waiting_since.take() {
+                        ts.throttled += now.saturating_sub(since);
+                    }
+                }
+                return Some(until);
+            }
+        }
+        st = s.cv.wait_timeout(st, Duration::from_millis(50)).unwrap_or_else(|p| p.into_inner()).0;
+    }
+}
+
+/// A client of the holder reports the end of its part of the turn.
+fn report(st: &mut State, me: usize, used: u64, pending: bool, now: u64) {
+    let mut done = false;
+    if let Some(t) = st.turn.as_mut() {
+        if t.tenant == me {
+            t.running = t.running.saturating_sub(1);
+            t.used = t.used.max(used);
+            done = t.running == 0;
+        }
+    }
+    if done {
+        let used = st.turn.as_ref().map(|t| t.used).unwrap_or(used);
+        end_turn(st, used, now);
+    } else if let Some((t, _)) = st.unreported.clone() {
+        if t.tenant == me {
+            // The report of a turn that ran out: account what it really took.
+            st.unreported = None;
+            st.turn = Some(t.clone());
+            end_turn(st, used.max(t.until - t.start), now);
+        }
+    }
+    if !pending && st.tenants[me].waiting == 0 {
+        st.core.set_pending(tenant_id(me), false, now);
+    }
+}
+
+fn serve(s: &Shared, conn: UnixStream) {
+    let Ok(peer) = identity::peer(&conn) else { return };
+    let Ok(read) = conn.try_clone() else { return };
+    let mut reader = BufReader::new(read);
+    let mut writer = conn;
+    let mut me: Option<usize> = None;
+    let mut in_turn = false;
+    let mut reserved: u64 = 0;
+    let mut line = String::new();
+    let send = |w: &mut UnixStream, r: &Reply| w.write_all(proto::encode(r).as_bytes()).is_ok();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let req: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = send(&mut writer, &Reply::Error { message: format!("bad request: {e}") });
+                break;
+            }
+        };
+        let reply = match (&req, me) {
+            (Request::Hello { version, tenant, token }, None) => {
+                if *version != proto::VERSION {
+                    Reply::Error {
+                        message: format!("protocol version {version} is not supported (this scheduler speaks {})", proto::VERSION),
+                    }
+                } else {
+                    match identity::authenticate(&s.config.tenants, tenant, token.as_deref(), peer) {
+                        Ok(t) => {
+                            let i = s.config.tenants.iter().position(|x| x.name == t.name).expect("found");
+                            me = Some(i);
+                            let mut st = s.lock();
+                            let now = proto::now_ns();
+                            st.tenants[i].clients += 1;
+                            if st.tenants[i].clients == 1 {
+                                let _ = st.core.add_tenant(tenant_id(i), t.share, now);
+                            }
+                            let slice = st.core.slice_ns();
+                            s.cv.notify_all();
+                            Reply::Welcome {
+                                tenant: t.name.clone(),
+                                memory_limit: t.memory_limit_bytes,
+                                slice_ns: slice,
+                                policy: s.config.policy.as_str().into(),
+                            }
+                        }
+                        Err(message) => Reply::Error { message },
+                    }
+                }
+            }
+            (Request::Status, _) => {
+                // Status is for the node's operator: the daemon's own user, or root.
+                // SAFETY: getuid has no preconditions.
+                let own = unsafe { libc::getuid() };
+                if peer.uid == own || peer.uid == 0 || me.is_some() {
+                    Reply::Status { status: status(s) }
+                } else {
+                    Reply::Error { message: "status is for the scheduler's owner".into() }
+                }
+            }
+            (Request::Hello { .. }, Some(_)) => Reply::Error { message: "already identified".into() },
+            (_, None) => Reply::Error { message: "say hello first: unknown client".into() },
+            (Request::Acquire, Some(i)) => match acquire(s, i) {
+                Some(until) => {
+                    in_turn = true;
+                    Reply::Grant { until_ns: until }
+                }
+                None => Reply::Error { message: "the scheduler is stopping".into() },
+            },
+            (Request::Renew { used_ns }, Some(i)) => {
+                let mut st = s.lock();
+                let now = proto::now_ns();
+                let same = st.turn.as_ref().is_some_and(|t| t.tenant == i && now < t.until);
+                if same {
+                    let t = st.turn.as_ref().expect("checked");
+                    Reply::Grant { until_ns: t.until }
+                } else {
+                    // Its turn is over: report it, then see whether it goes on.
+                    if in_turn {
+                        report(&mut st, i, *used_ns, true, now);
+                        in_turn = false;
+                    }
+                    st.core.set_pending(tenant_id(i), true, now);
+                    let next = if st.turn.is_none() && st.unreported.is_none() {
+                        Some(st.core.next(now))
+                    } else {
+                        None
+                    };
+                    match next {
+                        Some(core::Decision::Grant { tenant, until }) if tenant.0 as usize == i => {
+                            st.seq += 1;
+                            let seq = st.seq;
+                            st.turn = Some(Turn { tenant: i, seq, start: now, until: until.max(now + 1), running: 1, used: 0 });
+                            st.tenants[i].turns += 1;
+                            in_turn = true;
+                            s.cv.notify_all();
+                            Reply::Grant { until_ns: until.max(now + 1) }
+                        }
+                        Some(core::Decision::Grant { tenant, until }) => {
+                            st.seq += 1;
+                            let seq = st.seq;
+                            let j = tenant.0 as usize;
+                            st.turn = Some(Turn { tenant: j, seq, start: now, until: until.max(now + 1), running: 0, used: 0 });
+                            st.tenants[j].turns += 1;
+                            s.cv.notify_all();
+                            Reply::Yield
+                        }
+                        _ => {
+                            s.cv.notify_all();
+                            Reply::Yield
+                        }
+                    }
+                }
+            }
+            (Request::Release { used_ns, pending }, Some(i)) => {
+                let mut st = s.lock();
+                let now = proto::now_ns();
+                if in_turn {
+                    report(&mut st, i, *used_ns, *pending, now);
+                    in_turn = false;
+                } else if let Some((t, _)) = st.unreported.clone() {
+                    if t.tenant == i {
+                        report(&mut st, i, *used_ns, *pending, now);
+                    }
+                }
+                s.cv.notify_all();
+                // Acknowledge with the next state: a release needs no grant.
+                Reply::Yield
+            }
+            (Request::Alloc { bytes }, Some(i)) => {
+                let mut st = s.lock();
+                let limit = s.config.tenants[i].memory_limit_bytes;
+                let used = st.tenants[i].memory_used;
+                match limit {
+                    Some(l) if used.saturating_add(*bytes) > l => Reply::AllocDenied { used, limit: l },
+                    _ => {
+                        st.tenants[i].memory_used = used.saturating_add(*bytes);
+                        reserved = reserved.saturating_add(*bytes);
+                        Reply::AllocOk { used: st.tenants[i].memory_used }
+                    }
+                }
+            }
+            (Request::Free { bytes }, Some(i)) => {
+                let mut st = s.lock();
+                let b = (*bytes).min(reserved);
+                reserved -= b;
+                st.tenants[i].memory_used = st.tenants[i].memory_used.saturating_sub(b);
+                Reply::Freed { used: st.tenants[i].memory_used }
+            }
+            (Request::Hello { .. } | Request::Status, _) => unreachable!("handled above"),
+        };
+        let refused = matches!(reply, Reply::Error { .. }) && me.is_none();
+        if !send(&mut writer, &reply) || refused {
+            break;
+        }
+    }
+    // Gone: give back its turn and its memory.
+    if let Some(i) = me {
+        let mut st = s.lock();
+        let now = proto::now_ns();
+        if in_turn {
+            let used = st.turn.as_ref().filter(|t| t.tenant == i).map(|t| now.saturating_sub(t.start)).unwrap_or(0);
+            report(&mut st, i, used, false, now);
+        }
+        st.tenants[i].memory_used = st.tenants[i].memory_used.saturating_sub(reserved);
+        st.tenants[i].clients -= 1;
+        if st.tenants[i].clients == 0 {
+            st.core.remove_tenant(tenant_id(i), now);
+            if st.turn.as_ref().is_some_and(|t| t.tenant == i) {
+                end_turn(&mut st, 0, now);
+            }
+        }
+        s.cv.notify_all();
+    }
+}
+
+fn status(s: &Shared) -> StatusReport {
+    let st = s.lock();
+    let now = proto::now_ns();
+    let up = now.saturating_sub(s.started).max(1);
+    let core_stats = st.core.stats(now);
+    let tenants = s
+        .config
+        .tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let ts = &st.tenants[i];
+            let cs = core_stats.iter().find(|c| c.tenant.0 as usize == i);
+            let mut throttled = ts.throttled;
+            if let Some(since) = ts.waiting_since {
+                throttled += now.saturating_sub(since);
+            }
+            TenantStatus {
+                name: t.name.clone(),
+                target_share: cs.map(|c| c.target_share).unwrap_or(0.0),
+                achieved_share: ts.gpu_time as f64 / up as f64,
+                gpu_time_ns: ts.gpu_time,
+                launches: ts.turns,
+                throttled_ns: throttled,
+                memory_used_mib: ts.memory_used as f64 / (1024.0 * 1024.0),
+                memory_limit_mib: t.memory_limit_bytes.map(|b| b as f64 / (1024.0 * 1024.0)),
+                clients: ts.clients,
+            }
+        })
+        .collect();
+    StatusReport {
+        policy: s.config.policy.as_str().into(),
+        slice_ms: st.core.slice_ns() as f64 / 1e6,
+        uptime_ns: up,
+        tenants,
+    }
+}
