@@ -6,3 +6,4 @@ pub mod config;
 pub mod identity;
 pub mod plan;
 pub mod proto;
+pub mod server;

@@ -34,8 +34,6 @@ struct TenantState {
 #[derive(Debug, Clone)]
 struct Turn {
     tenant: usize,
-    /// Sequence number, so that clients can tell a new turn from the one they had.
-    seq: u64,
     start: u64,
     until: u64,
     /// Clients of the tenant running in this turn.
@@ -50,7 +48,6 @@ struct State {
     turn: Option<Turn>,
     /// A turn that ended by time, still waiting for its holder's report until `.1`.
     unreported: Option<(Turn, u64)>,
-    seq: u64,
 }
 
 struct Shared {
@@ -96,14 +93,17 @@ impl Server {
             if UnixStream::connect(path).is_ok() {
                 return Err(format!("{} is in use by another scheduler", path.display()));
             }
-            std::fs::remove_file(path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+            std::fs::remove_file(path)
+                .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
         }
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             }
         }
-        let listener = UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        let listener = UnixListener::bind(path)
+            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("cannot set permissions on {}: {e}", path.display()))?;
         let n = config.tenants.len();
@@ -114,7 +114,6 @@ impl Server {
                 tenants: vec![TenantState::default(); n],
                 turn: None,
                 unreported: None,
-                seq: 0,
             }),
             cv: Condvar::new(),
             started: proto::now_ns(),
@@ -201,7 +200,10 @@ fn schedule_loop(s: &Shared) {
         if let Some(t) = &st.turn {
             if now < t.until {
                 let wait = t.until - now;
-                st = s.cv.wait_timeout(st, Duration::from_nanos(wait)).unwrap_or_else(|p| p.into_inner()).0;
+                st =
+                    s.cv.wait_timeout(st, Duration::from_nanos(wait))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
                 continue;
             }
             if t.running > 0 {
@@ -214,7 +216,10 @@ fn schedule_loop(s: &Shared) {
         }
         if let Some((t, deadline)) = st.unreported.clone() {
             if now < deadline {
-                st = s.cv.wait_timeout(st, Duration::from_nanos(deadline - now)).unwrap_or_else(|p| p.into_inner()).0;
+                st =
+                    s.cv.wait_timeout(st, Duration::from_nanos(deadline - now))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
                 continue;
             }
             // No report: the holder went idle. Account the grant.
@@ -224,11 +229,9 @@ fn schedule_loop(s: &Shared) {
         }
         match st.core.next(now) {
             core::Decision::Grant { tenant, until } => {
-                st.seq += 1;
                 let i = tenant.0 as usize;
                 st.turn = Some(Turn {
                     tenant: i,
-                    seq: st.seq,
                     start: now,
                     until: until.max(now + 1),
                     running: 0,
@@ -243,10 +246,16 @@ fn schedule_loop(s: &Shared) {
             }
             core::Decision::Idle { until } => {
                 let wait = until.saturating_sub(now).max(1);
-                st = s.cv.wait_timeout(st, Duration::from_nanos(wait)).unwrap_or_else(|p| p.into_inner()).0;
+                st =
+                    s.cv.wait_timeout(st, Duration::from_nanos(wait))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
             }
             core::Decision::Empty => {
-                st = s.cv.wait_timeout(st, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
+                st =
+                    s.cv.wait_timeout(st, Duration::from_millis(100))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
             }
         }
     }
@@ -285,7 +294,10 @@ fn acquire(s: &Shared, me: usize) -> Option<u64> {
                 return Some(until);
             }
         }
-        st = s.cv.wait_timeout(st, Duration::from_millis(50)).unwrap_or_else(|p| p.into_inner()).0;
+        st =
+            s.cv.wait_timeout(st, Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
     }
 }
 
@@ -316,7 +328,9 @@ fn report(st: &mut State, me: usize, used: u64, pending: bool, now: u64) {
 }
 
 fn serve(s: &Shared, conn: UnixStream) {
-    let Ok(peer) = identity::peer(&conn) else { return };
+    let Ok(peer) = identity::peer(&conn) else {
+        return;
+    };
     let Ok(read) = conn.try_clone() else { return };
     let mut reader = BufReader::new(read);
     let mut writer = conn;
@@ -334,20 +348,38 @@ fn serve(s: &Shared, conn: UnixStream) {
         let req: Request = match serde_json::from_str(&line) {
             Ok(r) => r,
             Err(e) => {
-                let _ = send(&mut writer, &Reply::Error { message: format!("bad request: {e}") });
+                let _ = send(
+                    &mut writer,
+                    &Reply::Error {
+                        message: format!("bad request: {e}"),
+                    },
+                );
                 break;
             }
         };
         let reply = match (&req, me) {
-            (Request::Hello { version, tenant, token }, None) => {
+            (
+                Request::Hello {
+                    version,
+                    tenant,
+                    token,
+                },
+                None,
+            ) => {
                 if *version != proto::VERSION {
                     Reply::Error {
                         message: format!("protocol version {version} is not supported (this scheduler speaks {})", proto::VERSION),
                     }
                 } else {
-                    match identity::authenticate(&s.config.tenants, tenant, token.as_deref(), peer) {
+                    match identity::authenticate(&s.config.tenants, tenant, token.as_deref(), peer)
+                    {
                         Ok(t) => {
-                            let i = s.config.tenants.iter().position(|x| x.name == t.name).expect("found");
+                            let i = s
+                                .config
+                                .tenants
+                                .iter()
+                                .position(|x| x.name == t.name)
+                                .expect("found");
                             me = Some(i);
                             let mut st = s.lock();
                             let now = proto::now_ns();
@@ -375,22 +407,33 @@ fn serve(s: &Shared, conn: UnixStream) {
                 if peer.uid == own || peer.uid == 0 || me.is_some() {
                     Reply::Status { status: status(s) }
                 } else {
-                    Reply::Error { message: "status is for the scheduler's owner".into() }
+                    Reply::Error {
+                        message: "status is for the scheduler's owner".into(),
+                    }
                 }
             }
-            (Request::Hello { .. }, Some(_)) => Reply::Error { message: "already identified".into() },
-            (_, None) => Reply::Error { message: "say hello first: unknown client".into() },
+            (Request::Hello { .. }, Some(_)) => Reply::Error {
+                message: "already identified".into(),
+            },
+            (_, None) => Reply::Error {
+                message: "say hello first: unknown client".into(),
+            },
             (Request::Acquire, Some(i)) => match acquire(s, i) {
                 Some(until) => {
                     in_turn = true;
                     Reply::Grant { until_ns: until }
                 }
-                None => Reply::Error { message: "the scheduler is stopping".into() },
+                None => Reply::Error {
+                    message: "the scheduler is stopping".into(),
+                },
             },
             (Request::Renew { used_ns }, Some(i)) => {
                 let mut st = s.lock();
                 let now = proto::now_ns();
-                let same = st.turn.as_ref().is_some_and(|t| t.tenant == i && now < t.until);
+                let same = st
+                    .turn
+                    .as_ref()
+                    .is_some_and(|t| t.tenant == i && now < t.until);
                 if same {
                     let t = st.turn.as_ref().expect("checked");
                     Reply::Grant { until_ns: t.until }
@@ -408,19 +451,29 @@ fn serve(s: &Shared, conn: UnixStream) {
                     };
                     match next {
                         Some(core::Decision::Grant { tenant, until }) if tenant.0 as usize == i => {
-                            st.seq += 1;
-                            let seq = st.seq;
-                            st.turn = Some(Turn { tenant: i, seq, start: now, until: until.max(now + 1), running: 1, used: 0 });
+                            st.turn = Some(Turn {
+                                tenant: i,
+                                start: now,
+                                until: until.max(now + 1),
+                                running: 1,
+                                used: 0,
+                            });
                             st.tenants[i].turns += 1;
                             in_turn = true;
                             s.cv.notify_all();
-                            Reply::Grant { until_ns: until.max(now + 1) }
+                            Reply::Grant {
+                                until_ns: until.max(now + 1),
+                            }
                         }
                         Some(core::Decision::Grant { tenant, until }) => {
-                            st.seq += 1;
-                            let seq = st.seq;
                             let j = tenant.0 as usize;
-                            st.turn = Some(Turn { tenant: j, seq, start: now, until: until.max(now + 1), running: 0, used: 0 });
+                            st.turn = Some(Turn {
+                                tenant: j,
+                                start: now,
+                                until: until.max(now + 1),
+                                running: 0,
+                                used: 0,
+                            });
                             st.tenants[j].turns += 1;
                             s.cv.notify_all();
                             Reply::Yield
@@ -452,11 +505,15 @@ fn serve(s: &Shared, conn: UnixStream) {
                 let limit = s.config.tenants[i].memory_limit_bytes;
                 let used = st.tenants[i].memory_used;
                 match limit {
-                    Some(l) if used.saturating_add(*bytes) > l => Reply::AllocDenied { used, limit: l },
+                    Some(l) if used.saturating_add(*bytes) > l => {
+                        Reply::AllocDenied { used, limit: l }
+                    }
                     _ => {
                         st.tenants[i].memory_used = used.saturating_add(*bytes);
                         reserved = reserved.saturating_add(*bytes);
-                        Reply::AllocOk { used: st.tenants[i].memory_used }
+                        Reply::AllocOk {
+                            used: st.tenants[i].memory_used,
+                        }
                     }
                 }
             }
@@ -465,9 +522,10 @@ fn serve(s: &Shared, conn: UnixStream) {
                 let b = (*bytes).min(reserved);
                 reserved -= b;
                 st.tenants[i].memory_used = st.tenants[i].memory_used.saturating_sub(b);
-                Reply::Freed { used: st.tenants[i].memory_used }
+                Reply::Freed {
+                    used: st.tenants[i].memory_used,
+                }
             }
-            (Request::Hello { .. } | Request::Status, _) => unreachable!("handled above"),
         };
         let refused = matches!(reply, Reply::Error { .. }) && me.is_none();
         if !send(&mut writer, &reply) || refused {
@@ -479,7 +537,12 @@ fn serve(s: &Shared, conn: UnixStream) {
         let mut st = s.lock();
         let now = proto::now_ns();
         if in_turn {
-            let used = st.turn.as_ref().filter(|t| t.tenant == i).map(|t| now.saturating_sub(t.start)).unwrap_or(0);
+            let used = st
+                .turn
+                .as_ref()
+                .filter(|t| t.tenant == i)
+                .map(|t| now.saturating_sub(t.start))
+                .unwrap_or(0);
             report(&mut st, i, used, false, now);
         }
         st.tenants[i].memory_used = st.tenants[i].memory_used.saturating_sub(reserved);

@@ -1,0 +1,228 @@
+//! The daemon through its socket, with test clients playing the shim's side of the protocol:
+//! identity checks, shares under fixed and equal share, memory limits, status, disconnects.
+
+use carve_sched::config::{Config, Identity, PolicyName, TenantConfig};
+use carve_sched::proto::{self, Reply, Request};
+use carve_sched::server::Server;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn sock(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("carve-sched-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d.join("sched.sock")
+}
+
+fn token(i: usize) -> String {
+    format!("token-{i:02}-0123456789abcdef")
+}
+
+fn config(
+    policy: PolicyName,
+    shares: &[Option<f64>],
+    slice_ms: u32,
+    mem_mib: Option<f64>,
+) -> Config {
+    Config {
+        policy,
+        slice_ms: Some(slice_ms),
+        work_conserving: false,
+        averaging_factor: 33,
+        tenants: shares
+            .iter()
+            .enumerate()
+            .map(|(i, s)| TenantConfig {
+                name: format!("t{i}"),
+                share: *s,
+                memory_limit_bytes: mem_mib.map(|m| (m * 1024.0 * 1024.0) as u64),
+                identity: Identity {
+                    token: Some(token(i)),
+                    ..Identity::default()
+                },
+            })
+            .collect(),
+    }
+}
+
+struct Client {
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+}
+
+impl Client {
+    fn connect(path: &PathBuf) -> Client {
+        let w = UnixStream::connect(path).unwrap();
+        let r = BufReader::new(w.try_clone().unwrap());
+        Client { w, r }
+    }
+
+    fn call(&mut self, req: &Request) -> Reply {
+        self.w.write_all(proto::encode(req).as_bytes()).unwrap();
+        let mut line = String::new();
+        self.r.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+
+    fn hello(path: &PathBuf, tenant: &str, tok: Option<String>) -> (Client, Reply) {
+        let mut c = Client::connect(path);
+        let r = c.call(&Request::Hello {
+            version: proto::VERSION,
+            tenant: tenant.into(),
+            token: tok,
+        });
+        (c, r)
+    }
+}
+
+#[test]
+fn unknown_and_unproven_clients_are_refused() {
+    let p = sock("ident");
+    let _s = Server::start(config(PolicyName::EqualShare, &[None, None], 2, None), &p).unwrap();
+    let (_, r) = Client::hello(&p, "t9", Some(token(0)));
+    assert!(
+        matches!(r, Reply::Error { ref message } if message.contains("unknown tenant")),
+        "{r:?}"
+    );
+    let (_, r) = Client::hello(&p, "t0", Some(token(1)));
+    assert!(
+        matches!(r, Reply::Error { ref message } if message.contains("not recognised")),
+        "{r:?}"
+    );
+    let (_, r) = Client::hello(&p, "t0", None);
+    assert!(matches!(r, Reply::Error { .. }), "{r:?}");
+    let (mut c, r) = Client::hello(&p, "t1", Some(token(1)));
+    assert!(matches!(r, Reply::Welcome { .. }), "{r:?}");
+    // A second hello, or a request before hello, is an error.
+    assert!(matches!(
+        c.call(&Request::Hello {
+            version: 1,
+            tenant: "t1".into(),
+            token: Some(token(1))
+        }),
+        Reply::Error { .. }
+    ));
+    let mut anon = Client::connect(&p);
+    assert!(matches!(anon.call(&Request::Acquire), Reply::Error { .. }));
+    // The socket is owner-only.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+/// A busy tenant: acquire, hold the GPU for the whole grant (as kernels would), release.
+fn busy(path: PathBuf, i: usize, seconds: f64) -> u64 {
+    let (mut c, r) = Client::hello(&path, &format!("t{i}"), Some(token(i)));
+    assert!(matches!(r, Reply::Welcome { .. }));
+    let end = proto::now_ns() + (seconds * 1e9) as u64;
+    let mut held = 0u64;
+    while proto::now_ns() < end {
+        let Reply::Grant { until_ns } = c.call(&Request::Acquire) else {
+            panic!("no grant")
+        };
+        let start = proto::now_ns();
+        while proto::now_ns() < until_ns {
+            std::hint::spin_loop();
+        }
+        let used = proto::now_ns() - start;
+        held += used;
+        c.call(&Request::Release {
+            used_ns: used,
+            pending: true,
+        });
+    }
+    held
+}
+
+fn shares(policy: PolicyName, targets: &[Option<f64>]) -> (Vec<f64>, Vec<f64>) {
+    let p = sock(&format!("share-{}", targets.len()));
+    let s = Server::start(config(policy, targets, 2, None), &p).unwrap();
+    let secs = 1.5;
+    let hs: Vec<_> = (0..targets.len())
+        .map(|i| {
+            let p = p.clone();
+            std::thread::spawn(move || busy(p, i, secs))
+        })
+        .collect();
+    let held: Vec<u64> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    let total: u64 = held.iter().sum();
+    let st = s.status();
+    let reported: Vec<f64> = st.tenants.iter().map(|t| t.gpu_time_ns as f64).collect();
+    let rs: f64 = reported.iter().sum();
+    (
+        held.iter().map(|h| *h as f64 / total as f64).collect(),
+        reported.iter().map(|r| r / rs).collect(),
+    )
+}
+
+#[test]
+fn fixed_shares_are_kept() {
+    let (got, reported) = shares(PolicyName::FixedShare, &[Some(0.5), Some(0.3), Some(0.2)]);
+    for (g, want) in got.iter().zip([0.5, 0.3, 0.2]) {
+        assert!((g - want).abs() < 0.05, "{got:?}");
+    }
+    for (g, r) in got.iter().zip(&reported) {
+        assert!(
+            (g - r).abs() < 0.03,
+            "client {got:?} vs daemon {reported:?}"
+        );
+    }
+}
+
+#[test]
+fn equal_share_splits_evenly() {
+    let (got, _) = shares(PolicyName::EqualShare, &[None, None, None, None]);
+    for g in &got {
+        assert!((g - 0.25).abs() < 0.05, "{got:?}");
+    }
+}
+
+#[test]
+fn memory_limits_hold_across_a_tenants_processes() {
+    let p = sock("mem");
+    let s = Server::start(config(PolicyName::BestEffort, &[None], 2, Some(100.0)), &p).unwrap();
+    let mib = 1024 * 1024;
+    let (mut a, _) = Client::hello(&p, "t0", Some(token(0)));
+    let (mut b, _) = Client::hello(&p, "t0", Some(token(0)));
+    assert!(matches!(
+        a.call(&Request::Alloc { bytes: 60 * mib }),
+        Reply::AllocOk { .. }
+    ));
+    assert!(matches!(
+        b.call(&Request::Alloc { bytes: 50 * mib }),
+        Reply::AllocDenied { .. }
+    ));
+    assert!(matches!(
+        b.call(&Request::Alloc { bytes: 40 * mib }),
+        Reply::AllocOk { .. }
+    ));
+    assert_eq!(s.status().tenants[0].memory_used_mib, 100.0);
+    // Freeing more than it holds gives back only its own.
+    assert!(matches!(
+        b.call(&Request::Free { bytes: 90 * mib }),
+        Reply::Freed { .. }
+    ));
+    assert_eq!(s.status().tenants[0].memory_used_mib, 60.0);
+    // A process that goes away gives its memory back.
+    drop(a);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(s.status().tenants[0].memory_used_mib, 0.0);
+    assert_eq!(s.status().tenants[0].clients, 1);
+}
+
+#[test]
+fn a_holder_that_vanishes_does_not_block_the_others() {
+    let p = sock("vanish");
+    let _s = Server::start(config(PolicyName::BestEffort, &[None, None], 5, None), &p).unwrap();
+    let (mut a, _) = Client::hello(&p, "t0", Some(token(0)));
+    let (mut b, _) = Client::hello(&p, "t1", Some(token(1)));
+    assert!(matches!(a.call(&Request::Acquire), Reply::Grant { .. }));
+    drop(a);
+    let t0 = proto::now_ns();
+    assert!(matches!(b.call(&Request::Acquire), Reply::Grant { .. }));
+    assert!(proto::now_ns() - t0 < 200_000_000);
+}
