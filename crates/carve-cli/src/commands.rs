@@ -41,6 +41,14 @@ pub fn run(cli: Cli) -> Result<Out, Failure> {
             out,
             allow_partial,
         } => crate::plan::plan_cmd(&catalog, &file, out.as_deref(), allow_partial, json),
+        Command::Sched(cmd) => crate::sched::sched_cmd(cmd, json),
+        Command::Run {
+            tenant,
+            socket,
+            token_file,
+            fail,
+            command,
+        } => crate::sched::run_cmd(&tenant, &socket, token_file.as_deref(), &fail, &command),
         Command::Status => crate::node::status_cmd(&ctx, catalog),
         Command::Assert { file, config, node } => crate::node::assert_cmd(
             &ctx,

@@ -6,6 +6,7 @@ mod node;
 mod nvml;
 mod output;
 mod plan;
+mod sched;
 mod svg;
 
 use clap::{Parser, Subcommand};
@@ -140,6 +141,26 @@ enum Command {
         /// The config name to write.
         #[arg(long, default_value = "current")]
         label: String,
+    },
+    /// The time-slice scheduler for CUDA processes: `serve` runs it, `status` shows it.
+    #[command(subcommand)]
+    Sched(sched::SchedCommand),
+    /// Run a command as a tenant of a time-slice scheduler (the shim is preloaded).
+    Run {
+        /// The tenant to run as; the scheduler checks the claim (token, user or cgroup).
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_name = "PATH", default_value = carve_sched::proto::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// File holding the tenant's token (given to the tenant by the agent).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// When the scheduler cannot be reached: run unscheduled (open) or refuse work (closed).
+        #[arg(long, default_value = "open", value_parser = ["open", "closed"])]
+        fail: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
     },
     /// Work the simulated node: busy instances, faults, reboots.
     #[command(subcommand)]

@@ -77,8 +77,8 @@ pub fn sched_cmd(cmd: SchedCommand, json: bool) -> Result<Out, Failure> {
             let server = carve_sched::server::Server::start(cfg.clone(), &socket).map_err(Failure::no)?;
             // SAFETY: installing async-signal-safe handlers that only store an atomic.
             unsafe {
-                libc::signal(libc::SIGINT, on_signal as libc::sighandler_t);
-                libc::signal(libc::SIGTERM, on_signal as libc::sighandler_t);
+                libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+                libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
             }
             eprintln!(
                 "carve sched: {} with {} tenant(s) on {} (Ctrl-C stops)",

@@ -576,7 +576,11 @@ fn status(s: &Shared) -> StatusReport {
             }
             TenantStatus {
                 name: t.name.clone(),
-                target_share: cs.map(|c| c.target_share).unwrap_or(0.0),
+                // Not connected: what it would get (its fixed share), else nothing.
+                target_share: cs.map(|c| c.target_share).unwrap_or(match s.config.policy {
+                    crate::config::PolicyName::FixedShare => t.share.unwrap_or(0.0),
+                    _ => 0.0,
+                }),
                 achieved_share: ts.gpu_time as f64 / up as f64,
                 gpu_time_ns: ts.gpu_time,
                 launches: ts.turns,

@@ -211,7 +211,13 @@ impl Conn {
 static CONN: Mutex<Option<Conn>> = Mutex::new(None);
 static INIT: OnceLock<()> = OnceLock::new();
 
+/// The scheduler said no to this client's identity.
+static REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn fail_mode() -> u8 {
+    if REFUSED.load(Acquire) {
+        return MODE_CLOSED;
+    }
     match std::env::var("CARVE_FAIL").as_deref() {
         Ok("closed") => MODE_CLOSED,
         _ => MODE_OPEN,
@@ -268,9 +274,11 @@ fn init() {
                 }
                 MODE.store(MODE_ACTIVE, Release);
             }
-            Ok(Reply::Error { message }) => lose(&format!(
-                "the scheduler refused tenant '{tenant}': {message}"
-            )),
+            Ok(Reply::Error { message }) => {
+                // A refusal is an answer, not an outage: never run unscheduled on it.
+                REFUSED.store(true, Release);
+                lose(&format!("the scheduler refused tenant '{tenant}': {message}"))
+            }
             Ok(other) => lose(&format!("unexpected reply from the scheduler: {other:?}")),
             Err(e) => lose(&format!("the scheduler at {socket} did not answer ({e})")),
         }
