@@ -74,7 +74,8 @@ pub fn sched_cmd(cmd: SchedCommand, json: bool) -> Result<Out, Failure> {
                 }
                 (None, None) => return Err(Failure::bad("give --config FILE or --plan PLAN")),
             };
-            let server = carve_sched::server::Server::start(cfg.clone(), &socket).map_err(Failure::no)?;
+            let server =
+                carve_sched::server::Server::start(cfg.clone(), &socket).map_err(Failure::no)?;
             // SAFETY: installing async-signal-safe handlers that only store an atomic.
             unsafe {
                 libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
@@ -153,7 +154,8 @@ fn shim_path() -> Result<PathBuf, Failure> {
     if let Some(p) = std::env::var_os("CARVE_SHIM_LIB").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe().map_err(|e| Failure::no(format!("cannot find carve: {e}")))?;
+    let exe =
+        std::env::current_exe().map_err(|e| Failure::no(format!("cannot find carve: {e}")))?;
     let dir = exe.parent().unwrap_or(Path::new("."));
     for cand in [
         dir.join("libcarve_shim.so"),
@@ -180,10 +182,14 @@ pub fn run_cmd(
 ) -> Result<Out, Failure> {
     use std::os::unix::process::CommandExt;
     let Some((prog, args)) = command.split_first() else {
-        return Err(Failure::bad("nothing to run: carve run --tenant NAME -- COMMAND [ARGS...]"));
+        return Err(Failure::bad(
+            "nothing to run: carve run --tenant NAME -- COMMAND [ARGS...]",
+        ));
     };
     if fail != "open" && fail != "closed" {
-        return Err(Failure::bad(format!("--fail must be open or closed, not {fail}")));
+        return Err(Failure::bad(format!(
+            "--fail must be open or closed, not {fail}"
+        )));
     }
     let shim = shim_path()?;
     let mut preload = shim.display().to_string();

@@ -306,7 +306,9 @@ fn write_stats() {
 
 /// Memory used by live processes (files under mem/, one per pid).
 fn node_used() -> u64 {
-    let Ok(rd) = std::fs::read_dir(dir().join("mem")) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(dir().join("mem")) else {
+        return 0;
+    };
     let me = std::process::id();
     rd.flatten()
         .filter_map(|e| {
@@ -315,13 +317,20 @@ fn node_used() -> u64 {
                 let _ = std::fs::remove_file(e.path());
                 return None;
             }
-            std::fs::read_to_string(e.path()).ok()?.trim().parse::<u64>().ok()
+            std::fs::read_to_string(e.path())
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
         })
         .sum()
 }
 
 fn set_own_usage(bytes: u64) {
-    let _ = std::fs::write(dir().join("mem").join(std::process::id().to_string()), bytes.to_string());
+    let _ = std::fs::write(
+        dir().join("mem").join(std::process::id().to_string()),
+        bytes.to_string(),
+    );
 }
 
 fn alloc(bytes: u64) -> Result<u64, CUresult> {
@@ -456,11 +465,11 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(v: *mut c_int, attr: c_int, dev: c
         }
         // A few attributes with H100 values; the rest 0.
         let val = match attr {
-            1 => 1024,   // MAX_THREADS_PER_BLOCK
-            16 => 132,   // MULTIPROCESSOR_COUNT
-            75 => 9,     // COMPUTE_CAPABILITY_MAJOR
-            76 => 0,     // COMPUTE_CAPABILITY_MINOR
-            10 => 32,    // WARP_SIZE
+            1 => 1024, // MAX_THREADS_PER_BLOCK
+            16 => 132, // MULTIPROCESSOR_COUNT
+            75 => 9,   // COMPUTE_CAPABILITY_MAJOR
+            76 => 0,   // COMPUTE_CAPABILITY_MINOR
+            10 => 32,  // WARP_SIZE
             _ => 0,
         };
         out(v, val)
@@ -543,7 +552,12 @@ pub unsafe extern "C" fn cuStreamCreate(s: *mut Ptr, _flags: c_uint) -> CUresult
 pub unsafe extern "C" fn cuStreamDestroy_v2(s: Ptr) -> CUresult {
     guard(|| {
         sync_stream(s as u64)?;
-        with(|p| p.streams.remove(&(s as u64)).map(|_| ()).ok_or(INVALID_HANDLE))
+        with(|p| {
+            p.streams
+                .remove(&(s as u64))
+                .map(|_| ())
+                .ok_or(INVALID_HANDLE)
+        })
     })
 }
 
@@ -637,7 +651,14 @@ pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, a: Ptr, b: Ptr) -> CUr
 
 #[no_mangle]
 pub unsafe extern "C" fn cuEventDestroy_v2(e: Ptr) -> CUresult {
-    guard(|| with(|p| p.events.remove(&(e as u64)).map(|_| ()).ok_or(INVALID_HANDLE)))
+    guard(|| {
+        with(|p| {
+            p.events
+                .remove(&(e as u64))
+                .map(|_| ())
+                .ok_or(INVALID_HANDLE)
+        })
+    })
 }
 
 #[no_mangle]
@@ -661,7 +682,13 @@ pub unsafe extern "C" fn cuMemAllocAsync(d: *mut u64, bytes: size_t, _s: Ptr) ->
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemAllocPitch_v2(d: *mut u64, pitch: *mut size_t, width: size_t, height: size_t, _elem: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuMemAllocPitch_v2(
+    d: *mut u64,
+    pitch: *mut size_t,
+    width: size_t,
+    height: size_t,
+    _elem: c_uint,
+) -> CUresult {
     guard(|| {
         if d.is_null() || pitch.is_null() {
             return Err(INVALID_VALUE);
@@ -683,7 +710,12 @@ pub unsafe extern "C" fn cuMemFreeAsync(d: u64, _s: Ptr) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemCreate(h: *mut u64, bytes: size_t, _prop: Ptr, _flags: u64) -> CUresult {
+pub unsafe extern "C" fn cuMemCreate(
+    h: *mut u64,
+    bytes: size_t,
+    _prop: Ptr,
+    _flags: u64,
+) -> CUresult {
     cuMemAlloc_v2(h, bytes)
 }
 
@@ -831,7 +863,12 @@ pub struct LaunchConfig {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuLaunchKernelEx(config: *const LaunchConfig, f: Ptr, params: *mut Ptr, _extra: *mut Ptr) -> CUresult {
+pub unsafe extern "C" fn cuLaunchKernelEx(
+    config: *const LaunchConfig,
+    f: Ptr,
+    params: *mut Ptr,
+    _extra: *mut Ptr,
+) -> CUresult {
     guard(|| {
         if config.is_null() {
             return Err(INVALID_VALUE);
@@ -885,16 +922,52 @@ macro_rules! symbols {
 }
 
 symbols!(
-    cuInit, cuDriverGetVersion, cuDeviceGetCount, cuDeviceGet, cuDeviceGetName,
-    cuDeviceTotalMem_v2, cuDeviceGetAttribute, cuDevicePrimaryCtxRetain,
-    cuDevicePrimaryCtxRelease_v2, cuCtxCreate_v2, cuCtxDestroy_v2, cuCtxSetCurrent,
-    cuCtxGetCurrent, cuCtxSynchronize, cuStreamCreate, cuStreamDestroy_v2, cuStreamSynchronize,
-    cuStreamQuery, cuEventCreate, cuEventRecord, cuEventQuery, cuEventSynchronize,
-    cuEventElapsedTime, cuEventDestroy_v2, cuMemAlloc_v2, cuMemAllocManaged, cuMemAllocAsync,
-    cuMemAllocPitch_v2, cuMemFree_v2, cuMemFreeAsync, cuMemCreate, cuMemRelease,
-    cuArrayCreate_v2, cuArrayDestroy, cuMemGetInfo_v2, cuModuleLoadData, cuModuleUnload,
-    cuModuleGetFunction, cuLaunchKernel, cuLaunchCooperativeKernel, cuLaunchKernelEx,
-    cuGraphLaunch, cuGetErrorName, cuGetErrorString, cuGetProcAddress, cuGetProcAddress_v2,
+    cuInit,
+    cuDriverGetVersion,
+    cuDeviceGetCount,
+    cuDeviceGet,
+    cuDeviceGetName,
+    cuDeviceTotalMem_v2,
+    cuDeviceGetAttribute,
+    cuDevicePrimaryCtxRetain,
+    cuDevicePrimaryCtxRelease_v2,
+    cuCtxCreate_v2,
+    cuCtxDestroy_v2,
+    cuCtxSetCurrent,
+    cuCtxGetCurrent,
+    cuCtxSynchronize,
+    cuStreamCreate,
+    cuStreamDestroy_v2,
+    cuStreamSynchronize,
+    cuStreamQuery,
+    cuEventCreate,
+    cuEventRecord,
+    cuEventQuery,
+    cuEventSynchronize,
+    cuEventElapsedTime,
+    cuEventDestroy_v2,
+    cuMemAlloc_v2,
+    cuMemAllocManaged,
+    cuMemAllocAsync,
+    cuMemAllocPitch_v2,
+    cuMemFree_v2,
+    cuMemFreeAsync,
+    cuMemCreate,
+    cuMemRelease,
+    cuArrayCreate_v2,
+    cuArrayDestroy,
+    cuMemGetInfo_v2,
+    cuModuleLoadData,
+    cuModuleUnload,
+    cuModuleGetFunction,
+    cuLaunchKernel,
+    cuLaunchCooperativeKernel,
+    cuLaunchKernelEx,
+    cuGraphLaunch,
+    cuGetErrorName,
+    cuGetErrorString,
+    cuGetProcAddress,
+    cuGetProcAddress_v2,
 );
 
 /// The `_v2` (or other versioned) name behind a base name, as the runtime asks for it.
@@ -903,7 +976,12 @@ fn versioned(base: &str) -> Option<*mut c_void> {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuGetProcAddress(symbol: *const c_char, pfn: *mut Ptr, _version: c_int, _flags: u64) -> CUresult {
+pub unsafe extern "C" fn cuGetProcAddress(
+    symbol: *const c_char,
+    pfn: *mut Ptr,
+    _version: c_int,
+    _flags: u64,
+) -> CUresult {
     guard(|| {
         if symbol.is_null() || pfn.is_null() {
             return Err(INVALID_VALUE);
@@ -920,7 +998,13 @@ pub unsafe extern "C" fn cuGetProcAddress(symbol: *const c_char, pfn: *mut Ptr, 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuGetProcAddress_v2(symbol: *const c_char, pfn: *mut Ptr, version: c_int, flags: u64, status: *mut c_int) -> CUresult {
+pub unsafe extern "C" fn cuGetProcAddress_v2(
+    symbol: *const c_char,
+    pfn: *mut Ptr,
+    version: c_int,
+    flags: u64,
+    status: *mut c_int,
+) -> CUresult {
     let r = cuGetProcAddress(symbol, pfn, version, flags);
     if !status.is_null() {
         // CU_GET_PROC_ADDRESS_SUCCESS = 0, SYMBOL_NOT_FOUND = 1.

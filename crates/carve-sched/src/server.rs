@@ -16,7 +16,10 @@ use std::time::Duration;
 
 /// How long after a turn ends the daemon waits for the holder's report (its real GPU time, with
 /// any overrun) before moving on without it.
-const GRACE_NS: u64 = 2_000_000;
+const GRACE_NS: u64 = 5_000_000;
+
+/// How long a yielding client may take to drain before the next turn starts anyway.
+const DRAIN_NS: u64 = 10_000_000;
 
 #[derive(Debug, Default, Clone)]
 struct TenantState {
@@ -34,6 +37,8 @@ struct TenantState {
 #[derive(Debug, Clone)]
 struct Turn {
     tenant: usize,
+    /// Which turn: a client reports against the turn it was in, never another.
+    seq: u64,
     start: u64,
     until: u64,
     /// Clients of the tenant running in this turn.
@@ -46,8 +51,14 @@ struct State {
     core: core::Scheduler,
     tenants: Vec<TenantState>,
     turn: Option<Turn>,
-    /// A turn that ended by time, still waiting for its holder's report until `.1`.
-    unreported: Option<(Turn, u64)>,
+    seq: u64,
+    /// What each recent turn was charged (turn → (tenant, ns)), so that a report arriving after
+    /// its turn was closed (work that drained late) pays the difference.
+    ledger: std::collections::BTreeMap<u64, (usize, u64)>,
+    /// A client told to yield that is still draining its work: (tenant, its turn, deadline). The
+    /// next turn starts when it has drained (or at the deadline), so that the next tenant's time
+    /// is not spent waiting behind someone else's kernels.
+    draining: Option<(usize, u64, u64)>,
 }
 
 struct Shared {
@@ -113,7 +124,9 @@ impl Server {
                 core: sched,
                 tenants: vec![TenantState::default(); n],
                 turn: None,
-                unreported: None,
+                seq: 0,
+                ledger: Default::default(),
+                draining: None,
             }),
             cv: Condvar::new(),
             started: proto::now_ns(),
@@ -180,12 +193,60 @@ fn tenant_id(i: usize) -> core::TenantId {
     core::TenantId(i as u32)
 }
 
-/// Ends the current turn with the GPU time it took.
+/// Closes the current turn, charging `used`; a tenant with no client waiting stops being due.
 fn end_turn(st: &mut State, used: u64, now: u64) {
-    if let Some(t) = st.turn.take() {
-        st.core.finish(tenant_id(t.tenant), used, now);
-        let ts = &mut st.tenants[t.tenant];
-        ts.gpu_time += used;
+    let Some(t) = st.turn.take() else { return };
+    st.core.finish(tenant_id(t.tenant), used, now);
+    st.tenants[t.tenant].gpu_time += used;
+    st.ledger.insert(t.seq, (t.tenant, used));
+    while st.ledger.len() > 256 {
+        st.ledger.pop_first();
+    }
+    if st.tenants[t.tenant].waiting == 0 {
+        st.core.set_pending(tenant_id(t.tenant), false, now);
+    }
+}
+
+/// Starts a turn for a tenant.
+fn begin_turn(st: &mut State, tenant: usize, until: u64, now: u64) -> u64 {
+    st.seq += 1;
+    st.turn = Some(Turn {
+        tenant,
+        seq: st.seq,
+        start: now,
+        until: until.max(now + 1),
+        running: 0,
+        used: 0,
+    });
+    let ts = &mut st.tenants[tenant];
+    ts.turns += 1;
+    if let Some(since) = ts.waiting_since.take() {
+        ts.throttled += now.saturating_sub(since);
+    }
+    st.seq
+}
+
+/// A client reports the GPU time it took in turn `seq` (from the grant until its work drained).
+fn client_report(st: &mut State, me: usize, seq: u64, used: u64, now: u64) {
+    if let Some(t) = st.turn.as_mut() {
+        if t.seq == seq {
+            t.running = t.running.saturating_sub(1);
+            t.used = t.used.max(used);
+            if t.running == 0 {
+                let used = t.used;
+                end_turn(st, used, now);
+            }
+            return;
+        }
+    }
+    // The turn was closed already: pay what it took beyond what was charged.
+    if let Some((tenant, charged)) = st.ledger.get_mut(&seq) {
+        if *tenant == me && used > *charged {
+            let extra = used - *charged;
+            *charged = used;
+            st.core.charge(tenant_id(me), extra, now);
+            st.tenants[me].gpu_time += extra;
+        }
     }
 }
 
@@ -196,52 +257,40 @@ fn schedule_loop(s: &Shared) {
             return;
         }
         let now = proto::now_ns();
-        // A turn that ran out: wait a little for its holder's report, then move on.
-        if let Some(t) = &st.turn {
-            if now < t.until {
-                let wait = t.until - now;
-                st =
-                    s.cv.wait_timeout(st, Duration::from_nanos(wait))
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                continue;
-            }
-            if t.running > 0 {
-                let t = st.turn.take().expect("checked");
-                st.unreported = Some((t, now + GRACE_NS));
-            } else {
-                let used = t.used.max(t.until - t.start);
-                end_turn(&mut st, used, now);
-            }
+        if st.draining.is_some_and(|d| now >= d.2) {
+            st.draining = None;
         }
-        if let Some((t, deadline)) = st.unreported.clone() {
-            if now < deadline {
+        if let Some(t) = &st.turn {
+            // Running, or run out with work still draining: wait (a little) for the reports. A
+            // turn nobody joined yet waits for the previous holder to drain.
+            let end = if t.running == 0 {
+                match st.draining {
+                    Some(d) => d.2.max(t.until),
+                    None => t.until,
+                }
+            } else if now < t.until {
+                t.until
+            } else {
+                t.until + GRACE_NS
+            };
+            if now < end {
                 st =
-                    s.cv.wait_timeout(st, Duration::from_nanos(deadline - now))
+                    s.cv.wait_timeout(st, Duration::from_nanos(end - now))
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                 continue;
             }
-            // No report: the holder went idle. Account the grant.
-            st.unreported = None;
-            st.turn = Some(t.clone());
-            end_turn(&mut st, t.until - t.start, now);
+            // Over: charge what was reported, or the whole grant for clients that went quiet.
+            let used = if t.running > 0 {
+                t.used.max(t.until - t.start)
+            } else {
+                t.used
+            };
+            end_turn(&mut st, used, now);
         }
         match st.core.next(now) {
             core::Decision::Grant { tenant, until } => {
-                let i = tenant.0 as usize;
-                st.turn = Some(Turn {
-                    tenant: i,
-                    start: now,
-                    until: until.max(now + 1),
-                    running: 0,
-                    used: 0,
-                });
-                let ts = &mut st.tenants[i];
-                ts.turns += 1;
-                if let Some(since) = ts.waiting_since.take() {
-                    ts.throttled += now.saturating_sub(since);
-                }
+                begin_turn(&mut st, tenant.0 as usize, until, now);
                 s.cv.notify_all();
             }
             core::Decision::Idle { until } => {
@@ -261,8 +310,8 @@ fn schedule_loop(s: &Shared) {
     }
 }
 
-/// Waits until the tenant holds a turn; returns its end.
-fn acquire(s: &Shared, me: usize) -> Option<u64> {
+/// Waits until the tenant holds a turn; joins it. Returns (turn, end).
+fn acquire(s: &Shared, me: usize) -> Option<(u64, u64)> {
     let mut st = s.lock();
     let now = proto::now_ns();
     {
@@ -280,10 +329,17 @@ fn acquire(s: &Shared, me: usize) -> Option<u64> {
             return None;
         }
         let now = proto::now_ns();
+        let drained = st.draining.is_none_or(|d| d.0 == me || now >= d.2);
         if let Some(t) = st.turn.as_mut() {
-            if t.tenant == me && now < t.until {
+            if t.tenant == me && drained && (now < t.until || t.running == 0) {
+                if t.running == 0 {
+                    // The first to join: the turn runs from now (the GPU is free now).
+                    let len = t.until - t.start;
+                    t.start = now;
+                    t.until = now + len;
+                }
                 t.running += 1;
-                let until = t.until;
+                let got = (t.seq, t.until);
                 let ts = &mut st.tenants[me];
                 ts.waiting -= 1;
                 if ts.waiting == 0 {
@@ -291,39 +347,13 @@ fn acquire(s: &Shared, me: usize) -> Option<u64> {
                         ts.throttled += now.saturating_sub(since);
                     }
                 }
-                return Some(until);
+                return Some(got);
             }
         }
         st =
             s.cv.wait_timeout(st, Duration::from_millis(50))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
-    }
-}
-
-/// A client of the holder reports the end of its part of the turn.
-fn report(st: &mut State, me: usize, used: u64, pending: bool, now: u64) {
-    let mut done = false;
-    if let Some(t) = st.turn.as_mut() {
-        if t.tenant == me {
-            t.running = t.running.saturating_sub(1);
-            t.used = t.used.max(used);
-            done = t.running == 0;
-        }
-    }
-    if done {
-        let used = st.turn.as_ref().map(|t| t.used).unwrap_or(used);
-        end_turn(st, used, now);
-    } else if let Some((t, _)) = st.unreported.clone() {
-        if t.tenant == me {
-            // The report of a turn that ran out: account what it really took.
-            st.unreported = None;
-            st.turn = Some(t.clone());
-            end_turn(st, used.max(t.until - t.start), now);
-        }
-    }
-    if !pending && st.tenants[me].waiting == 0 {
-        st.core.set_pending(tenant_id(me), false, now);
     }
 }
 
@@ -335,7 +365,8 @@ fn serve(s: &Shared, conn: UnixStream) {
     let mut reader = BufReader::new(read);
     let mut writer = conn;
     let mut me: Option<usize> = None;
-    let mut in_turn = false;
+    // The turn this client last joined.
+    let mut mine: Option<u64> = None;
     let mut reserved: u64 = 0;
     let mut line = String::new();
     let send = |w: &mut UnixStream, r: &Reply| w.write_all(proto::encode(r).as_bytes()).is_ok();
@@ -419,8 +450,8 @@ fn serve(s: &Shared, conn: UnixStream) {
                 message: "say hello first: unknown client".into(),
             },
             (Request::Acquire, Some(i)) => match acquire(s, i) {
-                Some(until) => {
-                    in_turn = true;
+                Some((seq, until)) => {
+                    mine = Some(seq);
                     Reply::Grant { until_ns: until }
                 }
                 None => Reply::Error {
@@ -430,74 +461,78 @@ fn serve(s: &Shared, conn: UnixStream) {
             (Request::Renew { used_ns }, Some(i)) => {
                 let mut st = s.lock();
                 let now = proto::now_ns();
-                let same = st
+                let live = st
                     .turn
                     .as_ref()
-                    .is_some_and(|t| t.tenant == i && now < t.until);
-                if same {
-                    let t = st.turn.as_ref().expect("checked");
-                    Reply::Grant { until_ns: t.until }
-                } else {
-                    // Its turn is over: report it, then see whether it goes on.
-                    if in_turn {
-                        report(&mut st, i, *used_ns, true, now);
-                        in_turn = false;
+                    .filter(|t| t.tenant == i && now < t.until)
+                    .map(|t| (t.seq, t.until));
+                match live {
+                    // Its tenant holds a turn now: stay (joining it if it is a newer one).
+                    Some((seq, until)) => {
+                        if mine != Some(seq) {
+                            if let Some(old) = mine {
+                                client_report(&mut st, i, old, *used_ns, now);
+                            }
+                            if let Some(t) = st.turn.as_mut() {
+                                t.running += 1;
+                            }
+                            mine = Some(seq);
+                        }
+                        Reply::Grant { until_ns: until }
                     }
-                    st.core.set_pending(tenant_id(i), true, now);
-                    let next = if st.turn.is_none() && st.unreported.is_none() {
-                        Some(st.core.next(now))
-                    } else {
-                        None
-                    };
-                    match next {
-                        Some(core::Decision::Grant { tenant, until }) if tenant.0 as usize == i => {
-                            st.turn = Some(Turn {
-                                tenant: i,
-                                start: now,
-                                until: until.max(now + 1),
-                                running: 1,
-                                used: 0,
-                            });
-                            st.tenants[i].turns += 1;
-                            in_turn = true;
-                            s.cv.notify_all();
-                            Reply::Grant {
-                                until_ns: until.max(now + 1),
+                    None => {
+                        if let Some(old) = mine {
+                            client_report(&mut st, i, old, *used_ns, now);
+                        }
+                        // Goes on at once if it is due next and the GPU is free.
+                        let mut reply = Reply::Yield;
+                        if st.turn.is_none() {
+                            st.core.set_pending(tenant_id(i), true, now);
+                            match st.core.next(now) {
+                                core::Decision::Grant { tenant, until } => {
+                                    let j = tenant.0 as usize;
+                                    let seq = begin_turn(&mut st, j, until, now);
+                                    if j == i {
+                                        if let Some(t) = st.turn.as_mut() {
+                                            t.running = 1;
+                                        }
+                                        mine = Some(seq);
+                                        reply = Reply::Grant {
+                                            until_ns: until.max(now + 1),
+                                        };
+                                    }
+                                }
+                                core::Decision::Idle { .. } | core::Decision::Empty => {}
                             }
                         }
-                        Some(core::Decision::Grant { tenant, until }) => {
-                            let j = tenant.0 as usize;
-                            st.turn = Some(Turn {
-                                tenant: j,
-                                start: now,
-                                until: until.max(now + 1),
-                                running: 0,
-                                used: 0,
-                            });
-                            st.tenants[j].turns += 1;
-                            s.cv.notify_all();
-                            Reply::Yield
+                        if !matches!(reply, Reply::Grant { .. }) {
+                            if let Some(old) = mine {
+                                st.draining = Some((i, old, now + DRAIN_NS));
+                            }
+                            if st.tenants[i].waiting == 0 {
+                                // It drains before it asks again; don't hand it a turn meanwhile.
+                                st.core.set_pending(tenant_id(i), false, now);
+                            }
                         }
-                        _ => {
-                            s.cv.notify_all();
-                            Reply::Yield
-                        }
+                        s.cv.notify_all();
+                        reply
                     }
                 }
             }
-            (Request::Release { used_ns, pending }, Some(i)) => {
+            (Request::Release { used_ns, .. }, Some(i)) => {
                 let mut st = s.lock();
                 let now = proto::now_ns();
-                if in_turn {
-                    report(&mut st, i, *used_ns, *pending, now);
-                    in_turn = false;
-                } else if let Some((t, _)) = st.unreported.clone() {
-                    if t.tenant == i {
-                        report(&mut st, i, *used_ns, *pending, now);
+                if let Some(seq) = mine {
+                    // Ends its part of the turn, or pays what drained after the turn closed.
+                    client_report(&mut st, i, seq, *used_ns, now);
+                    if st.draining.is_some_and(|d| d.1 == seq) {
+                        st.draining = None;
                     }
                 }
+                if st.tenants[i].waiting == 0 && st.turn.as_ref().is_none_or(|t| t.tenant != i) {
+                    st.core.set_pending(tenant_id(i), false, now);
+                }
                 s.cv.notify_all();
-                // Acknowledge with the next state: a release needs no grant.
                 Reply::Yield
             }
             (Request::Alloc { bytes }, Some(i)) => {
@@ -536,22 +571,21 @@ fn serve(s: &Shared, conn: UnixStream) {
     if let Some(i) = me {
         let mut st = s.lock();
         let now = proto::now_ns();
-        if in_turn {
-            let used = st
-                .turn
-                .as_ref()
-                .filter(|t| t.tenant == i)
-                .map(|t| now.saturating_sub(t.start))
-                .unwrap_or(0);
-            report(&mut st, i, used, false, now);
+        if let Some(seq) = mine {
+            if let Some(start) = st.turn.as_ref().filter(|t| t.seq == seq).map(|t| t.start) {
+                client_report(&mut st, i, seq, now.saturating_sub(start), now);
+            }
+            if st.draining.is_some_and(|d| d.1 == seq) {
+                st.draining = None;
+            }
         }
         st.tenants[i].memory_used = st.tenants[i].memory_used.saturating_sub(reserved);
         st.tenants[i].clients -= 1;
         if st.tenants[i].clients == 0 {
-            st.core.remove_tenant(tenant_id(i), now);
             if st.turn.as_ref().is_some_and(|t| t.tenant == i) {
                 end_turn(&mut st, 0, now);
             }
+            st.core.remove_tenant(tenant_id(i), now);
         }
         s.cv.notify_all();
     }

@@ -226,3 +226,77 @@ fn a_holder_that_vanishes_does_not_block_the_others() {
     assert!(matches!(b.call(&Request::Acquire), Reply::Grant { .. }));
     assert!(proto::now_ns() - t0 < 200_000_000);
 }
+
+/// A tenant that behaves like the shim: renews at the end of each grant, and when told to yield
+/// drains (here: a random overrun of up to `overrun_us`) before releasing.
+fn shim_like(path: PathBuf, i: usize, seconds: f64, overrun_us: u64) -> u64 {
+    let (mut c, r) = Client::hello(&path, &format!("t{i}"), Some(token(i)));
+    assert!(matches!(r, Reply::Welcome { .. }));
+    let end = proto::now_ns() + (seconds * 1e9) as u64;
+    let mut held = 0u64;
+    let mut seed = 0x1234_5678u64 + i as u64;
+    let Reply::Grant { until_ns } = c.call(&Request::Acquire) else {
+        panic!()
+    };
+    let mut until = until_ns;
+    let mut start = proto::now_ns();
+    while proto::now_ns() < end {
+        while proto::now_ns() < until {
+            std::hint::spin_loop();
+        }
+        let used = proto::now_ns() - start;
+        match c.call(&Request::Renew { used_ns: used }) {
+            Reply::Grant { until_ns } => {
+                held += used;
+                start = proto::now_ns();
+                until = until_ns;
+            }
+            Reply::Yield => {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let drain = (seed % (overrun_us + 1)) * 1000;
+                let t = proto::now_ns();
+                while proto::now_ns() < t + drain {
+                    std::hint::spin_loop();
+                }
+                let used = proto::now_ns() - start;
+                held += used;
+                c.call(&Request::Release {
+                    used_ns: used,
+                    pending: true,
+                });
+                let Reply::Grant { until_ns } = c.call(&Request::Acquire) else {
+                    panic!()
+                };
+                start = proto::now_ns();
+                until = until_ns;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    held
+}
+
+#[test]
+fn shares_hold_with_renewals_and_overruns() {
+    let targets = [0.4, 0.3, 0.2, 0.1];
+    let p = sock("renew");
+    let _s = Server::start(
+        config(PolicyName::FixedShare, &targets.map(Some), 2, None),
+        &p,
+    )
+    .unwrap();
+    let hs: Vec<_> = (0..targets.len())
+        .map(|i| {
+            let p = p.clone();
+            std::thread::spawn(move || shim_like(p, i, 2.0, 3000))
+        })
+        .collect();
+    let held: Vec<u64> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    let total: u64 = held.iter().sum();
+    let got: Vec<f64> = held.iter().map(|h| *h as f64 / total as f64).collect();
+    for (g, t) in got.iter().zip(targets) {
+        assert!((g - t).abs() < 0.05, "{got:?}");
+    }
+}

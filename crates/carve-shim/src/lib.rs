@@ -277,7 +277,9 @@ fn init() {
             Ok(Reply::Error { message }) => {
                 // A refusal is an answer, not an outage: never run unscheduled on it.
                 REFUSED.store(true, Release);
-                lose(&format!("the scheduler refused tenant '{tenant}': {message}"))
+                lose(&format!(
+                    "the scheduler refused tenant '{tenant}': {message}"
+                ))
             }
             Ok(other) => lose(&format!("unexpected reply from the scheduler: {other:?}")),
             Err(e) => lose(&format!("the scheduler at {socket} did not answer ({e})")),

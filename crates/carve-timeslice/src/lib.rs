@@ -270,7 +270,9 @@ impl Scheduler {
             // Only a tenant without work is capped: one waiting for its turn must keep what it
             // earns while others run (even long, overrunning turns), or its share is lost.
             if !t.pending {
-                t.credit = t.credit.min(cap);
+                // Idle time earns at most up to one slice; credit it was owed before stays.
+                let before = t.credit - share * dt;
+                t.credit = t.credit.min(before.max(cap));
             }
         }
     }
@@ -363,6 +365,17 @@ impl Scheduler {
             if t.pending {
                 t.pending_since = Some(now);
             }
+        }
+    }
+
+    /// GPU time a tenant's work took after its turn was accounted (its work drained late): paid
+    /// like any use, and carried as overrun debt.
+    pub fn charge(&mut self, id: TenantId, ns: u64, now: u64) {
+        self.accrue(now);
+        if let Some(t) = self.tenants.iter_mut().find(|t| t.id == id) {
+            t.credit -= ns as f64;
+            t.gpu_time += ns;
+            t.debt += ns;
         }
     }
 

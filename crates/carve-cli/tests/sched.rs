@@ -1,0 +1,313 @@
+//! Software time-slicing end to end, without a GPU: `carve sched serve`, tenants running
+//! `carve-spin` under `carve run` (the shim preloaded) against the stand-in `libcuda.so.1` on the
+//! library path. Shares, memory limits, identity refusal, fail-open and fail-closed.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// `target/<profile>/` of this test.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors()
+        .find(|a| a.file_name().is_some_and(|n| n == "deps"))
+        .and_then(Path::parent)
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Builds the stand-in driver, the shim and carve-spin (cargo is quick when they are fresh).
+fn artifacts() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = profile_dir();
+        if let Some(cargo) = std::env::var_os("CARGO") {
+            let mut c = Command::new(cargo);
+            c.args([
+                "build",
+                "--quiet",
+                "-p",
+                "carve-fake-cuda",
+                "-p",
+                "carve-shim",
+                "-p",
+                "carve-spin",
+            ]);
+            match dir.file_name().and_then(|n| n.to_str()) {
+                Some("debug") | None => {}
+                Some("release") => {
+                    c.arg("--release");
+                }
+                Some(p) => {
+                    c.args(["--profile", p]);
+                }
+            }
+            c.arg("--target-dir").arg(dir.parent().unwrap());
+            assert!(
+                c.status().unwrap().success(),
+                "building the test artifacts failed"
+            );
+        }
+        for f in ["libcarve_fake_cuda.so", "libcarve_shim.so", "carve-spin"] {
+            assert!(dir.join(f).exists(), "{f} missing in {}", dir.display());
+        }
+        dir
+    })
+}
+
+struct Node {
+    dir: PathBuf,
+    socket: PathBuf,
+    sched: Option<Child>,
+}
+
+impl Node {
+    fn new(tag: &str) -> Node {
+        let a = artifacts();
+        let dir =
+            std::env::temp_dir().join(format!("carve-sched-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("lib")).unwrap();
+        std::os::unix::fs::symlink(
+            a.join("libcarve_fake_cuda.so"),
+            dir.join("lib/libcuda.so.1"),
+        )
+        .unwrap();
+        for t in ["a", "b", "c"] {
+            std::fs::write(
+                dir.join(format!("{t}.tok")),
+                format!("{t}-secret-0123456789abcdef\n"),
+            )
+            .unwrap();
+        }
+        Node {
+            socket: dir.join("sched.sock"),
+            dir,
+            sched: None,
+        }
+    }
+
+    fn cmd(&self, prog: &Path) -> Command {
+        let mut c = Command::new(prog);
+        c.env("LD_LIBRARY_PATH", self.dir.join("lib"))
+            .env("CARVE_FAKE_CUDA_DIR", self.dir.join("gpu"))
+            .env("CARVE_SHIM_LIB", artifacts().join("libcarve_shim.so"))
+            .env_remove("LD_PRELOAD");
+        c
+    }
+
+    fn carve(&self) -> Command {
+        self.cmd(Path::new(env!("CARGO_BIN_EXE_carve")))
+    }
+
+    fn serve(&mut self, config: &str) {
+        std::fs::write(self.dir.join("sched.yaml"), config).unwrap();
+        let child = self
+            .carve()
+            .args(["sched", "serve", "--config"])
+            .arg(self.dir.join("sched.yaml"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.sched = Some(child);
+        let t = Instant::now();
+        while !self.socket.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the scheduler did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `carve run --tenant T -- carve-spin ...`, started.
+    fn spin(&self, tenant: &str, token: &str, fail: &str, spin_args: &[&str]) -> Child {
+        self.carve()
+            .args(["run", "--tenant", tenant, "--fail", fail, "--socket"])
+            .arg(&self.socket)
+            .arg("--token-file")
+            .arg(self.dir.join(format!("{token}.tok")))
+            .arg("--")
+            .arg(artifacts().join("carve-spin"))
+            .args(spin_args)
+            .arg("--json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.sched.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn finish(c: Child) -> (i32, Value, String) {
+    let out = c.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), v, err)
+}
+
+/// The timing tests run one at a time: their spinning kernels need the CPUs.
+static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn fixed_shares_hold_under_the_shim() {
+    let _one = TIMING.lock().unwrap_or_else(|p| p.into_inner());
+    let mut n = Node::new("fixed");
+    n.serve(
+        "policy: fixed-share\nslice_ms: 4\ntenants:\n  - {name: a, share: 0.7, token_file: a.tok}\n  - {name: b, share: 0.3, token_file: b.tok}\n",
+    );
+    let args = ["--kernel-us", "500", "--seconds", "3"];
+    let a = n.spin("a", "a", "open", &args);
+    let b = n.spin("b", "b", "open", &args);
+    let (ra, va, ea) = finish(a);
+    let (rb, vb, eb) = finish(b);
+    assert_eq!((ra, rb), (0, 0), "{ea}\n{eb}");
+    let (sa, sb) = (va["share"].as_f64().unwrap(), vb["share"].as_f64().unwrap());
+    // Of the GPU time the two got, a had 70% (absolute shares shrink a little when CI's CPUs
+    // are busy: a kernel's thread can be descheduled).
+    assert!((sa / (sa + sb) - 0.7).abs() < 0.06, "a {sa:.3}, b {sb:.3}");
+    assert!(
+        sa + sb > 0.8,
+        "the GPU was mostly idle: a {sa:.3}, b {sb:.3}"
+    );
+    // The scheduler saw the same.
+    let out = n
+        .carve()
+        .args(["sched", "status", "--json", "--socket"])
+        .arg(&n.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = st["tenants"].as_array().unwrap();
+    assert_eq!(t.len(), 2);
+    for k in [
+        "target_share",
+        "achieved_share",
+        "gpu_time_ns",
+        "launches",
+        "throttled_ns",
+        "memory_used_mib",
+    ] {
+        assert!(t[0].get(k).is_some(), "{k} missing: {st:#}");
+    }
+    let ga = t[0]["gpu_time_ns"].as_f64().unwrap();
+    let gb = t[1]["gpu_time_ns"].as_f64().unwrap();
+    assert!((ga / (ga + gb) - 0.7).abs() < 0.06, "daemon: {ga} vs {gb}");
+}
+
+#[test]
+fn baseline_without_carve_splits_evenly() {
+    // Two unscheduled spinners on the stand-in GPU take turns kernel by kernel: ~50% each,
+    // whatever they would be due. (The figure the scheduler is compared against.)
+    let _one = TIMING.lock().unwrap_or_else(|p| p.into_inner());
+    let n = Node::new("baseline");
+    let run = || {
+        n.cmd(&artifacts().join("carve-spin"))
+            .args(["--kernel-us", "500", "--seconds", "2", "--json"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (run(), run());
+    let (_, va, _) = finish(a);
+    let (_, vb, _) = finish(b);
+    let (sa, sb) = (va["share"].as_f64().unwrap(), vb["share"].as_f64().unwrap());
+    assert!((sa - sb).abs() < 0.1, "{sa} {sb}");
+}
+
+#[test]
+fn memory_limits_are_enforced_and_reported() {
+    let mut n = Node::new("mem");
+    n.serve(
+        "policy: best-effort\ntenants:\n  - {name: a, token_file: a.tok, memory_limit_mib: 1024}\n",
+    );
+    let (code, v, err) = finish(n.spin(
+        "a",
+        "a",
+        "closed",
+        &[
+            "--kernel-us",
+            "100",
+            "--seconds",
+            "0.2",
+            "--alloc-mib",
+            "512",
+        ],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        v["memory_total_mib"], 1024,
+        "the limit is the total the program sees"
+    );
+    let (code, _, err) = finish(n.spin(
+        "a",
+        "a",
+        "closed",
+        &[
+            "--kernel-us",
+            "100",
+            "--seconds",
+            "0.2",
+            "--alloc-mib",
+            "2048",
+        ],
+    ));
+    assert_eq!(code, 3, "over the limit is CUDA_ERROR_OUT_OF_MEMORY: {err}");
+}
+
+#[test]
+fn a_client_that_cannot_prove_its_tenant_is_refused() {
+    let mut n = Node::new("refuse");
+    n.serve("policy: equal-share\ntenants:\n  - {name: a, token_file: a.tok}\n  - {name: b, token_file: b.tok}\n");
+    // Claims a, holds b's token; even with --fail open it must not run unscheduled.
+    let (code, _, err) = finish(n.spin(
+        "a",
+        "b",
+        "open",
+        &["--kernel-us", "100", "--seconds", "0.2"],
+    ));
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("refused tenant 'a'"), "{err}");
+    assert_eq!(
+        err.matches("carve-shim:").count(),
+        1,
+        "one clear line: {err}"
+    );
+}
+
+#[test]
+fn an_unreachable_scheduler_fails_open_or_closed() {
+    let n = Node::new("unreachable");
+    let (code, v, err) = finish(n.spin(
+        "a",
+        "a",
+        "open",
+        &["--kernel-us", "100", "--seconds", "0.3"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(v["kernels"].as_u64().unwrap() > 0);
+    assert!(err.contains("failing open"), "{err}");
+    assert_eq!(err.matches("carve-shim:").count(), 1);
+    let (code, _, err) = finish(n.spin(
+        "a",
+        "a",
+        "closed",
+        &["--kernel-us", "100", "--seconds", "0.3"],
+    ));
+    assert_ne!(code, 0);
+    assert!(err.contains("failing closed"), "{err}");
+}
