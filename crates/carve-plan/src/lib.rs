@@ -2,7 +2,7 @@
 //! packed onto the fewest GPUs, and the configs that follow from it.
 //!
 //! Pure: no I/O. [`tenancy::parse`] reads the tenancy file, [`decide`] picks modes, [`pack`]
-//! places replicas on GPUs, [`plan`] is the result (`plan.json`), [`render`] turns a plan into
+//! places replicas on GPUs, [`plan`] is the result (`plan.json`), [`files`] turns a plan into
 //! files people use.
 
 pub mod decide;
@@ -10,7 +10,6 @@ pub mod files;
 pub mod pack;
 pub mod plan;
 pub mod planner;
-pub mod render;
 pub mod tenancy;
 
 pub use plan::{Mode, Plan};

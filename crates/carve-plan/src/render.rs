@@ -1,1 +1,0 @@
-//! Files made from a plan (filled in by the render work).
