@@ -42,6 +42,21 @@ pub fn run(cli: Cli) -> Result<Out, Failure> {
             allow_partial,
         } => crate::plan::plan_cmd(&catalog, &file, out.as_deref(), allow_partial, json),
         Command::Sched(cmd) => crate::sched::sched_cmd(cmd, json),
+        Command::Simulate {
+            file,
+            plan,
+            duration,
+            seed,
+            out,
+        } => crate::simulate::simulate_cmd(
+            &catalog,
+            &file,
+            plan.as_deref(),
+            &duration,
+            seed,
+            out.as_deref(),
+            json,
+        ),
         Command::Run {
             tenant,
             socket,

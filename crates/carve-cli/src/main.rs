@@ -7,6 +7,7 @@ mod nvml;
 mod output;
 mod plan;
 mod sched;
+mod simulate;
 mod svg;
 
 use clap::{Parser, Subcommand};
@@ -141,6 +142,22 @@ enum Command {
         /// The config name to write.
         #[arg(long, default_value = "current")]
         label: String,
+    },
+    /// Simulate each tenant's latency under every sharing mode (as planned, time-sliced, MIG).
+    Simulate {
+        /// The tenancy file (tenants may carry a `load:`; defaults by workload otherwise).
+        file: PathBuf,
+        /// A plan to simulate (default: plan the tenancy now).
+        #[arg(long, value_name = "PLAN")]
+        plan: Option<PathBuf>,
+        /// Simulated time: 90s, 30m, 1h.
+        #[arg(long, default_value = "10m")]
+        duration: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write simulation.json and latency-cdf.svg into DIR.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// The time-slice scheduler for CUDA processes: `serve` runs it, `status` shows it.
     #[command(subcommand)]

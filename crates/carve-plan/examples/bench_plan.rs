@@ -47,6 +47,7 @@ fn tenants(n: usize, rng: &mut Rng) -> Vec<Tenant> {
                 vm: false,
                 media: false,
                 spread,
+                load: None,
                 pos: Pos::default(),
             }
         })

@@ -166,6 +166,8 @@ pub struct Tenant {
     pub vm: bool,
     pub media: bool,
     pub spread: bool,
+    /// The request load, for `carve simulate` (a default by workload when not given).
+    pub load: Option<LoadSpec>,
     pub pos: Pos,
 }
 
@@ -248,6 +250,189 @@ struct RawTenant {
     media: Option<bool>,
     #[serde(default)]
     spread: Option<bool>,
+    #[serde(default)]
+    load: Option<Spanned<RawLoad>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoad {
+    #[serde(default)]
+    arrival: Option<Spanned<String>>,
+    #[serde(default)]
+    rate: Option<f64>,
+    #[serde(default)]
+    on_s: Option<f64>,
+    #[serde(default)]
+    off_s: Option<f64>,
+    #[serde(default)]
+    clients: Option<u32>,
+    #[serde(default)]
+    think_ms: Option<f64>,
+    work_ms: f64,
+    #[serde(default)]
+    service: Option<Spanned<String>>,
+    #[serde(default)]
+    cv: Option<f64>,
+    #[serde(default)]
+    memory_bound: Option<f64>,
+}
+
+/// How requests arrive (per tenant, all replicas together).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ArrivalSpec {
+    Poisson { rate: f64 },
+    Bursty { rate: f64, on_s: f64, off_s: f64 },
+    Closed { clients: u32, think_ms: f64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ServiceSpec {
+    Deterministic,
+    Exponential,
+    Lognormal { cv: f64 },
+}
+
+/// A tenant's request load for the simulator.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadSpec {
+    pub arrival: ArrivalSpec,
+    /// Mean GPU work per request on a whole GPU, ms.
+    pub work_ms: f64,
+    pub service: ServiceSpec,
+    pub memory_bound: f64,
+}
+
+impl LoadSpec {
+    /// The load assumed for a workload when the tenancy file gives none.
+    pub fn default_for(w: Workload) -> LoadSpec {
+        let (arrival, work_ms, service) = match w {
+            Workload::Inference => (
+                ArrivalSpec::Poisson { rate: 10.0 },
+                4.0,
+                ServiceSpec::Lognormal { cv: 0.5 },
+            ),
+            Workload::Interactive | Workload::Dev => (
+                ArrivalSpec::Bursty {
+                    rate: 20.0,
+                    on_s: 5.0,
+                    off_s: 25.0,
+                },
+                10.0,
+                ServiceSpec::Exponential,
+            ),
+            Workload::Desktop => (
+                ArrivalSpec::Poisson { rate: 60.0 },
+                2.0,
+                ServiceSpec::Deterministic,
+            ),
+            Workload::Training | Workload::Batch => (
+                ArrivalSpec::Closed {
+                    clients: 1,
+                    think_ms: 0.0,
+                },
+                50.0,
+                ServiceSpec::Deterministic,
+            ),
+        };
+        LoadSpec {
+            arrival,
+            work_ms,
+            service,
+            memory_bound: 0.3,
+        }
+    }
+}
+
+fn load_spec(raw: &Spanned<RawLoad>, errors: &mut Vec<InputError>) -> Option<LoadSpec> {
+    let p = pos(raw);
+    let bad = |errors: &mut Vec<InputError>, m: String| {
+        errors.push(InputError { pos: p, message: m });
+        None
+    };
+    let pos_num = |x: f64| x.is_finite() && x > 0.0;
+    if !pos_num(raw.work_ms) || raw.work_ms > 3.6e6 {
+        return bad(
+            errors,
+            format!(
+                "load: work_ms must be a positive number of ms, not {}",
+                raw.work_ms
+            ),
+        );
+    }
+    let kinds = [("poisson", 0u8), ("bursty", 1), ("closed", 2)];
+    let kind = match &raw.arrival {
+        Some(a) => one_of(a, "arrival", &kinds, errors)?,
+        None => 0,
+    };
+    let rate = raw.rate.unwrap_or(0.0);
+    let arrival = match kind {
+        0 | 1 if !(pos_num(rate) && rate <= 1e6) => {
+            return bad(
+                errors,
+                "load: poisson and bursty arrivals need a positive rate (per second)".into(),
+            )
+        }
+        0 => ArrivalSpec::Poisson { rate },
+        1 => {
+            let (on, off) = (raw.on_s.unwrap_or(1.0), raw.off_s.unwrap_or(1.0));
+            if !(pos_num(on) && off.is_finite() && off >= 0.0) {
+                return bad(
+                    errors,
+                    "load: on_s must be positive and off_s not negative".into(),
+                );
+            }
+            ArrivalSpec::Bursty {
+                rate,
+                on_s: on,
+                off_s: off,
+            }
+        }
+        _ => {
+            let clients = raw.clients.unwrap_or(1);
+            let think = raw.think_ms.unwrap_or(0.0);
+            if clients == 0 || clients > 100_000 || !(think.is_finite() && think >= 0.0) {
+                return bad(
+                    errors,
+                    "load: a closed loop needs 1 to 100000 clients and a think_ms ≥ 0".into(),
+                );
+            }
+            ArrivalSpec::Closed {
+                clients,
+                think_ms: think,
+            }
+        }
+    };
+    let svc = [("exponential", 0u8), ("deterministic", 1), ("lognormal", 2)];
+    let service = match raw
+        .service
+        .as_ref()
+        .map(|s| one_of(s, "service distribution", &svc, errors))
+    {
+        Some(None) => return None,
+        Some(Some(1)) => ServiceSpec::Deterministic,
+        Some(Some(2)) => {
+            let cv = raw.cv.unwrap_or(1.0);
+            if !(pos_num(cv) && cv <= 100.0) {
+                return bad(errors, format!("load: cv must be positive, not {cv}"));
+            }
+            ServiceSpec::Lognormal { cv }
+        }
+        _ => ServiceSpec::Exponential,
+    };
+    let mb = raw.memory_bound.unwrap_or(0.3);
+    if !(0.0..=1.0).contains(&mb) {
+        return bad(
+            errors,
+            format!("load: memory_bound must be between 0 and 1, not {mb}"),
+        );
+    }
+    Some(LoadSpec {
+        arrival,
+        work_ms: raw.work_ms,
+        service,
+        memory_bound: mb,
+    })
 }
 
 /// Most replicas of one tenant, and most GPUs in one `NxMODEL` entry (keeps input sane).
@@ -694,6 +879,7 @@ pub fn parse(text: &str, catalog: &Catalog) -> Result<Tenancy, Vec<InputError>> 
                 vm: rt.vm.unwrap_or(false),
                 media: rt.media.unwrap_or(false),
                 spread: rt.spread.unwrap_or(false),
+                load: rt.load.as_ref().and_then(|l| load_spec(l, &mut errors)),
                 pos: tp,
             });
         }

@@ -13,6 +13,8 @@ use carve_timeslice::{Config as CoreConfig, Decision, Policy, Scheduler, TenantI
 use serde::Serialize;
 use std::collections::VecDeque;
 
+pub mod scenario;
+
 /// Arrival process of a tenant's requests.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Arrivals {
@@ -95,6 +97,9 @@ pub struct TenantResult {
     pub throughput_per_s: f64,
     /// Fraction of time its slice (or its share of the GPU) was busy with its work.
     pub utilisation: f64,
+    /// Latency at the quantiles 0.01, 0.02, … 0.99 (for CDF plots), ms.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cdf_ms: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -208,14 +213,13 @@ impl Stats {
 
     fn result(mut self, name: &str, duration: f64, share_of_time: f64) -> TenantResult {
         let n = self.lat.len();
-        let mut pick = |q: f64| -> f64 {
+        self.lat.sort_unstable_by(|a, b| a.total_cmp(b));
+        let pick = |q: f64| -> f64 {
             if n == 0 {
                 return 0.0;
             }
-            let k = ((n as f64 - 1.0) * q).round() as usize;
-            *self.lat.select_nth_unstable_by(k, |a, b| a.total_cmp(b)).1 as f64
+            self.lat[((n as f64 - 1.0) * q).round() as usize] as f64
         };
-        let (p50, p95, p99) = (pick(0.5), pick(0.95), pick(0.99));
         let mean = if n > 0 {
             self.lat.iter().map(|x| *x as f64).sum::<f64>() / n as f64
         } else {
@@ -224,13 +228,18 @@ impl Stats {
         TenantResult {
             name: name.to_string(),
             requests: n as u64,
-            p50_ms: p50,
-            p95_ms: p95,
-            p99_ms: p99,
+            p50_ms: pick(0.5),
+            p95_ms: pick(0.95),
+            p99_ms: pick(0.99),
             mean_ms: mean,
             queueing_ms: if n > 0 { self.wait_sum / n as f64 } else { 0.0 },
             throughput_per_s: n as f64 / duration,
             utilisation: self.busy / (duration * 1e3 * share_of_time.max(1e-12)),
+            cdf_ms: if n > 0 {
+                (1..100).map(|k| pick(k as f64 / 100.0)).collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 }

@@ -1,29 +1,65 @@
 //! The policy core of carve's software time-slicing: who may put work on the GPU now, and for how
 //! long. Pure and deterministic — no clocks, threads or I/O; time is passed in as nanoseconds — so
-//! the scheduler daemon (`carve sched`, real time) and the capacity simulator (virtual time) run
-//! the very same code.
+//! the scheduler daemon (`carve sched`, real time) and the capacity simulator (`carve simulate`,
+//! virtual time) run the very same code.
 //!
-//! Semantics follow NVIDIA's vGPU scheduler (`shared/reference/timeslicing.md` §1–§2):
-//! - **Best effort**: work-conserving round robin among tenants with pending work, one time slice
-//!   per turn; no share is guaranteed.
-//! - **Equal share**: each *registered* tenant gets 1/N of GPU time, N = registered tenants, so
-//!   the share changes as tenants come and go. Not work-conserving: a registered tenant with no
-//!   work leaves its share idle ("an idle VM's slice stays idle").
-//! - **Fixed share**: each tenant a configured share (tenants without one split what is left
-//!   equally), constant as others come and go; not work-conserving either (unassigned share and
-//!   idle tenants' shares stay idle).
-//! - `work_conserving: true` (carve's option, not NVIDIA's) hands idle time to tenants with work,
-//!   in proportion to their shares.
-//! - Time slice 1–30 ms; by default vGPU's: 2 ms with up to 8 tenants, 1 ms above.
-//! - Overrun compensation like vGPU's adaptive round robin: work that overruns its slice is
-//!   carried as debt; each following slice is cut by debt / averaging factor (1–60, default 33),
-//!   and the cut is taken off the debt.
+//! # Semantics
 //!
-//! Equal and fixed share are kept with credits: every registered tenant earns credit at the rate
-//! of its share as time passes, and pays the GPU time its turns really took (overruns included).
-//! A tenant with work may start a turn while its credit is positive; the one with most credit
-//! goes first. A tenant without work keeps at most one slice of credit, so a tenant back from idle
-//! cannot monopolise the GPU, and since payment is for time really used, long-run shares hold despite overruns.
+//! They follow NVIDIA's vGPU scheduler as documented in `shared/reference/timeslicing.md` §1–§2
+//! (NVIDIA AI Enterprise 5.0 User Guide ch. 7, vGPU user guide, vGPU FAQ):
+//!
+//! - **Best effort** (§1, vGPU's default): time-sliced round robin among tenants that have work;
+//!   a tenant may use the cycles others leave idle, so it is work-conserving; nothing is
+//!   guaranteed. Each turn is one time slice.
+//! - **Equal share** (§1): each *running* tenant gets 1/N of GPU time, N = the registered tenants
+//!   (vGPU's "running vGPUs": powered on, whether or not they have work right now), so the share
+//!   changes as tenants come and go. Not work-conserving: "an idle VM's slice stays idle instead
+//!   of being handed to others".
+//! - **Fixed share** (§1): each tenant a constant share, unchanged as others come and go. vGPU
+//!   derives it from the vGPU type (1 / max per GPU); carve takes it from the configuration, and
+//!   tenants without a share split what is left equally (nothing, when the given shares add up
+//!   to 1). Not work-conserving: unassigned share and idle tenants' shares stay idle.
+//! - [`Config::work_conserving`] (carve's option; NVIDIA has none) makes equal and fixed share
+//!   hand time nobody with work is owed to the tenants with work, in proportion to their shares.
+//! - **Time slice** (§2, `TT` field of `RmPVMRL`): 1–30 ms. The default is vGPU's Table 1
+//!   ("Default Time Slice Length … by vGPU Density"): 2 ms with up to 8 tenants, 1 ms above 8.
+//!   NVIDIA's docs disagree on the threshold (ch. 7.1: fewer than 8 *residing* vGPUs → 480 Hz;
+//!   Table 1: at most 8 vGPUs *per GPU for the type* → 2 ms); carve has no vGPU type, so it
+//!   applies Table 1's ≤ 8 / > 8 to the number of registered tenants.
+//! - **Overrun compensation** (§1, "Strict round robin / ARR", and the `AA` field of §2): work
+//!   cannot be preempted mid-kernel, so a turn may overrun its slice. The overrun is carried as
+//!   debt; each following slice is cut by debt / averaging factor (1–60, default 33), and the cut
+//!   is taken off the debt. So the mean turn of a busy tenant is one slice. carve applies it under
+//!   every policy, and adds two bounds NVIDIA does not document: a turn is never cut below
+//!   [`MIN_TURN_NS`], and debt is capped at averaging factor × slice (beyond that the cut is a
+//!   whole slice anyway), so a tenant whose single kernels are longer than a slice does not pile
+//!   up debt it would pay for long after its workload changed.
+//!
+//! # How shares are kept
+//!
+//! Equal and fixed share are kept with *credits*, in nanoseconds of GPU time. Every registered
+//! tenant earns credit at the rate of its share as time passes and pays the GPU time its turns
+//! really took (overruns and late-drained work, [`Scheduler::charge`], included), so long-run
+//! shares hold despite overruns. A tenant with work may start a turn while its credit is positive;
+//! the one with most credit goes first (ties in round-robin order). When no tenant with work has
+//! credit, the GPU stays idle ([`Decision::Idle`]) until one has.
+//!
+//! With `work_conserving`, only tenants that have work (or hold the GPU) earn, at their shares
+//! scaled up to add to 1, so idle time is split among them in proportion to their shares; the
+//! tenant with most credit runs even without positive credit, so the GPU never idles while someone
+//! has work. Credits are then kept relative to the leader (the busy tenant with most credit is at
+//! 0), which keeps them bounded however tenants come and go.
+//!
+//! A tenant with no work (and not holding the GPU) keeps at most one slice of credit: a tenant
+//! back from idle runs at once but cannot monopolise the GPU; it gets about one slice ahead of
+//! the others, no more. Best effort keeps no credits (they stay 0).
+//!
+//! # Driving it
+//!
+//! The caller registers tenants ([`Scheduler::add_tenant`]), says which have work
+//! ([`Scheduler::set_pending`]), asks [`Scheduler::next`] whenever the GPU is free, lets the
+//! granted tenant launch until `until` (work launched before then may run past it), and reports
+//! the GPU time the turn took with [`Scheduler::finish`]. Time must not go backwards.
 
 use std::fmt;
 
@@ -31,21 +67,30 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(pub u32);
 
+/// vGPU's scheduling policies (timeslicing.md §1; NVML's `NVML_VGPU_SCHEDULER_POLICY_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
+    /// Round robin among tenants with work; work-conserving, nothing guaranteed.
     BestEffort,
+    /// 1/N of GPU time for each of the N registered tenants.
     EqualShare,
+    /// A configured, constant share per tenant.
     FixedShare,
 }
 
+/// The scheduler's settings. [`Config::default`] is vGPU's default: best effort, default slice,
+/// averaging factor 33.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// The policy.
     pub policy: Policy,
-    /// Time slice; `None` is vGPU's default (2 ms up to 8 tenants, 1 ms above).
+    /// Time slice, 1–30 ms; `None` is vGPU's default (2 ms up to 8 tenants, 1 ms above), see
+    /// [`default_slice_ns`].
     pub slice_ns: Option<u64>,
-    /// Hand idle time to tenants with work (equal and fixed share).
+    /// Equal and fixed share only: hand idle time to tenants with work, in proportion to their
+    /// shares. Not NVIDIA's behaviour (its share policies leave that time idle).
     pub work_conserving: bool,
-    /// vGPU's averaging factor for overrun compensation (1–60, default 33).
+    /// vGPU's averaging factor for overrun compensation, 1–60 (default 33).
     pub averaging_factor: u32,
 }
 
@@ -60,12 +105,30 @@ impl Default for Config {
     }
 }
 
+/// vGPU's default averaging factor (`AA` = 00 in `RmPVMRL`, timeslicing.md §2).
 pub const DEFAULT_AVERAGING_FACTOR: u32 = 33;
+/// The averaging factor's range (`AA`, 0x01–0x3C).
+pub const MIN_AVERAGING_FACTOR: u32 = 1;
+/// See [`MIN_AVERAGING_FACTOR`].
+pub const MAX_AVERAGING_FACTOR: u32 = 60;
+/// The shortest time slice (`TT`, 1–30 ms).
 pub const MIN_SLICE_NS: u64 = 1_000_000;
+/// The longest time slice.
 pub const MAX_SLICE_NS: u64 = 30_000_000;
-/// A turn is never cut below this by compensation.
-const MIN_TURN_NS: u64 = 100_000;
+/// Overrun compensation never cuts a turn below this.
+pub const MIN_TURN_NS: u64 = 100_000;
 
+/// vGPU's default time slice for `tenants` tenants (timeslicing.md §2, Table 1): 2 ms (480 Hz)
+/// with up to 8, 1 ms (960 Hz) above.
+pub fn default_slice_ns(tenants: usize) -> u64 {
+    if tenants > 8 {
+        1_000_000
+    } else {
+        2_000_000
+    }
+}
+
+/// An invalid setting, in words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
 
@@ -78,6 +141,8 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// Checks the ranges of timeslicing.md §2: slice 1–30 ms, averaging factor 1–60. (The driver
+    /// silently caps out-of-range values; carve rejects them.)
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(s) = self.slice_ns {
             if !(MIN_SLICE_NS..=MAX_SLICE_NS).contains(&s) {
@@ -87,7 +152,7 @@ impl Config {
                 )));
             }
         }
-        if !(1..=60).contains(&self.averaging_factor) {
+        if !(MIN_AVERAGING_FACTOR..=MAX_AVERAGING_FACTOR).contains(&self.averaging_factor) {
             return Err(ConfigError(format!(
                 "the averaging factor must be 1 to 60, not {}",
                 self.averaging_factor
@@ -100,24 +165,43 @@ impl Config {
 /// What the GPU does from now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// `tenant` may launch until `until`.
-    Grant { tenant: TenantId, until: u64 },
-    /// Nobody may launch before `until` (shares of idle tenants stay idle).
-    Idle { until: u64 },
+    /// `tenant` may launch work until `until` (work launched before then may run past it).
+    Grant {
+        /// Who.
+        tenant: TenantId,
+        /// End of the turn.
+        until: u64,
+    },
+    /// Someone has work but nobody may launch before `until` (equal and fixed share without
+    /// `work_conserving`: the time belongs to idle tenants or to no one). Ask again then, or
+    /// sooner if something changes.
+    Idle {
+        /// When to ask again.
+        until: u64,
+    },
     /// Nobody has work.
     Empty,
 }
 
+/// One tenant's figures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantStats {
+    /// Who.
     pub tenant: TenantId,
+    /// The share the policy gives it now (best effort: 1/N, for reference).
     pub target_share: f64,
+    /// GPU time used / time since it was registered.
     pub achieved_share: f64,
+    /// GPU time used (turns as reported by `finish`, plus `charge`).
     pub gpu_time_ns: u64,
+    /// Turns granted.
     pub turns: u64,
-    /// Time it had work but was not running.
+    /// Time it had work but was not holding the GPU.
     pub throttled_ns: u64,
+    /// Overrun not yet compensated.
     pub debt_ns: u64,
+    /// Credit (equal and fixed share; relative to the leader with `work_conserving`; 0 under
+    /// best effort).
     pub credit_ns: i64,
 }
 
@@ -135,19 +219,22 @@ struct Tenant {
     since: u64,
 }
 
+/// The scheduler. See the crate documentation for the rules.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     config: Config,
+    /// Sorted by id.
     tenants: Vec<Tenant>,
     /// Time credits were last brought up to date.
     clock: u64,
     /// The turn in progress: (tenant, granted length).
     running: Option<(TenantId, u64)>,
-    /// Round-robin position (index of the last tenant served).
+    /// Round-robin position: the tenant served last.
     last: Option<TenantId>,
 }
 
 impl Scheduler {
+    /// A scheduler with no tenants; fails if the configuration does not validate.
     pub fn new(config: Config) -> Result<Scheduler, ConfigError> {
         config.validate()?;
         Ok(Scheduler {
@@ -159,19 +246,27 @@ impl Scheduler {
         })
     }
 
+    /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
     }
 
     /// The time slice in force (the default depends on how many tenants there are).
     pub fn slice_ns(&self) -> u64 {
-        self.config.slice_ns.unwrap_or(if self.tenants.len() > 8 {
-            1_000_000
-        } else {
-            2_000_000
-        })
+        self.config
+            .slice_ns
+            .unwrap_or_else(|| default_slice_ns(self.tenants.len()))
     }
 
+    /// The most overrun debt a tenant carries: averaging factor × slice, where the cut is a whole
+    /// slice already.
+    pub fn debt_cap_ns(&self) -> u64 {
+        self.config.averaging_factor as u64 * self.slice_ns()
+    }
+
+    /// Registers a tenant (a vGPU that starts running). `share` is used by fixed share only; it
+    /// must lie in (0, 1] and the shares given must add up to at most 1. A new tenant starts
+    /// with one slice of credit, like a tenant back from idle.
     pub fn add_tenant(
         &mut self,
         id: TenantId,
@@ -193,13 +288,20 @@ impl Scheduler {
             }
         }
         self.accrue(now);
-        let slice = self.slice_ns() as f64;
+        let credit = if self.config.policy == Policy::BestEffort {
+            0.0
+        } else {
+            // One slice, as the slice will be with this tenant in.
+            self.config
+                .slice_ns
+                .unwrap_or_else(|| default_slice_ns(self.tenants.len() + 1)) as f64
+        };
         self.tenants.push(Tenant {
             id,
             share,
             pending: false,
             pending_since: None,
-            credit: slice,
+            credit,
             debt: 0,
             gpu_time: 0,
             turns: 0,
@@ -207,18 +309,21 @@ impl Scheduler {
             since: now,
         });
         self.tenants.sort_by_key(|t| t.id);
+        self.settle();
         Ok(())
     }
 
+    /// Unregisters a tenant (its turn, if it holds one, ends). Unknown ids are ignored.
     pub fn remove_tenant(&mut self, id: TenantId, now: u64) {
         self.accrue(now);
         self.tenants.retain(|t| t.id != id);
         if self.running.is_some_and(|(t, _)| t == id) {
             self.running = None;
         }
+        self.settle();
     }
 
-    /// Whether the tenant has work waiting.
+    /// Whether the tenant has work waiting. Unknown ids are ignored.
     pub fn set_pending(&mut self, id: TenantId, pending: bool, now: u64) {
         self.accrue(now);
         let running = self.running.map(|r| r.0);
@@ -233,9 +338,10 @@ impl Scheduler {
             }
             t.pending = pending;
         }
+        self.settle();
     }
 
-    /// The share each tenant is due.
+    /// The share each tenant is due under the policy (best effort: 1/N, for reference).
     fn targets(&self) -> Vec<f64> {
         let n = self.tenants.len().max(1) as f64;
         match self.config.policy {
@@ -256,38 +362,93 @@ impl Scheduler {
         }
     }
 
-    /// Brings credits up to `now`: each tenant earns its share of the time passed, up to a cap.
+    /// Whether a tenant has work or holds the GPU.
+    fn active(&self, t: &Tenant) -> bool {
+        t.pending || self.running.is_some_and(|(r, _)| r == t.id)
+    }
+
+    /// The rate at which each tenant earns credit: its share; with `work_conserving`, its share
+    /// among the active tenants (scaled so that they add up to 1; equal parts if all of them
+    /// have share 0), and nothing for anyone when no tenant is active.
+    fn rates(&self) -> Vec<f64> {
+        let targets = self.targets();
+        if !self.config.work_conserving {
+            return targets;
+        }
+        let (sum, count) = self
+            .tenants
+            .iter()
+            .zip(&targets)
+            .filter(|(t, _)| self.active(t))
+            .fold((0.0, 0usize), |(s, c), (_, x)| (s + x, c + 1));
+        if count == 0 {
+            vec![0.0; targets.len()]
+        } else if sum > 0.0 {
+            targets.iter().map(|x| x / sum).collect()
+        } else {
+            vec![1.0 / count as f64; targets.len()]
+        }
+    }
+
+    /// Brings credits up to `now`: each tenant earns at its rate for the time passed.
     fn accrue(&mut self, now: u64) {
         if now <= self.clock {
             return;
         }
         let dt = (now - self.clock) as f64;
         self.clock = now;
+        if self.config.policy == Policy::BestEffort {
+            return;
+        }
+        let rates = self.rates();
+        for (t, rate) in self.tenants.iter_mut().zip(rates) {
+            t.credit += rate * dt;
+        }
+        self.settle();
+    }
+
+    /// Keeps credits bounded: with `work_conserving`, relative to the leader (the active tenant
+    /// with most credit is at 0); and an inactive tenant keeps at most one slice.
+    fn settle(&mut self) {
+        if self.config.policy == Policy::BestEffort {
+            return;
+        }
         let cap = self.slice_ns() as f64;
-        let targets = self.targets();
-        for (t, share) in self.tenants.iter_mut().zip(targets) {
-            t.credit += share * dt;
-            // Only a tenant without work is capped: one waiting for its turn must keep what it
-            // earns while others run (even long, overrunning turns), or its share is lost.
-            if !t.pending {
-                // Idle time earns at most up to one slice; credit it was owed before stays.
-                let before = t.credit - share * dt;
-                t.credit = t.credit.min(before.max(cap));
+        let active: Vec<bool> = self.tenants.iter().map(|t| self.active(t)).collect();
+        if self.config.work_conserving {
+            let lead = self
+                .tenants
+                .iter()
+                .zip(&active)
+                .filter(|(_, a)| **a)
+                .map(|(t, _)| t.credit)
+                .fold(f64::NEG_INFINITY, f64::max);
+            if lead.is_finite() {
+                for t in &mut self.tenants {
+                    t.credit -= lead;
+                }
+            }
+        }
+        for (t, a) in self.tenants.iter_mut().zip(active) {
+            if !a {
+                t.credit = t.credit.min(cap);
             }
         }
     }
 
-    /// The length of the next turn of a tenant: one slice, cut by its debt / averaging factor.
+    /// The length of the next turn of a tenant: one slice, cut by its debt / averaging factor
+    /// (never below [`MIN_TURN_NS`]); the cut is taken off the debt.
     fn turn_length(&mut self, i: usize) -> u64 {
         let slice = self.slice_ns();
         let t = &mut self.tenants[i];
         let cut =
-            (t.debt / self.config.averaging_factor as u64).min(slice - MIN_TURN_NS.min(slice));
+            (t.debt / self.config.averaging_factor as u64).min(slice.saturating_sub(MIN_TURN_NS));
         t.debt -= cut;
         slice - cut
     }
 
-    /// Who holds the GPU from `now`.
+    /// Who holds the GPU from `now`. Call it when the GPU is free (no turn in progress, or the
+    /// turn in progress is given up).
     pub fn next(&mut self, now: u64) -> Decision {
         self.accrue(now);
         if self.tenants.iter().all(|t| !t.pending) {
@@ -299,35 +460,29 @@ impl Scheduler {
             .last
             .and_then(|l| self.tenants.iter().position(|t| t.id > l))
             .unwrap_or(0);
-        let order: Vec<usize> = (0..n).map(|k| (start + k) % n).collect();
+        let order = (0..n).map(|k| (start + k) % n);
         let pick = match self.config.policy {
-            Policy::BestEffort => order.iter().copied().find(|&i| self.tenants[i].pending),
+            Policy::BestEffort => order.clone().find(|&i| self.tenants[i].pending),
             Policy::EqualShare | Policy::FixedShare => {
-                let best = order
-                    .iter()
-                    .copied()
-                    .filter(|&i| self.tenants[i].pending)
-                    .fold(None::<usize>, |b, i| match b {
+                let best = order.clone().filter(|&i| self.tenants[i].pending).fold(
+                    None::<usize>,
+                    |b, i| match b {
                         Some(j) if self.tenants[j].credit >= self.tenants[i].credit => Some(j),
                         _ => Some(i),
-                    });
-                match best {
-                    Some(i) if self.tenants[i].credit > 0.0 || self.config.work_conserving => {
-                        Some(i)
-                    }
-                    _ => None,
-                }
+                    },
+                );
+                best.filter(|&i| self.tenants[i].credit > 0.0 || self.config.work_conserving)
             }
         };
         let Some(i) = pick else {
-            // Nobody with work has credit: idle until the first of them earns some.
-            let targets = self.targets();
+            // Nobody with work has credit: idle until the first of them has earned some.
+            let rates = self.rates();
             let wait = self
                 .tenants
                 .iter()
-                .zip(&targets)
-                .filter(|(t, s)| t.pending && **s > 0.0)
-                .map(|(t, s)| ((-t.credit) / s).ceil().max(1.0) as u64 + 1)
+                .zip(&rates)
+                .filter(|(t, r)| t.pending && **r > 0.0)
+                .map(|(t, r)| ((-t.credit) / r).ceil().max(0.0) as u64 + 1)
                 .min()
                 .unwrap_or(self.slice_ns());
             return Decision::Idle { until: now + wait };
@@ -347,8 +502,9 @@ impl Scheduler {
         }
     }
 
-    /// The turn of `id` ended; its work took `used` ns of GPU time (more than granted when it
-    /// overran).
+    /// The turn of `id` ended (its slice was over, or it yielded early); its work took `used` ns
+    /// of GPU time — more than granted when it overran, which becomes debt. The tenant is paid
+    /// for `used` (not the grant). A `finish` for a tenant not holding the GPU just pays `used`.
     pub fn finish(&mut self, id: TenantId, used: u64, now: u64) {
         self.accrue(now);
         let granted = match self.running {
@@ -358,27 +514,36 @@ impl Scheduler {
             }
             _ => used,
         };
+        self.pay(id, used, used.saturating_sub(granted));
         if let Some(t) = self.tenants.iter_mut().find(|t| t.id == id) {
-            t.credit -= used as f64;
-            t.gpu_time += used;
-            t.debt += used.saturating_sub(granted);
             if t.pending {
                 t.pending_since = Some(now);
             }
         }
+        self.settle();
     }
 
     /// GPU time a tenant's work took after its turn was accounted (its work drained late): paid
     /// like any use, and carried as overrun debt.
     pub fn charge(&mut self, id: TenantId, ns: u64, now: u64) {
         self.accrue(now);
+        self.pay(id, ns, ns);
+        self.settle();
+    }
+
+    fn pay(&mut self, id: TenantId, used: u64, overrun: u64) {
+        let cap = self.debt_cap_ns();
+        let share_policy = self.config.policy != Policy::BestEffort;
         if let Some(t) = self.tenants.iter_mut().find(|t| t.id == id) {
-            t.credit -= ns as f64;
-            t.gpu_time += ns;
-            t.debt += ns;
+            if share_policy {
+                t.credit -= used as f64;
+            }
+            t.gpu_time += used;
+            t.debt = t.debt.saturating_add(overrun).min(cap);
         }
     }
 
+    /// Every registered tenant's figures at `now` (in id order).
     pub fn stats(&self, now: u64) -> Vec<TenantStats> {
         let targets = self.targets();
         self.tenants
@@ -405,109 +570,4 @@ impl Scheduler {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg(policy: Policy) -> Config {
-        Config {
-            policy,
-            ..Config::default()
-        }
-    }
-
-    #[test]
-    fn default_slice_follows_vgpu() {
-        let mut s = Scheduler::new(cfg(Policy::EqualShare)).unwrap();
-        for i in 0..8 {
-            s.add_tenant(TenantId(i), None, 0).unwrap();
-        }
-        assert_eq!(s.slice_ns(), 2_000_000);
-        s.add_tenant(TenantId(8), None, 0).unwrap();
-        assert_eq!(s.slice_ns(), 1_000_000);
-    }
-
-    #[test]
-    fn config_is_validated() {
-        let bad = |c: Config| Scheduler::new(c).is_err();
-        assert!(bad(Config {
-            slice_ns: Some(0),
-            ..cfg(Policy::BestEffort)
-        }));
-        assert!(bad(Config {
-            slice_ns: Some(31_000_000),
-            ..cfg(Policy::BestEffort)
-        }));
-        assert!(bad(Config {
-            averaging_factor: 0,
-            ..cfg(Policy::BestEffort)
-        }));
-        assert!(bad(Config {
-            averaging_factor: 61,
-            ..cfg(Policy::BestEffort)
-        }));
-        let mut s = Scheduler::new(cfg(Policy::FixedShare)).unwrap();
-        assert!(s.add_tenant(TenantId(0), Some(1.5), 0).is_err());
-        s.add_tenant(TenantId(0), Some(0.7), 0).unwrap();
-        assert!(s.add_tenant(TenantId(1), Some(0.4), 0).is_err());
-        assert!(s.add_tenant(TenantId(0), None, 0).is_err());
-    }
-
-    #[test]
-    fn overrun_is_carried_and_cut_from_later_slices() {
-        let mut s = Scheduler::new(Config {
-            slice_ns: Some(2_000_000),
-            averaging_factor: 2,
-            ..cfg(Policy::BestEffort)
-        })
-        .unwrap();
-        s.add_tenant(TenantId(0), None, 0).unwrap();
-        s.set_pending(TenantId(0), true, 0);
-        let Decision::Grant { until, .. } = s.next(0) else {
-            panic!()
-        };
-        assert_eq!(until, 2_000_000);
-        s.finish(TenantId(0), 6_000_000, 6_000_000);
-        assert_eq!(s.stats(6_000_000)[0].debt_ns, 4_000_000);
-        let Decision::Grant { until, .. } = s.next(6_000_000) else {
-            panic!()
-        };
-        // 4 ms of debt / 2 = 2 ms cut, bounded to leave the minimum turn.
-        assert_eq!(until - 6_000_000, 100_000);
-        assert_eq!(s.stats(6_000_000)[0].debt_ns, 2_100_000);
-    }
-
-    #[test]
-    fn equal_share_leaves_an_idle_tenants_share_idle() {
-        let mut s = Scheduler::new(cfg(Policy::EqualShare)).unwrap();
-        s.add_tenant(TenantId(0), None, 0).unwrap();
-        s.add_tenant(TenantId(1), None, 0).unwrap();
-        s.set_pending(TenantId(0), true, 0);
-        let mut now = 0;
-        let mut busy = 0;
-        while now < 200_000_000 {
-            match s.next(now) {
-                Decision::Grant { tenant, until } => {
-                    s.finish(tenant, until - now, until);
-                    busy += until - now;
-                    now = until;
-                }
-                Decision::Idle { until } => now = until,
-                Decision::Empty => panic!("tenant 0 has work"),
-            }
-        }
-        let share = busy as f64 / now as f64;
-        assert!((share - 0.5).abs() < 0.02, "{share}");
-        // Work-conserving: it gets (nearly) everything.
-        let mut s = Scheduler::new(Config {
-            work_conserving: true,
-            ..cfg(Policy::EqualShare)
-        })
-        .unwrap();
-        s.add_tenant(TenantId(0), None, 0).unwrap();
-        s.add_tenant(TenantId(1), None, 0).unwrap();
-        s.set_pending(TenantId(0), true, 0);
-        let Decision::Grant { .. } = s.next(0) else {
-            panic!()
-        };
-    }
-}
+mod tests;
