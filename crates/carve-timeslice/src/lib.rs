@@ -44,15 +44,20 @@
 //! the one with most credit goes first (ties in round-robin order). When no tenant with work has
 //! credit, the GPU stays idle ([`Decision::Idle`]) until one has.
 //!
-//! With `work_conserving`, only tenants that have work (or hold the GPU) earn, at their shares
-//! scaled up to add to 1, so idle time is split among them in proportion to their shares; the
-//! tenant with most credit runs even without positive credit, so the GPU never idles while someone
-//! has work. Credits are then kept relative to the leader (the busy tenant with most credit is at
-//! 0), which keeps them bounded however tenants come and go.
+//! With `work_conserving`, shares are scaled up so that those of the tenants with work (or
+//! holding the GPU, or idle for less than one slice) add up to 1, so idle time is split among
+//! them in proportion to their shares; the tenant with most credit runs even without positive
+//! credit, so the GPU never idles while someone has work. The one-slice grace keeps a tenant
+//! that drops its work for a moment between turns (a client between a release and its next
+//! acquire) from handing its share away each time. Credits are kept relative to the leader (the
+//! counted tenant with most credit is at 0), which keeps them bounded however tenants come and
+//! go: a tenant that leaves with a large bill does not leave the others far ahead of a newcomer.
 //!
-//! A tenant with no work (and not holding the GPU) keeps at most one slice of credit: a tenant
-//! back from idle runs at once but cannot monopolise the GPU; it gets about one slice ahead of
-//! the others, no more. Best effort keeps no credits (they stay 0).
+//! A tenant with no work (and not holding the GPU) earns at most one slice of credit per idle
+//! spell, on top of what it was owed when it went idle (or up to one slice, if it owed): a tenant
+//! back from idle runs at once but cannot monopolise the GPU, while one that drops its work for
+//! a moment between turns loses nothing. A new tenant starts with one slice of credit, like one
+//! back from a long idle spell. Best effort keeps no credits (they stay 0).
 //!
 //! # Driving it
 //!
@@ -212,6 +217,11 @@ struct Tenant {
     pending: bool,
     pending_since: Option<u64>,
     credit: f64,
+    /// While it has no work: the most credit it may reach by earning (the credit it had when it
+    /// went idle, if positive, plus one slice). `None` while active.
+    idle_cap: Option<f64>,
+    /// While it has no work: since when.
+    idle_since: Option<u64>,
     debt: u64,
     gpu_time: u64,
     turns: u64,
@@ -302,6 +312,9 @@ impl Scheduler {
             pending: false,
             pending_since: None,
             credit,
+            // Like a tenant back from a long idle spell: one slice, and no more to earn.
+            idle_cap: Some(credit),
+            idle_since: None,
             debt: 0,
             gpu_time: 0,
             turns: 0,
@@ -367,9 +380,18 @@ impl Scheduler {
         t.pending || self.running.is_some_and(|(r, _)| r == t.id)
     }
 
+    /// Whether a tenant counts among those that share the GPU under `work_conserving`: active,
+    /// or idle for less than a slice (a client between a release and its next acquire is not
+    /// idle in any useful sense; handing its share to the others at once would cost it).
+    fn counts(&self, t: &Tenant) -> bool {
+        self.active(t)
+            || t.idle_since
+                .is_some_and(|s| self.clock < s + self.slice_ns())
+    }
+
     /// The rate at which each tenant earns credit: its share; with `work_conserving`, its share
-    /// among the active tenants (scaled so that they add up to 1; equal parts if all of them
-    /// have share 0), and nothing for anyone when no tenant is active.
+    /// among the tenants that count (scaled so that theirs add up to 1; equal parts if all of
+    /// them have share 0), and nothing for anyone when none counts.
     fn rates(&self) -> Vec<f64> {
         let targets = self.targets();
         if !self.config.work_conserving {
@@ -379,7 +401,7 @@ impl Scheduler {
             .tenants
             .iter()
             .zip(&targets)
-            .filter(|(t, _)| self.active(t))
+            .filter(|(t, _)| self.counts(t))
             .fold((0.0, 0usize), |(s, c), (_, x)| (s + x, c + 1));
         if count == 0 {
             vec![0.0; targets.len()]
@@ -390,50 +412,97 @@ impl Scheduler {
         }
     }
 
-    /// Brings credits up to `now`: each tenant earns at its rate for the time passed.
+    /// Brings credits up to `now`: each tenant earns at its rate for the time passed (in pieces,
+    /// where a grace period ends and the rates change); a tenant without work earns at most one
+    /// slice per idle spell.
     fn accrue(&mut self, now: u64) {
-        if now <= self.clock {
-            return;
-        }
-        let dt = (now - self.clock) as f64;
-        self.clock = now;
         if self.config.policy == Policy::BestEffort {
+            self.clock = self.clock.max(now);
             return;
         }
-        let rates = self.rates();
-        for (t, rate) in self.tenants.iter_mut().zip(rates) {
-            t.credit += rate * dt;
+        while self.clock < now {
+            let slice = self.slice_ns();
+            let until = if self.config.work_conserving {
+                self.tenants
+                    .iter()
+                    .filter_map(|t| t.idle_since.map(|s| s + slice))
+                    .filter(|&end| end > self.clock && end < now)
+                    .min()
+                    .unwrap_or(now)
+            } else {
+                now
+            };
+            let dt = (until - self.clock) as f64;
+            let rates = self.rates();
+            for (t, rate) in self.tenants.iter_mut().zip(rates) {
+                let earned = t.credit + rate * dt;
+                t.credit = match t.idle_cap {
+                    Some(cap) => earned.min(cap.max(t.credit)),
+                    None => earned,
+                };
+            }
+            self.clock = until;
+            self.settle();
         }
-        self.settle();
     }
 
-    /// Keeps credits bounded: with `work_conserving`, relative to the leader (the active tenant
-    /// with most credit is at 0); and an inactive tenant keeps at most one slice.
+    /// Starts or ends idle spells, at the time of the last event (`clock`).
+    fn mark_idle(&mut self) {
+        let clock = self.clock;
+        let active: Vec<bool> = self.tenants.iter().map(|t| self.active(t)).collect();
+        for (t, a) in self.tenants.iter_mut().zip(active) {
+            if a {
+                t.idle_cap = None;
+                t.idle_since = None;
+            } else if t.idle_cap.is_none() && t.idle_since.is_none() {
+                t.idle_since = Some(clock);
+            }
+        }
+    }
+
+    /// Caps what a tenant that went idle may earn: up to one slice above the credit it has (or
+    /// up to one slice, if it owes). Credit owed to it stays, and a tenant that drops its work
+    /// for a moment between two turns (as a client does between a release and its next acquire)
+    /// earns as if it had kept it; but a long idle spell adds one slice at most.
+    fn cap_idle(&mut self) {
+        let slice = self.slice_ns() as f64;
+        for t in &mut self.tenants {
+            if t.idle_since.is_some() && t.idle_cap.is_none() {
+                t.idle_cap = Some(t.credit.max(0.0) + slice);
+            }
+        }
+    }
+
+    /// Records idle spells and, with `work_conserving`, keeps credits relative to the leader: the
+    /// tenant with most credit among those that count is at 0. (Credits of tenants that leave
+    /// with a large bill, or come back, would otherwise let the others' credits wander off, far
+    /// from where a returning tenant starts.)
     fn settle(&mut self) {
         if self.config.policy == Policy::BestEffort {
             return;
         }
-        let cap = self.slice_ns() as f64;
-        let active: Vec<bool> = self.tenants.iter().map(|t| self.active(t)).collect();
+        self.mark_idle();
         if self.config.work_conserving {
             let lead = self
                 .tenants
                 .iter()
-                .zip(&active)
-                .filter(|(_, a)| **a)
-                .map(|(t, _)| t.credit)
+                .filter(|t| self.counts(t))
+                .map(|t| t.credit)
                 .fold(f64::NEG_INFINITY, f64::max);
-            if lead.is_finite() {
+            if lead.is_finite() && lead != 0.0 {
                 for t in &mut self.tenants {
+                    let before = t.credit;
                     t.credit -= lead;
+                    // An idle tenant's cap is relative to the leader already: a new leader
+                    // further behind (one back from idle that owed, say) must not lift idle
+                    // tenants past it.
+                    if let Some(cap) = t.idle_cap {
+                        t.credit = t.credit.min(cap.max(before));
+                    }
                 }
             }
         }
-        for (t, a) in self.tenants.iter_mut().zip(active) {
-            if !a {
-                t.credit = t.credit.min(cap);
-            }
-        }
+        self.cap_idle();
     }
 
     /// The length of the next turn of a tenant: one slice, cut by its debt / averaging factor

@@ -349,3 +349,63 @@ fn throttled_time_counts_waiting_with_work() {
     assert_eq!(st[1].throttled_ns, 2 * MS);
     assert_eq!((st[0].turns, st[1].turns), (1, 1));
 }
+
+#[test]
+fn work_conserving_credits_are_relative_to_the_leader() {
+    // Tenant 2 runs up a large bill (late-drained work) and leaves without paying it; the busy
+    // tenants were owed that time, but a newcomer must not wait for them to be paid.
+    for policy in [Policy::EqualShare, Policy::FixedShare] {
+        let mut s = sched(policy, true, &[Some(0.3), Some(0.3), Some(0.2)]);
+        for t in 0..3 {
+            s.set_pending(TenantId(t), true, 0);
+        }
+        let mut now = 0;
+        run(&mut s, &mut now, 100 * MS, 300_000);
+        s.charge(TenantId(2), 500 * MS, now);
+        s.remove_tenant(TenantId(2), now);
+        let st = s.stats(now);
+        assert_eq!(st.iter().map(|t| t.credit_ns).max(), Some(0), "{st:?}");
+        s.add_tenant(TenantId(3), Some(0.2), now).unwrap();
+        s.set_pending(TenantId(3), true, now);
+        assert_eq!(
+            s.next(now),
+            Decision::Grant {
+                tenant: TenantId(3),
+                until: now + 2 * MS
+            },
+            "{policy:?}"
+        );
+    }
+}
+
+#[test]
+fn credit_owed_survives_a_moment_without_work() {
+    // Tenant 0 waits while tenant 1 overruns by far, so it is owed more than a slice; then it has
+    // no work for a moment (as a client between a release and its next acquire). What it is
+    // owed stays, and it earns meanwhile: over the next second both get the same GPU time,
+    // within a slice.
+    let mut s = sched(Policy::FixedShare, false, &[Some(0.5), Some(0.5)]);
+    s.set_pending(TenantId(0), true, 0);
+    s.set_pending(TenantId(1), true, 0);
+    let Decision::Grant { tenant, until } = s.next(0) else {
+        panic!()
+    };
+    assert_eq!(tenant, TenantId(0));
+    s.finish(tenant, until, until);
+    let Decision::Grant { tenant, .. } = s.next(until) else {
+        panic!()
+    };
+    assert_eq!(tenant, TenantId(1));
+    let mut now = until + 12 * MS;
+    s.finish(tenant, 12 * MS, now);
+    let owed = s.stats(now)[0].credit_ns;
+    assert!(owed > 2 * s.slice_ns() as i64, "{owed}");
+    s.set_pending(TenantId(0), false, now);
+    now += MS;
+    s.set_pending(TenantId(0), true, now);
+    // It earned its half of the millisecond, as if it had kept its work.
+    assert!((s.stats(now)[0].credit_ns - (owed + 500_000)).abs() <= 1);
+    let (busy, _) = run(&mut s, &mut now, 1000 * MS, 100_000);
+    let (g0, g1) = (busy[0] + 2 * MS, busy[1] + 12 * MS);
+    assert!(g0.abs_diff(g1) <= s.slice_ns(), "{g0} vs {g1}");
+}

@@ -59,9 +59,17 @@ struct Run {
 /// Drives `s` until `end`, applying `script` ((time, tenant, event), any order) on the way, with
 /// kernels of 50 µs to `max_us`. Checks at every step: the decision fits the world (`Empty`
 /// exactly when nobody has work, grants only to registered tenants with work, `Idle` only for
-/// share policies without `work_conserving`, and moves time forward), tenants without work hold
-/// at most one slice of credit, debt stays within its cap.
-fn drive(s: &mut Scheduler, n: usize, script: &[(u64, usize, Event)], seed: u64, max_us: u64, end: u64) -> Run {
+/// share policies without `work_conserving`, and moves time forward), a tenant without work
+/// earns at most one slice while idle (above what it had, if positive; checked without
+/// `work_conserving`, where credits are absolute), debt stays within its cap.
+fn drive(
+    s: &mut Scheduler,
+    n: usize,
+    script: &[(u64, usize, Event)],
+    seed: u64,
+    max_us: u64,
+    end: u64,
+) -> Run {
     let mut script = script.to_vec();
     script.sort_by_key(|e| e.0);
     let mut script = script.into_iter().peekable();
@@ -69,6 +77,9 @@ fn drive(s: &mut Scheduler, n: usize, script: &[(u64, usize, Event)], seed: u64,
     let mut registered = vec![false; n];
     let mut work = vec![Work::None; n];
     let mut since: Vec<Option<u64>> = vec![None; n];
+    // Credit of each tenant when its idle spell began (as first seen).
+    let mut idle_credit: Vec<Option<i64>> = vec![None; n];
+    let absolute = !s.config().work_conserving;
     let mut r = Run {
         busy: vec![0; n],
         max_wait: vec![0; n],
@@ -91,6 +102,7 @@ fn drive(s: &mut Scheduler, n: usize, script: &[(u64, usize, Event)], seed: u64,
                 }
                 Event::Remove => {
                     s.remove_tenant(id, now);
+                    idle_credit[i] = None;
                     registered[i] = false;
                     work[i] = Work::None;
                     since[i] = None;
@@ -115,7 +127,16 @@ fn drive(s: &mut Scheduler, n: usize, script: &[(u64, usize, Event)], seed: u64,
             let i = st.tenant.0 as usize;
             assert!(registered[i], "{st:?} was removed");
             if work[i] == Work::None {
-                assert!(st.credit_ns <= slice, "idle credit above one slice: {st:?}");
+                let start = *idle_credit[i].get_or_insert(st.credit_ns);
+                let most = start.max(0) + slice + 1;
+                if absolute {
+                    assert!(
+                        st.credit_ns <= most,
+                        "idle credit rose above {most}: {st:?}"
+                    );
+                }
+            } else {
+                idle_credit[i] = None;
             }
             assert!(st.debt_ns <= s.debt_cap_ns(), "{st:?}");
             r.min_target[i] = r.min_target[i].min(st.target_share);
@@ -124,7 +145,10 @@ fn drive(s: &mut Scheduler, n: usize, script: &[(u64, usize, Event)], seed: u64,
         match s.next(now) {
             Decision::Grant { tenant, until } => {
                 let i = tenant.0 as usize;
-                assert!(registered[i] && work[i] != Work::None, "granted {i} without work");
+                assert!(
+                    registered[i] && work[i] != Work::None,
+                    "granted {i} without work"
+                );
                 assert!(until > now);
                 let from = since[i].expect("waiting since");
                 r.max_wait[i] = r.max_wait[i].max(now - from);
@@ -157,7 +181,11 @@ fn drive(s: &mut Scheduler, n: usize, script: &[(u64, usize, Event)], seed: u64,
             }
             Decision::Idle { until } => {
                 assert!(someone, "Idle when nobody has work: use Empty");
-                assert!(share_idle_allowed, "{:?} idled with work waiting", s.config());
+                assert!(
+                    share_idle_allowed,
+                    "{:?} idled with work waiting",
+                    s.config()
+                );
                 assert!(until > now, "idle must move time forward");
                 let to = until.min(next_event);
                 r.idle_with_work += to - now;
@@ -184,7 +212,11 @@ fn sched(policy: Policy, work_conserving: bool) -> Scheduler {
 
 /// Registers tenants 0..shares.len() at 0 and gives `busy` ones endless work.
 fn start(shares: &[Option<f64>], busy: &[usize]) -> Vec<(u64, usize, Event)> {
-    let mut s: Vec<_> = shares.iter().enumerate().map(|(i, sh)| (0, i, Event::Add(*sh))).collect();
+    let mut s: Vec<_> = shares
+        .iter()
+        .enumerate()
+        .map(|(i, sh)| (0, i, Event::Add(*sh)))
+        .collect();
     s.extend(busy.iter().map(|&i| (0, i, Event::Work(Work::Forever))));
     s
 }
@@ -194,7 +226,11 @@ fn achieved(r: &Run, i: usize) -> f64 {
 }
 
 fn policy() -> impl Strategy<Value = Policy> {
-    prop_oneof![Just(Policy::BestEffort), Just(Policy::EqualShare), Just(Policy::FixedShare)]
+    prop_oneof![
+        Just(Policy::BestEffort),
+        Just(Policy::EqualShare),
+        Just(Policy::FixedShare)
+    ]
 }
 
 /// A script of arrivals, departures, busy spells, bursts and idle spells for `n` tenants.
@@ -225,7 +261,10 @@ proptest! {
         max_us in 100u64..5000,
     ) {
         let total: u32 = raw.iter().sum();
-        let shares: Vec<f64> = raw.iter().map(|&x| x as f64 / total as f64 * (1.0 - unassigned)).collect();
+        let shares: Vec<f64> = raw
+            .iter()
+            .map(|&x| x as f64 / total as f64 * (1.0 - unassigned))
+            .collect();
         let busy: Vec<usize> = (idle.min(shares.len() - 1)..shares.len()).collect();
         let mut s = sched(Policy::FixedShare, wc);
         let given: Vec<Option<f64>> = shares.iter().map(|&x| Some(x)).collect();
@@ -238,7 +277,10 @@ proptest! {
                 (true, true) => shares[i] / busy_sum,
             };
             let got = achieved(&r, i);
-            prop_assert!((got - want).abs() < 0.01, "tenant {i}: {got:.4} vs {want:.4} ({shares:?}, busy {busy:?})");
+            prop_assert!(
+                (got - want).abs() < 0.01,
+                "tenant {i}: {got:.4} vs {want:.4} ({shares:?}, busy {busy:?})"
+            );
         }
         if wc {
             prop_assert_eq!(r.idle_with_work, 0);
@@ -248,7 +290,13 @@ proptest! {
     /// Equal share: 1/N of the time for every registered tenant, idle or not; the idle ones'
     /// share stays idle. Work-conserving: the busy ones split everything.
     #[test]
-    fn equal_share_and_its_work_conserving_variant(n in 2usize..10, idle in 0usize..3, seed in any::<u64>(), wc in any::<bool>(), max_us in 100u64..5000) {
+    fn equal_share_and_its_work_conserving_variant(
+        n in 2usize..10,
+        idle in 0usize..3,
+        seed in any::<u64>(),
+        wc in any::<bool>(),
+        max_us in 100u64..5000,
+    ) {
         let idle = idle.min(n - 1);
         let busy: Vec<usize> = (idle..n).collect();
         let mut s = sched(Policy::EqualShare, wc);
@@ -263,38 +311,50 @@ proptest! {
         }
     }
 
-    /// Best effort is work-conserving and fair among busy tenants with the same kernels, and
-    /// nobody waits longer than one turn of each of the others.
+    /// Best effort is work-conserving and fair among busy tenants with the same kernels (within
+    /// 2 points: nothing feeds back on shares, so they carry the kernels' randomness), and nobody
+    /// waits longer than one turn of each of the others.
     #[test]
-    fn best_effort_is_work_conserving_and_fair(n in 1usize..12, seed in any::<u64>(), max_us in 100u64..5000) {
+    fn best_effort_is_work_conserving_and_fair(
+        n in 1usize..12,
+        seed in any::<u64>(),
+        max_us in 100u64..5000,
+    ) {
         let mut s = sched(Policy::BestEffort, false);
         let ids: Vec<usize> = (0..n).collect();
-        let r = drive(&mut s, n, &start(&vec![None; n], &ids), seed, max_us, 5_000 * MS);
+        let r = drive(&mut s, n, &start(&vec![None; n], &ids), seed, max_us, 10_000 * MS);
         prop_assert_eq!(r.idle_with_work, 0);
         let turn = s.slice_ns() + max_us * 1000;
         for i in 0..n {
             let got = achieved(&r, i);
-            prop_assert!((got - 1.0 / n as f64).abs() < 0.01, "tenant {i}: {got:.4}");
+            prop_assert!((got - 1.0 / n as f64).abs() < 0.02, "tenant {i}: {got:.4}");
             let bound = (n as u64 - 1).max(1) * turn;
             prop_assert!(r.max_wait[i] <= bound, "tenant {i} waited {} > {bound}", r.max_wait[i]);
         }
     }
 
     /// Overrun compensation (vGPU's ARR): under best effort with kernels no longer than a slice,
-    /// every busy tenant's GPU time is exactly turns × slice + its remaining debt, and the debt
-    /// stays small, so its mean turn is one slice (within 1 %) although almost every turn
-    /// overruns.
+    /// almost every turn overruns, yet every busy tenant's GPU time is exactly turns × slice + its
+    /// remaining debt, and the debt stays below averaging factor × longest kernel (past that, the
+    /// cut exceeds any overrun), so the mean turn tends to one slice.
     #[test]
-    fn compensation_makes_the_mean_turn_one_slice(n in 1usize..6, seed in any::<u64>(), max_us in 200u64..2000, factor in 1u32..61) {
-        let mut s = Scheduler::new(Config { averaging_factor: factor, ..Config::default() }).unwrap();
+    fn compensation_makes_the_mean_turn_one_slice(
+        n in 1usize..6,
+        seed in any::<u64>(),
+        max_us in 200u64..2000,
+        factor in 1u32..61,
+    ) {
+        let config = Config { averaging_factor: factor, ..Config::default() };
+        let mut s = Scheduler::new(config).unwrap();
         let ids: Vec<usize> = (0..n).collect();
         let r = drive(&mut s, n, &start(&vec![None; n], &ids), seed, max_us, 5_000 * MS);
         let slice = s.slice_ns();
         prop_assert!(r.max_turn > slice, "no overrun, nothing tested");
         for st in s.stats(r.end) {
             prop_assert_eq!(st.gpu_time_ns, st.turns * slice + st.debt_ns, "{:?}", st);
+            prop_assert!(st.debt_ns <= factor as u64 * (max_us * 1000 + 1), "{:?}", st);
             let mean = st.gpu_time_ns as f64 / st.turns as f64;
-            prop_assert!((mean / slice as f64 - 1.0).abs() < 0.01, "mean turn {mean} ns: {st:?}");
+            prop_assert!((mean / slice as f64 - 1.0).abs() < 0.05, "mean turn {mean} ns: {st:?}");
         }
     }
 
@@ -302,7 +362,11 @@ proptest! {
     /// far (5 ms kernels, 2 ms slices) and the other's never do (50 µs): paying for GPU time
     /// really used brings the long-run shares back to target.
     #[test]
-    fn shares_hold_against_tenants_that_always_overrun(seed in any::<u64>(), fixed in any::<bool>(), wc in any::<bool>()) {
+    fn shares_hold_against_tenants_that_always_overrun(
+        seed in any::<u64>(),
+        fixed in any::<bool>(),
+        wc in any::<bool>(),
+    ) {
         let (policy, shares) = if fixed {
             (Policy::FixedShare, [Some(0.3), Some(0.7)])
         } else {
@@ -331,17 +395,84 @@ proptest! {
             s.finish(tenant, now - start, now);
             busy[i] += now - start;
         }
-        let want = match shares[0] { Some(x) => x, None => 0.5 };
+        let want = shares[0].unwrap_or(0.5);
         let got = busy[0] as f64 / now as f64;
         prop_assert!((got - want).abs() < 0.01, "overrunning tenant got {got:.4}, target {want}");
     }
 
+    /// The daemon's pattern: a client releases its turn and acquires the next one a moment
+    /// later, so its tenant has no work for an instant after every turn. Fixed and equal shares
+    /// still converge (within 1 point).
+    #[test]
+    fn shares_hold_when_tenants_drop_their_work_between_turns(
+        seed in any::<u64>(),
+        fixed in any::<bool>(),
+        wc in any::<bool>(),
+        max_us in 100u64..3000,
+        gap_us in 1u64..1500,
+    ) {
+        let (policy, shares) = if fixed {
+            (Policy::FixedShare, [0.5, 0.3, 0.2])
+        } else {
+            (Policy::EqualShare, [1.0 / 3.0; 3])
+        };
+        let mut s = sched(policy, wc);
+        for (i, sh) in shares.iter().enumerate() {
+            s.add_tenant(TenantId(i as u32), fixed.then_some(*sh), 0).unwrap();
+            s.set_pending(TenantId(i as u32), true, 0);
+        }
+        let mut rng = Lcg(seed);
+        let (mut now, mut busy) = (0u64, [0u64; 3]);
+        // (tenant, when) of the client that comes back.
+        let mut back: Option<(TenantId, u64)> = None;
+        let end = 10_000 * MS;
+        while now < end {
+            match s.next(now) {
+                Decision::Grant { tenant, until } => {
+                    let start = now;
+                    while now < until {
+                        now += rng.kernel(max_us);
+                        if let Some((t, at)) = back.filter(|b| b.1 <= now) {
+                            s.set_pending(t, true, at.max(start));
+                            back = None;
+                        }
+                    }
+                    s.finish(tenant, now - start, now);
+                    busy[tenant.0 as usize] += now - start;
+                    if let Some((t, at)) = back.take() {
+                        s.set_pending(t, true, at.min(now));
+                    }
+                    s.set_pending(tenant, false, now);
+                    back = Some((tenant, now + gap_us * 1000));
+                }
+                Decision::Idle { until } => {
+                    let to = back.map_or(until, |b| b.1.min(until)).max(now + 1);
+                    if let Some((t, at)) = back.filter(|b| b.1 <= to) {
+                        s.set_pending(t, true, at.max(now));
+                        back = None;
+                    }
+                    now = to;
+                }
+                Decision::Empty => {
+                    let (t, at) = back.take().expect("someone comes back");
+                    now = at.max(now);
+                    s.set_pending(t, true, now);
+                }
+            }
+        }
+        let handed_out = if wc { busy.iter().sum::<u64>() } else { now };
+        for (i, want) in shares.iter().enumerate() {
+            let got = busy[i] as f64 / handed_out as f64;
+            prop_assert!((got - want).abs() < 0.01, "tenant {i}: {got:.4} vs {want:.4}");
+        }
+    }
+
     /// Anything goes: tenants arrive and leave, work comes in endless spells or finite bursts
     /// (turns that end early), tenants go idle. `drive` checks every step (decisions fit the
-    /// world; never idle with work under best effort or `work_conserving`; idle credit at most a
-    /// slice; debt within its cap). And nobody starves: under best effort and equal share a
+    /// world; never idle with work under best effort or `work_conserving`; no credit earned
+    /// above a slice while idle; debt within its cap). And nobody starves: under best effort and equal share a
     /// tenant with work runs within (N+1) turns of the longest kind (a slice plus a kernel); under
-    /// fixed share within that divided by its share.
+    /// fixed share within the time its share takes to repay one such turn, plus N+1 turns.
     #[test]
     fn arrivals_departures_and_idle_spells(
         policy in policy(),
@@ -364,12 +495,12 @@ proptest! {
                 // others with a share have work: by design.
                 Policy::FixedShare if r.min_target[i] == 0.0 => continue,
                 // Its last turn repaid at its share, then one turn of each of the others.
-                Policy::FixedShare => (turn as f64 / r.min_target[i]) as u64 + (n as u64 + 1) * turn,
+                Policy::FixedShare => {
+                    (turn as f64 / r.min_target[i]) as u64 + (n as u64 + 1) * turn
+                }
             };
-            if std::env::var("CALIBRATE").is_ok() {
-                eprintln!("CAL {policy:?} wc={wc} n={n} ratio={:.3}", r.max_wait[i] as f64 / bound as f64);
-            }
-            prop_assert!(r.max_wait[i] <= bound, "tenant {i} waited {} ns > {bound}", r.max_wait[i]);
+            let waited = r.max_wait[i];
+            prop_assert!(waited <= bound, "tenant {i} waited {waited} ns > {bound}");
         }
     }
 }
@@ -392,7 +523,10 @@ fn a_tenant_back_from_idle_cannot_monopolise() {
             script.push((gap, 2, Event::Work(Work::Forever)));
             let _ = drive(&mut s, 3, &script[..], 7, 3000, gap);
             let slice = s.slice_ns() as i64;
-            assert!(s.stats(gap).iter().all(|t| t.credit_ns <= slice || t.tenant != TenantId(2)));
+            assert!(s
+                .stats(gap)
+                .iter()
+                .all(|t| t.credit_ns <= slice || t.tenant != TenantId(2)));
             // Now tenant 2 has work: follow who runs.
             s.set_pending(TenantId(2), true, gap);
             let mut rng = Lcg(gap);
@@ -405,7 +539,11 @@ fn a_tenant_back_from_idle_cannot_monopolise() {
                             now += rng.kernel(3000);
                         }
                         s.finish(tenant, now - start, now);
-                        run_of_2 = if tenant == TenantId(2) { run_of_2 + now - start } else { 0 };
+                        run_of_2 = if tenant == TenantId(2) {
+                            run_of_2 + now - start
+                        } else {
+                            0
+                        };
                         assert!(
                             run_of_2 <= 2 * s.slice_ns() + 3 * MS,
                             "{policy:?} wc={wc} gap={gap}: tenant 2 ran {run_of_2} ns in a row"
@@ -428,9 +566,17 @@ fn shares_as_tenants_come_and_go() {
     script.push((2_000 * MS, 2, Event::Add(None)));
     script.push((2_000 * MS, 2, Event::Work(Work::Forever)));
     let r = drive(&mut s, 3, &script, 1, 500, 8_000 * MS);
-    let want = [(2.0 / 8.0) / 2.0 + (6.0 / 8.0) / 3.0, 0.0, (6.0 / 8.0) / 3.0];
+    let want = [
+        (2.0 / 8.0) / 2.0 + (6.0 / 8.0) / 3.0,
+        0.0,
+        (6.0 / 8.0) / 3.0,
+    ];
     for (i, w) in [(0, want[0]), (1, want[0]), (2, want[2])] {
-        assert!((achieved(&r, i) - w).abs() < 0.01, "tenant {i}: {} vs {w}", achieved(&r, i));
+        assert!(
+            (achieved(&r, i) - w).abs() < 0.01,
+            "tenant {i}: {} vs {w}",
+            achieved(&r, i)
+        );
     }
     // Fixed share: the given share does not move; the shareless split what is left.
     let mut f = sched(Policy::FixedShare, false);
@@ -446,5 +592,38 @@ fn shares_as_tenants_come_and_go() {
     script.push((2_000 * MS, 1, Event::Work(Work::Forever)));
     let r = drive(&mut f, 2, &script, 3, 2000, 6_000 * MS);
     assert!((achieved(&r, 0) - 0.3).abs() < 0.01, "{}", achieved(&r, 0));
-    assert!((achieved(&r, 1) - 0.5 * 4.0 / 6.0).abs() < 0.01, "{}", achieved(&r, 1));
+    assert!(
+        (achieved(&r, 1) - 0.5 * 4.0 / 6.0).abs() < 0.01,
+        "{}",
+        achieved(&r, 1)
+    );
+}
+
+/// A tenant that comes back thousands of times with a little work (the pattern of an
+/// interactive tenant) is served within a round each time, however long the others have been
+/// busy: credits do not drift apart as tenants come and go.
+#[test]
+fn a_bursty_tenant_is_served_at_once_every_time() {
+    for (policy, wc) in [
+        (Policy::BestEffort, false),
+        (Policy::EqualShare, false),
+        (Policy::EqualShare, true),
+        (Policy::FixedShare, false),
+        (Policy::FixedShare, true),
+    ] {
+        let mut s = sched(policy, wc);
+        let mut script = start(&[Some(0.4), Some(0.4), Some(0.2)], &[0, 1]);
+        for k in 0..3_000 {
+            script.push((k * 5 * MS, 2, Event::Work(Work::Burst(100_000))));
+        }
+        let r = drive(&mut s, 3, &script, 11, 1000, 15_000 * MS);
+        let turn = s.slice_ns() + MS;
+        assert!(
+            r.busy[2] >= 2_900 * 100_000,
+            "{policy:?} wc={wc}: {:?}",
+            r.busy
+        );
+        let waited = r.max_wait[2];
+        assert!(waited <= 3 * turn, "{policy:?} wc={wc}: waited {waited} ns");
+    }
 }
