@@ -53,6 +53,7 @@ pub fn simulate_cmd(
         for (name, text) in [
             ("simulation.json", j),
             ("latency-cdf.svg", cdf_svg(&report)),
+            ("gpu-timeline.svg", timeline_svg(&report)),
         ] {
             std::fs::write(dir.join(name), text).map_err(|e| {
                 Failure::bad(format!("cannot write {}: {e}", dir.join(name).display()))
@@ -117,7 +118,7 @@ pub fn simulate_cmd(
     if let Some(dir) = out {
         let _ = writeln!(
             s,
-            "wrote {0}/simulation.json and {0}/latency-cdf.svg",
+            "wrote {0}/simulation.json, {0}/latency-cdf.svg and {0}/gpu-timeline.svg",
             dir.display()
         );
     }
@@ -219,6 +220,69 @@ pub fn cdf_svg(r: &Report) -> String {
                 y0 + H
             );
         }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The first 100 ms of the first time-shared GPU of each mode: who held it when.
+pub fn timeline_svg(r: &Report) -> String {
+    const W: f64 = 900.0;
+    const ROW: f64 = 22.0;
+    const LEFT: f64 = 110.0;
+    let palette = [
+        "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+        "#9c755f", "#bab0ac",
+    ];
+    let names: Vec<&str> = r.tenants.iter().map(|t| t.name.as_str()).collect();
+    let colour = |n: &str| palette[names.iter().position(|x| *x == n).unwrap_or(0) % palette.len()];
+    let span_ms = carve_simulate::TIMELINE_NS as f64 / 1e6;
+    let h = 70.0 + r.timelines.len() as f64 * (ROW + 30.0) + 20.0;
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{h}" font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14" font-weight="bold">Time-shared GPU, first {span_ms} ms (one row per mode)</text>"#,
+        LEFT + W + 20.0
+    );
+    if r.timelines.is_empty() {
+        s.push_str(r#"<text x="10" y="50">No time-shared GPU in these modes.</text>"#);
+    }
+    for (k, (mode, segs)) in r.timelines.iter().enumerate() {
+        let y = 50.0 + k as f64 * (ROW + 30.0);
+        let _ = write!(
+            s,
+            r##"<text x="10" y="{:.1}">{}</text><rect x="{LEFT}" y="{y}" width="{W}" height="{ROW}" fill="#f4f4f4" stroke="#999"/>"##,
+            y + 15.0,
+            esc(mode)
+        );
+        for (t, a, b) in segs {
+            let x = LEFT + a / span_ms * W;
+            let w = ((b - a) / span_ms * W).max(0.5);
+            let _ = write!(
+                s,
+                r#"<rect x="{x:.2}" y="{y}" width="{w:.2}" height="{ROW}" fill="{}"><title>{}: {a:.3}–{b:.3} ms</title></rect>"#,
+                colour(t),
+                esc(t)
+            );
+        }
+        for ms in (0..=span_ms as u32).step_by(10) {
+            let x = LEFT + ms as f64 / span_ms * W;
+            let _ = write!(
+                s,
+                r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{ms}</text>"#,
+                y + ROW + 12.0
+            );
+        }
+    }
+    let ly = h - 14.0;
+    for (i, n) in names.iter().enumerate() {
+        let x = 10.0 + i as f64 * 90.0;
+        let _ = write!(
+            s,
+            r#"<rect x="{x}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{ly}">{}</text>"#,
+            ly - 9.0,
+            colour(n),
+            x + 13.0,
+            esc(n)
+        );
     }
     s.push_str("</svg>\n");
     s

@@ -109,7 +109,17 @@ pub struct GroupResult {
     pub events: u64,
     /// GPU busy fraction (time-shared groups).
     pub gpu_busy: f64,
+    /// The first [`TIMELINE_NS`] of the time-shared GPU: (tenant name, start ms, end ms) of each
+    /// stretch of work, for the timeline picture.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Timeline,
 }
+
+/// Stretches of work on a time-shared GPU: (tenant, start ms, end ms).
+pub type Timeline = Vec<(String, f64, f64)>;
+
+/// How much of a time-shared GPU's run the timeline keeps.
+pub const TIMELINE_NS: u64 = 100_000_000;
 
 /// A small, fast, deterministic generator (xoshiro256**).
 #[derive(Debug, Clone)]
@@ -301,8 +311,9 @@ fn run_shared(
     slicing: &Slicing,
     duration_s: f64,
     rng: &mut Rng,
-) -> (Vec<TenantResult>, u64, f64) {
+) -> (Vec<TenantResult>, u64, f64, Timeline) {
     let n = ts.len();
+    let mut timeline: Timeline = Vec::new();
     let end = (duration_s * 1e9) as u64;
     let mut core = Scheduler::new(CoreConfig {
         policy: slicing.policy,
@@ -406,6 +417,13 @@ fn run_shared(
                     }
                     let run = head.1.min(until - now);
                     head.1 -= run;
+                    if now < TIMELINE_NS {
+                        let (a, b) = (now as f64 / 1e6, (now + run) as f64 / 1e6);
+                        match timeline.last_mut() {
+                            Some(l) if l.0 == ts[i].name && (l.2 - a).abs() < 1e-9 => l.2 = b,
+                            _ => timeline.push((ts[i].name.clone(), a, b)),
+                        }
+                    }
                     now += run;
                     busy += run;
                     stats[i].busy += run as f64 / 1e6;
@@ -456,7 +474,7 @@ fn run_shared(
         .zip(ts)
         .map(|(s, t)| s.result(&t.name, duration_s, t.share.unwrap_or(share)))
         .collect();
-    (results, events, busy as f64 / end.max(1) as f64)
+    (results, events, busy as f64 / end.max(1) as f64, timeline)
 }
 
 /// Simulates a group of tenants sharing one GPU (some on slices, the rest time-shared).
@@ -477,11 +495,13 @@ pub fn simulate(tenants: &[Tenant], slicing: &Slicing, duration_s: f64, seed: u6
         .filter(|(_, t)| t.placement == Placement::TimeShared)
         .collect();
     let mut gpu_busy = 0.0;
+    let mut timeline = Vec::new();
     if !shared.is_empty() {
         let ts: Vec<&Tenant> = shared.iter().map(|(_, t)| *t).collect();
-        let (rs, e, b) = run_shared(&ts, slicing, duration_s, &mut rng);
+        let (rs, e, b, tl) = run_shared(&ts, slicing, duration_s, &mut rng);
         events += e;
         gpu_busy = b;
+        timeline = tl;
         for ((i, _), r) in shared.iter().zip(rs) {
             out[*i] = Some(r);
         }
@@ -493,6 +513,7 @@ pub fn simulate(tenants: &[Tenant], slicing: &Slicing, duration_s: f64, seed: u6
             .collect(),
         events,
         gpu_busy,
+        timeline,
     }
 }
 

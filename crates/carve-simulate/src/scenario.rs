@@ -42,6 +42,8 @@ pub struct Report {
     pub tenants: Vec<TenantReport>,
     /// Jain's index of each mode over tenants' delivered / offered throughput.
     pub fairness: BTreeMap<String, f64>,
+    /// The first time-shared GPU of each mode: its first 100 ms of work (tenant, start, end ms).
+    pub timelines: BTreeMap<String, crate::Timeline>,
 }
 
 fn load_of(spec: LoadSpec, replicas: u32) -> Load {
@@ -109,6 +111,7 @@ pub fn run(
     let mut events = 0u64;
     // mode → tenant → replica results
     let mut per: BTreeMap<&str, BTreeMap<String, Vec<TenantResult>>> = BTreeMap::new();
+    let mut timelines: BTreeMap<String, crate::Timeline> = BTreeMap::new();
     for (mi, mode) in MODES.iter().enumerate() {
         progress(mode);
         let groups: Vec<(usize, &PlannedGpu, Vec<Member>)> = if *mode == "time-sliced" {
@@ -184,6 +187,9 @@ pub fn run(
                 seed ^ ((gi as u64) << 8) ^ mi as u64,
             );
             events += r.events;
+            if !r.timeline.is_empty() && !timelines.contains_key(*mode) {
+                timelines.insert(mode.to_string(), r.timeline.clone());
+            }
             for t in r.tenants {
                 per.entry(mode)
                     .or_default()
@@ -253,6 +259,7 @@ pub fn run(
             .into_iter()
             .map(|(m, v)| (m, crate::jain(&v)))
             .collect(),
+        timelines,
     }
 }
 
