@@ -114,6 +114,17 @@ fn unknown_and_unproven_clients_are_refused() {
     );
 }
 
+/// Holds the GPU (as kernels would) until `t`, without taking a CPU from the other clients.
+fn sleep_until(t: u64) {
+    let now = proto::now_ns();
+    if t > now {
+        std::thread::sleep(Duration::from_nanos(t - now));
+    }
+}
+
+/// The share tests run one at a time: they measure time.
+static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A busy tenant: acquire, hold the GPU for the whole grant (as kernels would), release.
 fn busy(path: PathBuf, i: usize, seconds: f64) -> u64 {
     let (mut c, r) = Client::hello(&path, &format!("t{i}"), Some(token(i)));
@@ -125,9 +136,7 @@ fn busy(path: PathBuf, i: usize, seconds: f64) -> u64 {
             panic!("no grant")
         };
         let start = proto::now_ns();
-        while proto::now_ns() < until_ns {
-            std::hint::spin_loop();
-        }
+        sleep_until(until_ns);
         let used = proto::now_ns() - start;
         held += used;
         c.call(&Request::Release {
@@ -139,6 +148,7 @@ fn busy(path: PathBuf, i: usize, seconds: f64) -> u64 {
 }
 
 fn shares(policy: PolicyName, targets: &[Option<f64>]) -> (Vec<f64>, Vec<f64>) {
+    let _one = TIMING.lock().unwrap_or_else(|p| p.into_inner());
     let p = sock(&format!("share-{}", targets.len()));
     let s = Server::start(config(policy, targets, 2, None), &p).unwrap();
     let secs = 1.5;
@@ -241,9 +251,7 @@ fn shim_like(path: PathBuf, i: usize, seconds: f64, overrun_us: u64) -> u64 {
     let mut until = until_ns;
     let mut start = proto::now_ns();
     while proto::now_ns() < end {
-        while proto::now_ns() < until {
-            std::hint::spin_loop();
-        }
+        sleep_until(until);
         let used = proto::now_ns() - start;
         match c.call(&Request::Renew { used_ns: used }) {
             Reply::Grant { until_ns } => {
@@ -256,10 +264,7 @@ fn shim_like(path: PathBuf, i: usize, seconds: f64, overrun_us: u64) -> u64 {
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
                 let drain = (seed % (overrun_us + 1)) * 1000;
-                let t = proto::now_ns();
-                while proto::now_ns() < t + drain {
-                    std::hint::spin_loop();
-                }
+                sleep_until(proto::now_ns() + drain);
                 let used = proto::now_ns() - start;
                 held += used;
                 c.call(&Request::Release {
@@ -280,6 +285,7 @@ fn shim_like(path: PathBuf, i: usize, seconds: f64, overrun_us: u64) -> u64 {
 
 #[test]
 fn shares_hold_with_renewals_and_overruns() {
+    let _one = TIMING.lock().unwrap_or_else(|p| p.into_inner());
     let targets = [0.4, 0.3, 0.2, 0.1];
     let p = sock("renew");
     let _s = Server::start(
