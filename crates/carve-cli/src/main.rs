@@ -19,7 +19,7 @@ use std::process::ExitCode;
 #[command(
     name = "carve",
     version,
-    about = "Carve NVIDIA GPUs across many tenants: MIG catalog, placement geometry, mig-parted configs.",
+    about = "Carve NVIDIA GPUs across many tenants: plan sharing modes and MIG layouts, apply them with the fewest changes, time-slice CUDA processes, simulate latency.",
     after_help = "Exit status: 0 success, 1 the answer is no (infeasible), 2 bad input."
 )]
 struct Cli {
