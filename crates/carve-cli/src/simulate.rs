@@ -137,7 +137,7 @@ pub fn cdf_svg(r: &Report) -> String {
     const W: f64 = 300.0;
     const H: f64 = 160.0;
     const PAD: f64 = 40.0;
-    let colours = ["#4e79a7", "#e15759", "#59a14f"];
+    let colours = ["#4e79a7", "#e15759", "#59a14f", "#f28e2b"];
     let cols = 3usize;
     let rows = r.tenants.len().div_ceil(cols).max(1);
     let (tw, th) = (
@@ -157,7 +157,7 @@ pub fn cdf_svg(r: &Report) -> String {
             s,
             r#"<rect x="{}" y="30" width="12" height="12" fill="{}"/><text x="{}" y="40">{}</text>"#,
             PAD + k as f64 * 120.0,
-            colours[k],
+            colours[k % colours.len()],
             PAD + k as f64 * 120.0 + 16.0,
             esc(m)
         );
@@ -205,7 +205,7 @@ pub fn cdf_svg(r: &Report) -> String {
                 let _ = write!(
                     s,
                     r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"><title>{}: p95 {:.2} ms</title></polyline>"#,
-                    colours[k],
+                    colours[k % colours.len()],
                     pts.join(" "),
                     esc(m),
                     x.p95_ms

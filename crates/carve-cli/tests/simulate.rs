@@ -55,7 +55,7 @@ fn every_tenant_under_every_mode() {
     let ts = v["tenants"].as_array().unwrap();
     assert_eq!(ts.len(), 2);
     for t in ts {
-        for m in ["as planned", "time-sliced", "mig"] {
+        for m in ["as planned", "time-sliced", "mig", "mig+time-sliced"] {
             let r = &t["by_mode"][m];
             assert!(r["p95_ms"].as_f64().unwrap() > 0.0, "{m}: {t:#}");
             assert!(r["p99_ms"].as_f64().unwrap() >= r["p95_ms"].as_f64().unwrap());

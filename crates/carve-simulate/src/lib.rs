@@ -72,6 +72,9 @@ pub struct Slicing {
     pub slice_ms: Option<f64>,
     /// Cost of a switch between tenants, µs.
     pub switch_us: f64,
+    /// Time-slicing inside a MIG slice (the bare-metal counterpart of vGPU on MIG): the shared
+    /// "GPU" is this slice, given as (SM fraction, bandwidth fraction).
+    pub inside: Option<(f64, f64)>,
 }
 
 impl Default for Slicing {
@@ -80,6 +83,7 @@ impl Default for Slicing {
             policy: Policy::BestEffort,
             slice_ms: None,
             switch_us: 25.0,
+            inside: None,
         }
     }
 }
@@ -314,6 +318,13 @@ fn run_shared(
 ) -> (Vec<TenantResult>, u64, f64, Timeline) {
     let n = ts.len();
     let mut timeline: Timeline = Vec::new();
+    let stretches: Vec<f64> = ts
+        .iter()
+        .map(|t| match slicing.inside {
+            Some((sm, bandwidth)) => stretch(&t.load, Placement::Slice { sm, bandwidth }),
+            None => 1.0,
+        })
+        .collect();
     let end = (duration_s * 1e9) as u64;
     let mut core = Scheduler::new(CoreConfig {
         policy: slicing.policy,
@@ -362,7 +373,7 @@ fn run_shared(
         for i in 0..n {
             let l = &ts[i].load;
             while next_arr[i] <= now {
-                let w = (service_ms(l, rng) * 1e6) as u64;
+                let w = (service_ms(l, rng) * stretches[i] * 1e6) as u64;
                 q[i].push_back((next_arr[i], w.max(1), None));
                 let t = next_arr[i] as f64 / 1e9;
                 next_arr[i] = (next_arrival(&l.arrivals, t, rng) * 1e9) as u64;
@@ -372,7 +383,7 @@ fn run_shared(
             while k < thinking[i].len() {
                 if thinking[i][k] <= now {
                     let at = thinking[i].swap_remove(k);
-                    let w = (service_ms(l, rng) * 1e6) as u64;
+                    let w = (service_ms(l, rng) * stretches[i] * 1e6) as u64;
                     q[i].push_back((at, w.max(1), None));
                     *events += 1;
                 } else {

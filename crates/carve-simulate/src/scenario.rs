@@ -4,7 +4,10 @@
 //! - **time-sliced**: on each node, the tenants packed by memory onto the fewest of its GPUs and
 //!   sharing them with no policy (best effort), as plain Kubernetes / bare-metal time-slicing does;
 //! - **mig**: every replica on the smallest MIG slice that fits it on its GPU's model (a
-//!   hypothetical: it does not check the slices fit together).
+//!   hypothetical: it does not check the slices fit together);
+//! - **mig+time-sliced**: on each GPU, the tenants planned as MIG keep their slices and the
+//!   others share one slice, time-sliced inside it (the smallest profile holding their memory) —
+//!   the bare-metal counterpart of vGPU on MIG.
 //!
 //! A tenant's load is split evenly over its replicas; a tenant's figures are those of its worst
 //! replica (by p95), with throughput summed.
@@ -18,7 +21,7 @@ use carve_timeslice::Policy;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-pub const MODES: [&str; 3] = ["as planned", "time-sliced", "mig"];
+pub const MODES: [&str; 4] = ["as planned", "time-sliced", "mig", "mig+time-sliced"];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TenantReport {
@@ -141,6 +144,10 @@ pub fn run(
                         _ => Placement::TimeShared,
                     },
                     "time-sliced" => Placement::TimeShared,
+                    "mig+time-sliced" => match (planned_slice, model) {
+                        (Some(p), Some(m)) => slice_of(m, p),
+                        _ => Placement::TimeShared,
+                    },
                     _ => {
                         let prof = planned_slice.or_else(|| {
                             let (m, t) = (model?, tenant_of(&name)?);
@@ -162,6 +169,32 @@ pub fn run(
             if group.is_empty() {
                 continue;
             }
+            // Inside one slice: the smallest profile that holds the time-shared tenants' memory.
+            let inside = if *mode == "mig+time-sliced" {
+                let need_gb: f64 = group
+                    .iter()
+                    .filter(|t| t.placement == Placement::TimeShared)
+                    .filter_map(|t| tenant_of(&t.name).and_then(|x| x.memory_mib))
+                    .map(|m| m as f64 / 1024.0)
+                    .sum();
+                model.and_then(|m| {
+                    m.profiles
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, p)| p.attribute() == carve_model::profile::Attribute::None)
+                        .filter(|(_, p)| {
+                            carve_model::profile::ProfileName::parse(&p.name)
+                                .is_some_and(|n| n.memory_gb as f64 + 1e-9 >= need_gb)
+                        })
+                        .min_by_key(|(_, p)| (p.slots, p.compute))
+                        .map(|(i, _)| match slice_of(m, i) {
+                            Placement::Slice { sm, bandwidth } => (sm, bandwidth),
+                            Placement::TimeShared => (1.0, 1.0),
+                        })
+                })
+            } else {
+                None
+            };
             let slicing = match (*mode, &g.scheduler) {
                 ("as planned", Some(s)) => Slicing {
                     policy: match s.policy {
@@ -174,6 +207,7 @@ pub fn run(
                 },
                 _ => Slicing::default(),
             };
+            let slicing = Slicing { inside, ..slicing };
             // Shares only make sense under fixed share; and they must fit the core's rules.
             if slicing.policy != Policy::FixedShare {
                 for t in &mut group {

@@ -145,3 +145,29 @@ fn same_seed_same_answer() {
         simulate(&t, &Slicing::default(), 60.0, 9)
     );
 }
+
+#[test]
+fn time_slicing_inside_a_slice_runs_at_the_slice_speed() {
+    let t = Tenant {
+        name: "a".into(),
+        load: Load {
+            arrivals: Arrivals::Poisson { rate: 1.0 },
+            work_ms: 2.0,
+            service: Service::Deterministic,
+            memory_bound: 0.0,
+        },
+        placement: Placement::TimeShared,
+        share: None,
+    };
+    let whole = simulate(std::slice::from_ref(&t), &Slicing::default(), 300.0, 6);
+    let half = Slicing {
+        inside: Some((0.5, 0.5)),
+        ..Slicing::default()
+    };
+    let r = simulate(&[t], &half, 300.0, 6);
+    let (w, h) = (whole.tenants[0].p50_ms, r.tenants[0].p50_ms);
+    assert!(
+        (h / w - 2.0).abs() < 0.05,
+        "whole {w} ms, half slice {h} ms"
+    );
+}
