@@ -1,401 +1,380 @@
-//! A stand-in `libcuda.so.1` for tests without a GPU (symlink `libcarve_fake_cuda.so` as
-//! `libcuda.so.1` on `LD_LIBRARY_PATH`, exactly where the real driver is looked for).
+//! A stand-in `libcuda.so.1` for tests without a GPU: symlink `libcarve_fake_cuda.so` as
+//! `libcuda.so.1` in a directory on `LD_LIBRARY_PATH`, exactly where the real driver is looked
+//! for. Test-only.
 //!
-//! It models **one GPU shared by every process that loads it**: launches are asynchronous (one
-//! worker per stream, in order), and a kernel runs for its requested duration while holding a
-//! node-wide ticket lock (a file every process maps, `$CARVE_FAKE_CUDA_DIR/gpu.tickets`), so kernels
-//! from all processes run one at a time, in arrival order, as context switching between processes does. A kernel's duration is its first parameter, a
-//! `u64` of nanoseconds (the `spin` kernel of `carve-spin`). Device memory
-//! (`$CARVE_FAKE_CUDA_MEM_MIB`, default 81920) is accounted node-wide (a file per process under
-//! `$CARVE_FAKE_CUDA_DIR/mem/`), so `cuMemGetInfo` sees other processes and allocations beyond
-//! the free memory fail with `CUDA_ERROR_OUT_OF_MEMORY`. Each process writes what it ran to
-//! `$CARVE_FAKE_CUDA_DIR/stats/<pid>.json` whenever it synchronises.
+//! It models **one GPU shared by every process that loads it**:
 //!
-//! Implemented: the driver calls `carve-spin` and the shim use (see `SYMBOLS`). Graph launches
-//! accept any non-null executable graph and run nothing (there is no graph construction here).
-//! No panic crosses the C boundary.
+//! - Kernel launches are asynchronous: every stream (and the null stream) is an in-order queue
+//!   worked by a thread of its own. A kernel runs for its requested duration, spinning on the
+//!   monotonic clock, while it holds the node-wide GPU: a first-come-first-served ticket lock in
+//!   a page every process maps (`$CARVE_FAKE_CUDA_DIR/gpu.tickets`), so kernels from all
+//!   processes run one at a time, in arrival order, as with context switching on a real GPU.
+//! - The only kernel is `spin` (`cuModuleGetFunction(.., "spin")`, any module image): its first
+//!   parameter is a `u64` of nanoseconds (`carve-spin`'s PTX kernel takes the same parameter).
+//! - Device memory (`$CARVE_FAKE_CUDA_MEM_MIB`, default 81920) is accounted node-wide: each
+//!   process publishes what it holds in `mem/<pid>` under `mem.lock`, so `cuMemGetInfo` sees
+//!   other processes and an allocation beyond the free memory fails with
+//!   `CUDA_ERROR_OUT_OF_MEMORY`. A process's memory is freed when it exits or dies.
+//! - Each process writes `stats/<pid>.json` (`{"pid", "kernels", "busy_ns", "mem_bytes"}`) at
+//!   every stream or context synchronisation and at exit.
+//!
+//! Contexts: a thread must have a current context (from `cuCtxCreate`, or from
+//! `cuDevicePrimaryCtxRetain` and then `cuCtxSetCurrent`) for allocations, streams, events, modules
+//! and launches, as with the real driver; all contexts of a process share its streams, modules
+//! and memory. The null stream is a stream like the others (it does not synchronise with other
+//! streams). Graphs cannot be built: [`carve_fake_cuda_graph_exec_create`] makes an executable
+//! graph of N spin kernels so that `cuGraphLaunch` can be tested.
+//!
+//! No panic crosses the C boundary: a failing call returns an error code, never aborts.
 
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
+mod node;
+
+pub use node::stats_file;
+
 use libc::{c_char, c_int, c_uint, c_void, size_t};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::CStr;
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::*};
-use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::Instant;
 
-type CUresult = c_int;
-const SUCCESS: CUresult = 0;
-const INVALID_VALUE: CUresult = 1;
-const OUT_OF_MEMORY: CUresult = 2;
-const NOT_INITIALIZED: CUresult = 3;
-const INVALID_DEVICE: CUresult = 101;
-const INVALID_HANDLE: CUresult = 400;
-const NOT_FOUND: CUresult = 500;
-const NOT_READY: CUresult = 600;
-const UNKNOWN: CUresult = 999;
+/// The directory of the node-wide state (default: `carve-fake-cuda-<uid>` in the temp dir).
+pub const ENV_DIR: &str = "CARVE_FAKE_CUDA_DIR";
+/// Device memory in MiB (default 81920).
+pub const ENV_MEM_MIB: &str = "CARVE_FAKE_CUDA_MEM_MIB";
 
-fn dir() -> &'static PathBuf {
-    static D: OnceLock<PathBuf> = OnceLock::new();
-    D.get_or_init(|| {
-        let d = std::env::var_os("CARVE_FAKE_CUDA_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                // SAFETY: getuid has no preconditions.
-                std::env::temp_dir().join(format!("carve-fake-cuda-{}", unsafe { libc::getuid() }))
-            });
-        let _ = std::fs::create_dir_all(d.join("mem"));
-        let _ = std::fs::create_dir_all(d.join("stats"));
-        d
-    })
-}
+pub type CUresult = c_int;
+pub const CUDA_SUCCESS: CUresult = 0;
+pub const CUDA_ERROR_INVALID_VALUE: CUresult = 1;
+pub const CUDA_ERROR_OUT_OF_MEMORY: CUresult = 2;
+pub const CUDA_ERROR_NOT_INITIALIZED: CUresult = 3;
+pub const CUDA_ERROR_INVALID_DEVICE: CUresult = 101;
+pub const CUDA_ERROR_INVALID_CONTEXT: CUresult = 201;
+pub const CUDA_ERROR_INVALID_HANDLE: CUresult = 400;
+pub const CUDA_ERROR_NOT_FOUND: CUresult = 500;
+pub const CUDA_ERROR_NOT_READY: CUresult = 600;
+pub const CUDA_ERROR_UNKNOWN: CUresult = 999;
 
-fn total_bytes() -> u64 {
-    std::env::var("CARVE_FAKE_CUDA_MEM_MIB")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(81920)
-        * 1024
-        * 1024
-}
+/// `CUdriverProcAddressQueryResult`.
+pub const CU_GET_PROC_ADDRESS_SUCCESS: c_int = 0;
+pub const CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND: c_int = 1;
 
-/// An exclusive advisory lock on a file in the fake's directory, held while alive.
-struct Flock(std::fs::File);
+/// Kernels longer than this are cut short (a wrong parameter must not hang a test for hours).
+const MAX_KERNEL_NS: u64 = 60_000_000_000;
+/// `CU_EVENT_DISABLE_TIMING`.
+const EVENT_DISABLE_TIMING: c_uint = 0x2;
+/// `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD`: both are the null stream here.
+const STREAM_LEGACY: u64 = 0x1;
+const STREAM_PER_THREAD: u64 = 0x2;
 
-impl Flock {
-    fn take(name: &str) -> Option<Flock> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir().join(name))
-            .ok()?;
-        // SAFETY: flock on an open descriptor.
-        while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                return None;
-            }
-        }
-        Some(Flock(f))
-    }
-}
-
-impl Drop for Flock {
-    fn drop(&mut self) {
-        // SAFETY: unlock our own descriptor.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The GPU: a first-come-first-served ticket lock in a file every process maps, so kernels from
-// all processes take turns in arrival order (the way the GPU time-slices between contexts),
-// rather than the same process winning the race again and again.
-
-#[repr(C)]
-struct Gpu {
-    next: AtomicU64,
-    serving: AtomicU64,
-    holder: AtomicU64,
-}
-
-fn gpu() -> Option<&'static Gpu> {
-    static G: OnceLock<Option<usize>> = OnceLock::new();
-    let addr = G.get_or_init(|| {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(dir().join("gpu.tickets"))
-            .ok()?;
-        if f.metadata().ok()?.len() < 4096 {
-            f.set_len(4096).ok()?;
-        }
-        // SAFETY: a shared read-write mapping of a 4 KiB file, kept for the process lifetime.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return None;
-        }
-        Some(p as usize)
-    });
-    // SAFETY: the mapping is page-aligned, zero-initialised and lives as long as the process.
-    addr.map(|a| unsafe { &*(a as *const Gpu) })
-}
-
-fn alive(pid: u64) -> bool {
-    pid != 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-impl Gpu {
-    fn acquire(&self) -> u64 {
-        let t = self.next.fetch_add(1, AcqRel);
-        let mut seen = self.serving.load(Acquire);
-        let mut since = Instant::now();
-        let mut spins = 0u32;
-        loop {
-            let s = self.serving.load(Acquire);
-            if s == t {
-                self.holder.store(std::process::id() as u64, Release);
-                return t;
-            }
-            if s != seen {
-                seen = s;
-                since = Instant::now();
-            } else if since.elapsed().as_millis() > 200 && !alive(self.holder.load(Acquire)) {
-                // The process whose turn it is died: skip its ticket.
-                let _ = self.serving.compare_exchange(s, s + 1, AcqRel, Acquire);
-                since = Instant::now();
-            }
-            spins += 1;
-            if spins < 200 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(std::time::Duration::from_micros(20));
-            }
-        }
-    }
-
-    fn release(&self, t: u64) {
-        self.holder.store(0, Release);
-        let _ = self.serving.compare_exchange(t, t + 1, AcqRel, Acquire);
-    }
-}
+type Ptr = *mut c_void;
 
 // ---------------------------------------------------------------------------------------------
 // Process state.
 
 enum Job {
     Kernel(u64),
-    Event(Arc<Event>),
-    Done(Sender<()>),
+    /// An event recorded at the given generation.
+    Event(Arc<Event>, u64),
+    Marker(Sender<()>),
 }
 
+/// An event: recorded (generation > 0) and, when its work is done, the time it completed.
 struct Event {
-    at: Mutex<Option<Instant>>,
+    flags: c_uint,
+    state: Mutex<EventState>,
     cv: Condvar,
+}
+
+#[derive(Default)]
+struct EventState {
+    generation: u64,
+    done_at: Option<Instant>,
 }
 
 struct Stream {
     tx: Sender<Job>,
-    /// Jobs queued and not finished.
-    inflight: Arc<AtomicU64>,
+    /// Jobs queued and not yet finished.
+    pending: Arc<AtomicU64>,
 }
 
-#[derive(Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Mem {
+    /// `cuMemAlloc*`: a device pointer.
+    Device,
+    /// `cuMemCreate`: a generic allocation handle.
+    Generic,
+    /// `cuArrayCreate`.
+    Array,
+}
+
 struct Proc {
     init: bool,
-    streams: HashMap<u64, Stream>,
     next_handle: u64,
-    allocs: HashMap<u64, u64>,
-    mem_used: u64,
-    functions: HashMap<u64, String>,
-    modules: u64,
+    next_va: u64,
+    contexts: HashMap<u64, ()>,
+    primary: Option<(u64, u32)>,
+    streams: HashMap<u64, Stream>,
     events: HashMap<u64, Arc<Event>>,
+    /// module → its functions.
+    modules: HashMap<u64, Vec<u64>>,
+    functions: HashMap<u64, u64>,
+    /// graph exec → (kernels, ns each).
+    graphs: HashMap<u64, (u32, u64)>,
+    allocs: HashMap<(Mem, u64), u64>,
+    mem_used: u64,
 }
 
 static PROC: Mutex<Option<Proc>> = Mutex::new(None);
-static KERNELS: AtomicU64 = AtomicU64::new(0);
-static BUSY_NS: AtomicU64 = AtomicU64::new(0);
-static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+thread_local! {
+    static CURRENT: Cell<u64> = const { Cell::new(0) };
+}
 
 fn with<T>(f: impl FnOnce(&mut Proc) -> Result<T, CUresult>) -> Result<T, CUresult> {
     let mut g = PROC.lock().unwrap_or_else(|p| p.into_inner());
     let p = g.get_or_insert_with(|| Proc {
+        init: false,
         next_handle: 0x1000,
-        ..Proc::default()
+        next_va: 0x7f00_0000_0000,
+        contexts: HashMap::new(),
+        primary: None,
+        streams: HashMap::new(),
+        events: HashMap::new(),
+        modules: HashMap::new(),
+        functions: HashMap::new(),
+        graphs: HashMap::new(),
+        allocs: HashMap::new(),
+        mem_used: 0,
     });
     f(p)
 }
 
-fn handle(p: &mut Proc) -> u64 {
-    p.next_handle += 0x10;
-    p.next_handle
-}
+impl Proc {
+    fn handle(&mut self) -> u64 {
+        self.next_handle += 0x10;
+        self.next_handle
+    }
 
-fn spin(ns: u64) {
-    let start = Instant::now();
-    while (start.elapsed().as_nanos() as u64) < ns {
-        std::hint::spin_loop();
+    fn initialised(&self) -> Result<(), CUresult> {
+        if self.init {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_NOT_INITIALIZED)
+        }
+    }
+
+    /// The driver is initialised and the calling thread has a live current context.
+    fn in_context(&self) -> Result<(), CUresult> {
+        self.initialised()?;
+        if self.contexts.contains_key(&CURRENT.get()) {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_INVALID_CONTEXT)
+        }
+    }
+
+    fn stream(&mut self, h: u64) -> Result<&Stream, CUresult> {
+        let h = match h {
+            STREAM_LEGACY | STREAM_PER_THREAD => 0,
+            h => h,
+        };
+        if h == 0 && !self.streams.contains_key(&0) {
+            self.streams.insert(0, new_stream()?);
+        }
+        self.streams.get(&h).ok_or(CUDA_ERROR_INVALID_HANDLE)
     }
 }
 
-fn worker(rx: std::sync::mpsc::Receiver<Job>, inflight: Arc<AtomicU64>) {
+fn worker(rx: Receiver<Job>, pending: Arc<AtomicU64>) {
+    // Timed waits for the GPU end when asked, not up to 50 µs later (the default timer slack).
+    // SAFETY: PR_SET_TIMERSLACK on the calling thread.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
     for job in rx {
-        match job {
+        // Nothing here should panic; if it does, the stream keeps working.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
             Job::Kernel(ns) => {
-                let turn = gpu().map(|g| g.acquire());
-                spin(ns);
-                if let (Some(g), Some(t)) = (gpu(), turn) {
-                    g.release(t);
+                if node::EXITING.load(Acquire) {
+                    return;
                 }
-                KERNELS.fetch_add(1, Relaxed);
-                BUSY_NS.fetch_add(ns, Relaxed);
+                let turn = node::acquire(ns);
+                let ran = node::spin(ns);
+                drop(turn);
+                node::KERNELS.fetch_add(1, AcqRel);
+                node::BUSY_NS.fetch_add(ran, AcqRel);
             }
-            Job::Event(e) => {
-                *e.at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-                e.cv.notify_all();
+            Job::Event(e, generation) => {
+                let mut s = e.state.lock().unwrap_or_else(|p| p.into_inner());
+                if s.generation == generation {
+                    s.done_at = Some(Instant::now());
+                    e.cv.notify_all();
+                }
             }
-            Job::Done(tx) => {
+            Job::Marker(tx) => {
                 let _ = tx.send(());
             }
-        }
-        inflight.fetch_sub(1, AcqRel);
+        }));
+        pending.fetch_sub(1, AcqRel);
     }
 }
 
-fn stream(p: &mut Proc, h: u64) -> Result<&Stream, CUresult> {
-    if h == 0 && !p.streams.contains_key(&0) {
-        p.streams.insert(0, new_stream());
-    }
-    p.streams.get(&h).ok_or(INVALID_HANDLE)
-}
-
-fn new_stream() -> Stream {
+fn new_stream() -> Result<Stream, CUresult> {
     let (tx, rx) = channel();
-    let inflight = Arc::new(AtomicU64::new(0));
-    let i = inflight.clone();
-    std::thread::spawn(move || worker(rx, i));
-    Stream { tx, inflight }
+    let pending = Arc::new(AtomicU64::new(0));
+    let p = pending.clone();
+    std::thread::Builder::new()
+        .name("carve-fake-cuda-stream".into())
+        .spawn(move || worker(rx, p))
+        .map_err(|_| CUDA_ERROR_UNKNOWN)?;
+    Ok(Stream { tx, pending })
 }
 
-fn enqueue(h: u64, job: Job) -> Result<(), CUresult> {
+/// Queues a job on a stream (in a context).
+fn enqueue(stream: u64, job: Job) -> Result<(), CUresult> {
     with(|p| {
-        if !p.init {
-            return Err(NOT_INITIALIZED);
-        }
-        let s = stream(p, h)?;
-        s.inflight.fetch_add(1, AcqRel);
-        s.tx.send(job).map_err(|_| UNKNOWN)
+        p.in_context()?;
+        let s = p.stream(stream)?;
+        s.pending.fetch_add(1, AcqRel);
+        s.tx.send(job).map_err(|_| {
+            s.pending.fetch_sub(1, AcqRel);
+            CUDA_ERROR_UNKNOWN
+        })
     })
 }
 
-fn sync_stream(h: u64) -> Result<(), CUresult> {
-    let (tx, rx) = channel();
-    enqueue(h, Job::Done(tx))?;
-    rx.recv().map_err(|_| UNKNOWN)?;
+/// Waits until everything queued on the streams so far has run.
+fn drain(streams: &[u64]) -> Result<(), CUresult> {
+    let mut waits = Vec::new();
+    for &s in streams {
+        let (tx, rx) = channel();
+        enqueue(s, Job::Marker(tx))?;
+        waits.push(rx);
+    }
+    for rx in waits {
+        rx.recv().map_err(|_| CUDA_ERROR_UNKNOWN)?;
+    }
     write_stats();
     Ok(())
 }
 
 fn write_stats() {
-    let pid = std::process::id();
-    let s = format!(
-        "{{\"pid\":{pid},\"kernels\":{},\"busy_ns\":{}}}\n",
-        KERNELS.load(Relaxed),
-        BUSY_NS.load(Relaxed)
-    );
-    let path = dir().join("stats").join(format!("{pid}.json"));
-    let tmp = path.with_extension("tmp");
-    if std::fs::write(&tmp, s).is_ok() {
-        let _ = std::fs::rename(tmp, path);
-    }
+    let mem = with(|p| Ok(p.mem_used)).unwrap_or(0);
+    node::write_stats(mem);
 }
 
-/// Memory used by live processes (files under mem/, one per pid).
-fn node_used() -> u64 {
-    let Ok(rd) = std::fs::read_dir(dir().join("mem")) else {
-        return 0;
-    };
-    let me = std::process::id();
-    rd.flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            if pid != me && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_file(e.path());
-                return None;
-            }
-            std::fs::read_to_string(e.path())
-                .ok()?
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
-fn set_own_usage(bytes: u64) {
-    let _ = std::fs::write(
-        dir().join("mem").join(std::process::id().to_string()),
-        bytes.to_string(),
-    );
-}
-
-fn alloc(bytes: u64) -> Result<u64, CUresult> {
-    if bytes == 0 {
-        return Err(INVALID_VALUE);
-    }
-    let _lock = Flock::take("mem.lock").ok_or(UNKNOWN)?;
-    let used = node_used();
-    if used.saturating_add(bytes) > total_bytes() {
-        return Err(OUT_OF_MEMORY);
-    }
-    with(|p| {
-        if !p.init {
-            return Err(NOT_INITIALIZED);
+extern "C" fn at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        node::EXITING.store(true, Release);
+        // The process's memory is gone with it.
+        if let Some(_lock) = node::Flock::take("mem.lock") {
+            node::set_own_usage(0);
         }
-        let h = handle(p) << 20;
-        p.allocs.insert(h, bytes);
+        write_stats();
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory.
+
+fn alloc(kind: Mem, bytes: u64) -> Result<u64, CUresult> {
+    if bytes == 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let _lock = node::Flock::take("mem.lock").ok_or(CUDA_ERROR_UNKNOWN)?;
+    let others = node::others_used();
+    with(|p| {
+        if kind != Mem::Generic {
+            p.in_context()?;
+        } else {
+            p.initialised()?;
+        }
+        let used = others.saturating_add(p.mem_used);
+        if used.saturating_add(bytes) > node::total_bytes() {
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        let h = match kind {
+            Mem::Device => {
+                let va = p.next_va;
+                let span = bytes.div_ceil(2 << 20).max(1).saturating_mul(2 << 20);
+                p.next_va = p.next_va.saturating_add(span);
+                va
+            }
+            Mem::Generic | Mem::Array => p.handle(),
+        };
+        p.allocs.insert((kind, h), bytes);
         p.mem_used += bytes;
-        set_own_usage(p.mem_used);
+        node::set_own_usage(p.mem_used);
         Ok(h)
     })
 }
 
-fn free(h: u64) -> CUresult {
-    let _lock = Flock::take("mem.lock");
-    match with(|p| {
-        let b = p.allocs.remove(&h).ok_or(INVALID_VALUE)?;
+fn free(kind: Mem, h: u64) -> Result<(), CUresult> {
+    let _lock = node::Flock::take("mem.lock").ok_or(CUDA_ERROR_UNKNOWN)?;
+    with(|p| {
+        if kind != Mem::Generic {
+            p.in_context()?;
+        } else {
+            p.initialised()?;
+        }
+        let b = p.allocs.remove(&(kind, h)).ok_or(match kind {
+            Mem::Array => CUDA_ERROR_INVALID_HANDLE,
+            _ => CUDA_ERROR_INVALID_VALUE,
+        })?;
         p.mem_used -= b;
-        set_own_usage(p.mem_used);
+        node::set_own_usage(p.mem_used);
         Ok(())
-    }) {
-        Ok(()) => SUCCESS,
-        Err(e) => e,
-    }
+    })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Helpers for the C boundary.
+
+/// Runs `f`, turning a panic into `CUDA_ERROR_UNKNOWN`.
 fn guard(f: impl FnOnce() -> Result<(), CUresult>) -> CUresult {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(Ok(())) => SUCCESS,
+        Ok(Ok(())) => CUDA_SUCCESS,
         Ok(Err(e)) => e,
-        Err(_) => UNKNOWN,
+        Err(_) => CUDA_ERROR_UNKNOWN,
     }
 }
 
 unsafe fn out<T>(p: *mut T, v: T) -> Result<(), CUresult> {
     if p.is_null() {
-        return Err(INVALID_VALUE);
+        return Err(CUDA_ERROR_INVALID_VALUE);
     }
     p.write(v);
     Ok(())
 }
 
-fn initialised() -> Result<(), CUresult> {
-    with(|p| if p.init { Ok(()) } else { Err(NOT_INITIALIZED) })
+fn check_device(dev: c_int) -> Result<(), CUresult> {
+    with(|p| p.initialised())?;
+    if dev == 0 {
+        Ok(())
+    } else {
+        Err(CUDA_ERROR_INVALID_DEVICE)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
-// The C API.
-
-type Ptr = *mut c_void;
+// Initialisation, devices.
 
 #[no_mangle]
-pub unsafe extern "C" fn cuInit(_flags: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuInit(flags: c_uint) -> CUresult {
     guard(|| {
-        EPOCH.get_or_init(Instant::now);
+        if flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        node::dir();
+        static AT_EXIT: Once = Once::new();
+        AT_EXIT.call_once(|| {
+            // SAFETY: registering a function of this library, which is linked `-z nodelete`, so
+            // it is still mapped at exit.
+            unsafe { libc::atexit(at_exit) };
+        });
         with(|p| {
             p.init = true;
             Ok(())
@@ -411,7 +390,7 @@ pub unsafe extern "C" fn cuDriverGetVersion(v: *mut c_int) -> CUresult {
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetCount(n: *mut c_int) -> CUresult {
     guard(|| {
-        initialised()?;
+        with(|p| p.initialised())?;
         out(n, 1)
     })
 }
@@ -419,10 +398,7 @@ pub unsafe extern "C" fn cuDeviceGetCount(n: *mut c_int) -> CUresult {
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGet(d: *mut c_int, ordinal: c_int) -> CUresult {
     guard(|| {
-        initialised()?;
-        if ordinal != 0 {
-            return Err(INVALID_DEVICE);
-        }
+        check_device(ordinal)?;
         out(d, 0)
     })
 }
@@ -430,12 +406,9 @@ pub unsafe extern "C" fn cuDeviceGet(d: *mut c_int, ordinal: c_int) -> CUresult 
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: c_int) -> CUresult {
     guard(|| {
-        initialised()?;
-        if dev != 0 {
-            return Err(INVALID_DEVICE);
-        }
+        check_device(dev)?;
         if name.is_null() || len <= 0 {
-            return Err(INVALID_VALUE);
+            return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let s = b"carve stand-in GPU (NVIDIA H100 80GB HBM3)";
         let n = s.len().min(len as usize - 1);
@@ -448,145 +421,260 @@ pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: c_i
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut size_t, dev: c_int) -> CUresult {
     guard(|| {
-        initialised()?;
-        if dev != 0 {
-            return Err(INVALID_DEVICE);
-        }
-        out(bytes, total_bytes() as size_t)
+        check_device(dev)?;
+        out(bytes, node::total_bytes() as size_t)
+    })
+}
+
+/// `CUdevice_attribute` values of an H100 SXM5 for the common attributes; 0 for the others.
+fn attribute(attr: c_int) -> Option<c_int> {
+    Some(match attr {
+        1 => 1024,        // MAX_THREADS_PER_BLOCK
+        2 | 3 => 1024,    // MAX_BLOCK_DIM_X, _Y
+        4 => 64,          // MAX_BLOCK_DIM_Z
+        5 => i32::MAX,    // MAX_GRID_DIM_X
+        6 | 7 => 65535,   // MAX_GRID_DIM_Y, _Z
+        8 => 49152,       // MAX_SHARED_MEMORY_PER_BLOCK
+        9 => 65536,       // TOTAL_CONSTANT_MEMORY
+        10 => 32,         // WARP_SIZE
+        12 => 65536,      // MAX_REGISTERS_PER_BLOCK
+        13 => 1_980_000,  // CLOCK_RATE (kHz)
+        16 => 132,        // MULTIPROCESSOR_COUNT
+        31 => 1,          // CONCURRENT_KERNELS
+        32 => 1,          // ECC_ENABLED
+        36 => 2_619_000,  // MEMORY_CLOCK_RATE (kHz)
+        37 => 5120,       // GLOBAL_MEMORY_BUS_WIDTH
+        38 => 52_428_800, // L2_CACHE_SIZE
+        39 => 2048,       // MAX_THREADS_PER_MULTIPROCESSOR
+        40 => 5,          // ASYNC_ENGINE_COUNT
+        41 => 1,          // UNIFIED_ADDRESSING
+        75 => 9,          // COMPUTE_CAPABILITY_MAJOR
+        76 => 0,          // COMPUTE_CAPABILITY_MINOR
+        81 => 233_472,    // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
+        82 => 65536,      // MAX_REGISTERS_PER_MULTIPROCESSOR
+        83 => 1,          // MANAGED_MEMORY
+        95 => 1,          // COOPERATIVE_LAUNCH
+        97 => 232_448,    // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+        102 => 1,         // VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED
+        106 => 32,        // MAX_BLOCKS_PER_MULTIPROCESSOR
+        _ if (1..=200).contains(&attr) => 0,
+        _ => return None,
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetAttribute(v: *mut c_int, attr: c_int, dev: c_int) -> CUresult {
     guard(|| {
-        initialised()?;
-        if dev != 0 {
-            return Err(INVALID_DEVICE);
-        }
-        // A few attributes with H100 values; the rest 0.
-        let val = match attr {
-            1 => 1024, // MAX_THREADS_PER_BLOCK
-            16 => 132, // MULTIPROCESSOR_COUNT
-            75 => 9,   // COMPUTE_CAPABILITY_MAJOR
-            76 => 0,   // COMPUTE_CAPABILITY_MINOR
-            10 => 32,  // WARP_SIZE
-            _ => 0,
-        };
-        out(v, val)
+        check_device(dev)?;
+        out(v, attribute(attr).ok_or(CUDA_ERROR_INVALID_VALUE)?)
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Contexts.
 
 #[no_mangle]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut Ptr, dev: c_int) -> CUresult {
     guard(|| {
-        initialised()?;
-        if dev != 0 {
-            return Err(INVALID_DEVICE);
+        check_device(dev)?;
+        if ctx.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        out(ctx, 0x1 as Ptr)
+        let h = with(|p| {
+            let (h, refs) = match p.primary {
+                Some((h, refs)) => (h, refs + 1),
+                None => (p.handle(), 1),
+            };
+            p.primary = Some((h, refs));
+            p.contexts.insert(h, ());
+            Ok(h)
+        })?;
+        out(ctx, h as Ptr)
     })
 }
 
+fn primary_release(dev: c_int) -> Result<(), CUresult> {
+    check_device(dev)?;
+    let gone = with(|p| match p.primary {
+        Some((h, 1)) => {
+            p.primary = None;
+            p.contexts.remove(&h);
+            Ok(true)
+        }
+        Some((h, refs)) => {
+            p.primary = Some((h, refs - 1));
+            Ok(false)
+        }
+        None => Err(CUDA_ERROR_INVALID_CONTEXT),
+    })?;
+    if gone {
+        write_stats();
+    }
+    Ok(())
+}
+
 #[no_mangle]
-pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(_dev: c_int) -> CUresult {
-    SUCCESS
+pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: c_int) -> CUresult {
+    guard(|| primary_release(dev))
+}
+
+/// The pre-11.0 name, which the driver still exports.
+#[no_mangle]
+pub unsafe extern "C" fn cuDevicePrimaryCtxRelease(dev: c_int) -> CUresult {
+    guard(|| primary_release(dev))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxCreate_v2(ctx: *mut Ptr, _flags: c_uint, dev: c_int) -> CUresult {
-    cuDevicePrimaryCtxRetain(ctx, dev)
+    guard(|| {
+        check_device(dev)?;
+        if ctx.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let h = with(|p| {
+            let h = p.handle();
+            p.contexts.insert(h, ());
+            Ok(h)
+        })?;
+        CURRENT.set(h);
+        out(ctx, h as Ptr)
+    })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuCtxDestroy_v2(_ctx: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: Ptr) -> CUresult {
     guard(|| {
-        let streams: Vec<u64> = with(|p| Ok(p.streams.keys().copied().collect()))?;
-        for s in streams {
-            sync_stream(s)?;
-        }
+        let h = ctx as u64;
+        let streams = with(|p| {
+            p.initialised()?;
+            if !p.contexts.contains_key(&h) || p.primary.is_some_and(|(ph, _)| ph == h) {
+                return Err(CUDA_ERROR_INVALID_CONTEXT);
+            }
+            Ok(p.streams.keys().copied().collect::<Vec<_>>())
+        })?;
+        // Work still queued finishes first (this is the process's only GPU).
+        let prev = CURRENT.replace(h);
+        let r = drain(&streams);
+        CURRENT.set(if prev == h { 0 } else { prev });
+        with(|p| {
+            p.contexts.remove(&h);
+            Ok(())
+        })?;
+        r
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxSetCurrent(ctx: Ptr) -> CUresult {
+    guard(|| {
+        let h = ctx as u64;
+        with(|p| {
+            p.initialised()?;
+            if h != 0 && !p.contexts.contains_key(&h) {
+                return Err(CUDA_ERROR_INVALID_CONTEXT);
+            }
+            Ok(())
+        })?;
+        CURRENT.set(h);
         Ok(())
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuCtxSetCurrent(_ctx: Ptr) -> CUresult {
-    SUCCESS
-}
-
-#[no_mangle]
 pub unsafe extern "C" fn cuCtxGetCurrent(ctx: *mut Ptr) -> CUresult {
-    guard(|| out(ctx, 0x1 as Ptr))
+    guard(|| {
+        let h = with(|p| {
+            p.initialised()?;
+            let h = CURRENT.get();
+            Ok(if p.contexts.contains_key(&h) { h } else { 0 })
+        })?;
+        out(ctx, h as Ptr)
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
     guard(|| {
-        initialised()?;
-        let streams: Vec<u64> = with(|p| {
-            stream(p, 0)?;
-            Ok(p.streams.keys().copied().collect())
+        let streams = with(|p| {
+            p.in_context()?;
+            p.stream(0)?;
+            Ok(p.streams.keys().copied().collect::<Vec<_>>())
         })?;
-        for s in streams {
-            sync_stream(s)?;
-        }
-        Ok(())
+        drain(&streams)
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Streams and events.
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamCreate(s: *mut Ptr, _flags: c_uint) -> CUresult {
     guard(|| {
+        if s.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
         let h = with(|p| {
-            if !p.init {
-                return Err(NOT_INITIALIZED);
-            }
-            let h = handle(p);
-            p.streams.insert(h, new_stream());
+            p.in_context()?;
+            let h = p.handle();
+            p.streams.insert(h, new_stream()?);
             Ok(h)
         })?;
         out(s, h as Ptr)
     })
 }
 
+/// Returns at once; work already queued still runs (the worker drains its queue and ends).
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamDestroy_v2(s: Ptr) -> CUresult {
     guard(|| {
-        sync_stream(s as u64)?;
         with(|p| {
-            p.streams
-                .remove(&(s as u64))
-                .map(|_| ())
-                .ok_or(INVALID_HANDLE)
+            p.in_context()?;
+            match s as u64 {
+                0 | STREAM_LEGACY | STREAM_PER_THREAD => Err(CUDA_ERROR_INVALID_HANDLE),
+                h => p
+                    .streams
+                    .remove(&h)
+                    .map(|_| ())
+                    .ok_or(CUDA_ERROR_INVALID_HANDLE),
+            }
         })
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamSynchronize(s: Ptr) -> CUresult {
-    guard(|| sync_stream(s as u64))
+    guard(|| drain(&[s as u64]))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamQuery(s: Ptr) -> CUresult {
     guard(|| {
-        let n = with(|p| Ok(stream(p, s as u64)?.inflight.load(Acquire)))?;
+        let n = with(|p| {
+            p.in_context()?;
+            Ok(p.stream(s as u64)?.pending.load(Acquire))
+        })?;
         if n == 0 {
             Ok(())
         } else {
-            Err(NOT_READY)
+            Err(CUDA_ERROR_NOT_READY)
         }
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuEventCreate(e: *mut Ptr, _flags: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuEventCreate(e: *mut Ptr, flags: c_uint) -> CUresult {
     guard(|| {
+        if e.is_null() || flags & !0xf != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
         let h = with(|p| {
-            let h = handle(p);
+            p.in_context()?;
+            let h = p.handle();
             p.events.insert(
                 h,
                 Arc::new(Event {
-                    at: Mutex::new(None),
+                    flags,
+                    state: Mutex::new(EventState::default()),
                     cv: Condvar::new(),
                 }),
             );
@@ -597,27 +685,43 @@ pub unsafe extern "C" fn cuEventCreate(e: *mut Ptr, _flags: c_uint) -> CUresult 
 }
 
 fn event(h: Ptr) -> Result<Arc<Event>, CUresult> {
-    with(|p| p.events.get(&(h as u64)).cloned().ok_or(INVALID_HANDLE))
+    with(|p| {
+        p.initialised()?;
+        p.events
+            .get(&(h as u64))
+            .cloned()
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuEventRecord(e: Ptr, s: Ptr) -> CUresult {
     guard(|| {
         let ev = event(e)?;
-        *ev.at.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        enqueue(s as u64, Job::Event(ev))
+        let generation = {
+            let mut st = ev.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.generation += 1;
+            st.done_at = None;
+            st.generation
+        };
+        enqueue(s as u64, Job::Event(ev, generation))
     })
+}
+
+/// Done when never recorded (as the driver says) or when its work has run.
+fn event_done(st: &EventState) -> bool {
+    st.generation == 0 || st.done_at.is_some()
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuEventQuery(e: Ptr) -> CUresult {
     guard(|| {
         let ev = event(e)?;
-        let done = ev.at.lock().unwrap_or_else(|p| p.into_inner()).is_some();
-        if done {
+        let st = ev.state.lock().unwrap_or_else(|p| p.into_inner());
+        if event_done(&st) {
             Ok(())
         } else {
-            Err(NOT_READY)
+            Err(CUDA_ERROR_NOT_READY)
         }
     })
 }
@@ -626,26 +730,35 @@ pub unsafe extern "C" fn cuEventQuery(e: Ptr) -> CUresult {
 pub unsafe extern "C" fn cuEventSynchronize(e: Ptr) -> CUresult {
     guard(|| {
         let ev = event(e)?;
-        let mut g = ev.at.lock().unwrap_or_else(|p| p.into_inner());
-        while g.is_none() {
-            g = ev.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        let mut st = ev.state.lock().unwrap_or_else(|p| p.into_inner());
+        while !event_done(&st) {
+            st = ev.cv.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         Ok(())
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, a: Ptr, b: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, start: Ptr, end: Ptr) -> CUresult {
     guard(|| {
-        let (a, b) = (event(a)?, event(b)?);
-        let ta = (*a.at.lock().unwrap_or_else(|p| p.into_inner())).ok_or(NOT_READY)?;
-        let tb = (*b.at.lock().unwrap_or_else(|p| p.into_inner())).ok_or(NOT_READY)?;
-        let d = if tb >= ta {
-            (tb - ta).as_secs_f32()
-        } else {
-            -(ta - tb).as_secs_f32()
+        let time = |h: Ptr| -> Result<Instant, CUresult> {
+            let ev = event(h)?;
+            if ev.flags & EVENT_DISABLE_TIMING != 0 {
+                return Err(CUDA_ERROR_INVALID_HANDLE);
+            }
+            let st = ev.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.generation == 0 {
+                return Err(CUDA_ERROR_INVALID_HANDLE);
+            }
+            st.done_at.ok_or(CUDA_ERROR_NOT_READY)
         };
-        out(ms, d * 1000.0)
+        let (a, b) = (time(start)?, time(end)?);
+        let d = if b >= a {
+            (b - a).as_secs_f64()
+        } else {
+            -(a - b).as_secs_f64()
+        };
+        out(ms, (d * 1000.0) as f32)
     })
 }
 
@@ -653,32 +766,51 @@ pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, a: Ptr, b: Ptr) -> CUr
 pub unsafe extern "C" fn cuEventDestroy_v2(e: Ptr) -> CUresult {
     guard(|| {
         with(|p| {
+            p.initialised()?;
             p.events
                 .remove(&(e as u64))
                 .map(|_| ())
-                .ok_or(INVALID_HANDLE)
+                .ok_or(CUDA_ERROR_INVALID_HANDLE)
         })
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Memory.
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemAlloc_v2(d: *mut u64, bytes: size_t) -> CUresult {
     guard(|| {
         if d.is_null() {
-            return Err(INVALID_VALUE);
+            return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        out(d, alloc(bytes as u64)?)
+        out(d, alloc(Mem::Device, bytes as u64)?)
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemAllocManaged(d: *mut u64, bytes: size_t, _flags: c_uint) -> CUresult {
-    cuMemAlloc_v2(d, bytes)
+pub unsafe extern "C" fn cuMemAllocManaged(d: *mut u64, bytes: size_t, flags: c_uint) -> CUresult {
+    guard(|| {
+        // CU_MEM_ATTACH_GLOBAL or CU_MEM_ATTACH_HOST.
+        if d.is_null() || !(flags == 0x1 || flags == 0x2) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        out(d, alloc(Mem::Device, bytes as u64)?)
+    })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemAllocAsync(d: *mut u64, bytes: size_t, _s: Ptr) -> CUresult {
-    cuMemAlloc_v2(d, bytes)
+pub unsafe extern "C" fn cuMemAllocAsync(d: *mut u64, bytes: size_t, s: Ptr) -> CUresult {
+    guard(|| {
+        with(|p| {
+            p.in_context()?;
+            p.stream(s as u64).map(|_| ())
+        })?;
+        if d.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        out(d, alloc(Mem::Device, bytes as u64)?)
+    })
 }
 
 #[no_mangle]
@@ -687,179 +819,285 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(
     pitch: *mut size_t,
     width: size_t,
     height: size_t,
-    _elem: c_uint,
+    elem: c_uint,
 ) -> CUresult {
     guard(|| {
-        if d.is_null() || pitch.is_null() {
-            return Err(INVALID_VALUE);
+        if d.is_null() || pitch.is_null() || width == 0 || height == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let p = width.div_ceil(512) * 512;
-        out(d, alloc((p * height) as u64)?)?;
+        if !matches!(elem, 4 | 8 | 16) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let p = width
+            .checked_next_multiple_of(512)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let bytes = p.checked_mul(height).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+        out(d, alloc(Mem::Device, bytes as u64)?)?;
         out(pitch, p)
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemFree_v2(d: u64) -> CUresult {
-    free(d)
+    guard(|| free(Mem::Device, d))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemFreeAsync(d: u64, _s: Ptr) -> CUresult {
-    free(d)
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn cuMemCreate(
-    h: *mut u64,
-    bytes: size_t,
-    _prop: Ptr,
-    _flags: u64,
-) -> CUresult {
-    cuMemAlloc_v2(h, bytes)
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn cuMemRelease(h: u64) -> CUresult {
-    free(h)
-}
-
-#[repr(C)]
-pub struct ArrayDescriptor {
-    width: size_t,
-    height: size_t,
-    format: c_uint,
-    channels: c_uint,
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn cuArrayCreate_v2(a: *mut u64, desc: *const ArrayDescriptor) -> CUresult {
+pub unsafe extern "C" fn cuMemFreeAsync(d: u64, s: Ptr) -> CUresult {
     guard(|| {
-        if desc.is_null() || a.is_null() {
-            return Err(INVALID_VALUE);
-        }
-        let d = &*desc;
-        let elem = match d.format {
-            0x01 | 0x08 => 1,
-            0x02 | 0x09 | 0x10 => 2,
-            _ => 4,
-        };
-        let bytes = (d.width * d.height.max(1)) as u64 * elem * d.channels.max(1) as u64;
-        out(a, alloc(bytes)?)
+        with(|p| {
+            p.in_context()?;
+            p.stream(s as u64).map(|_| ())
+        })?;
+        free(Mem::Device, d)
     })
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn cuArrayDestroy(a: u64) -> CUresult {
-    free(a)
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemGetInfo_v2(free_b: *mut size_t, total: *mut size_t) -> CUresult {
     guard(|| {
-        initialised()?;
-        let t = total_bytes();
-        let _lock = Flock::take("mem.lock");
-        out(free_b, t.saturating_sub(node_used()) as size_t)?;
+        with(|p| p.in_context())?;
+        let t = node::total_bytes();
+        let used = {
+            let _lock = node::Flock::take("mem.lock");
+            node::others_used().saturating_add(with(|p| Ok(p.mem_used))?)
+        };
+        out(free_b, t.saturating_sub(used) as size_t)?;
         out(total, t as size_t)
     })
 }
 
+/// `cuMemCreate(CUmemGenericAllocationHandle*, size_t, const CUmemAllocationProp*, flags)`.
 #[no_mangle]
-pub unsafe extern "C" fn cuModuleLoadData(m: *mut Ptr, _image: *const c_void) -> CUresult {
+pub unsafe extern "C" fn cuMemCreate(
+    h: *mut u64,
+    bytes: size_t,
+    prop: *const c_void,
+    flags: u64,
+) -> CUresult {
     guard(|| {
+        if h.is_null() || prop.is_null() || flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        out(h, alloc(Mem::Generic, bytes as u64)?)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemRelease(h: u64) -> CUresult {
+    guard(|| free(Mem::Generic, h))
+}
+
+/// `CUDA_ARRAY_DESCRIPTOR`.
+#[repr(C)]
+pub struct ArrayDescriptor {
+    pub width: size_t,
+    pub height: size_t,
+    pub format: c_uint,
+    pub channels: c_uint,
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuArrayCreate_v2(a: *mut Ptr, desc: *const ArrayDescriptor) -> CUresult {
+    guard(|| {
+        if desc.is_null() || a.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let d = &*desc;
+        // CUarray_format: (U)INT8 1 byte, (U)INT16 and HALF 2, (U)INT32 and FLOAT 4.
+        let elem: u64 = match d.format {
+            0x01 | 0x08 => 1,
+            0x02 | 0x09 | 0x10 => 2,
+            0x03 | 0x0a | 0x20 => 4,
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        };
+        if d.width == 0 || !matches!(d.channels, 1 | 2 | 4) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let bytes = (d.width as u64)
+            .checked_mul(d.height.max(1) as u64)
+            .and_then(|b| b.checked_mul(elem * d.channels as u64))
+            .ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+        out(a, alloc(Mem::Array, bytes)? as Ptr)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuArrayDestroy(a: Ptr) -> CUresult {
+    guard(|| free(Mem::Array, a as u64))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Modules and launches.
+
+/// Any image loads (it is not read); the module has one function, `spin`.
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleLoadData(m: *mut Ptr, image: *const c_void) -> CUresult {
+    guard(|| {
+        if m.is_null() || image.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
         let h = with(|p| {
-            if !p.init {
-                return Err(NOT_INITIALIZED);
-            }
-            p.modules += 1;
-            Ok(handle(p))
+            p.in_context()?;
+            let h = p.handle();
+            p.modules.insert(h, Vec::new());
+            Ok(h)
         })?;
         out(m, h as Ptr)
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuModuleUnload(_m: Ptr) -> CUresult {
-    SUCCESS
+pub unsafe extern "C" fn cuModuleUnload(m: Ptr) -> CUresult {
+    guard(|| {
+        with(|p| {
+            p.in_context()?;
+            let fs = p
+                .modules
+                .remove(&(m as u64))
+                .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+            for f in fs {
+                p.functions.remove(&f);
+            }
+            Ok(())
+        })
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuModuleGetFunction(f: *mut Ptr, m: Ptr, name: *const c_char) -> CUresult {
     guard(|| {
-        if m.is_null() || name.is_null() {
-            return Err(INVALID_VALUE);
+        if f.is_null() || name.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let n = CStr::from_ptr(name).to_string_lossy().into_owned();
-        if n != "spin" {
-            return Err(NOT_FOUND);
-        }
+        let spin = CStr::from_ptr(name).to_bytes() == b"spin";
         let h = with(|p| {
-            let h = handle(p);
-            p.functions.insert(h, n);
+            p.in_context()?;
+            if !p.modules.contains_key(&(m as u64)) {
+                return Err(CUDA_ERROR_INVALID_HANDLE);
+            }
+            if !spin {
+                return Err(CUDA_ERROR_NOT_FOUND);
+            }
+            let h = p.handle();
+            p.functions.insert(h, m as u64);
+            if let Some(fs) = p.modules.get_mut(&(m as u64)) {
+                fs.push(h);
+            }
             Ok(h)
         })?;
         out(f, h as Ptr)
     })
 }
 
-fn launch(f: Ptr, stream: Ptr, params: *mut Ptr) -> Result<(), CUresult> {
-    let known = with(|p| Ok(p.functions.contains_key(&(f as u64))))?;
-    if !known {
-        return Err(INVALID_HANDLE);
-    }
-    // SAFETY: the spin kernel's first parameter points at a u64 of nanoseconds.
-    let ns = unsafe {
-        if params.is_null() || (*params).is_null() {
-            return Err(INVALID_VALUE);
+/// The spin kernel's one parameter, from `kernelParams` or the `extra` buffer.
+unsafe fn kernel_ns(params: *mut Ptr, extra: *mut Ptr) -> Result<u64, CUresult> {
+    if !params.is_null() {
+        let p0 = *params;
+        if p0.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        *((*params) as *const u64)
-    };
-    enqueue(stream as u64, Job::Kernel(ns.min(60_000_000_000)))
+        return Ok((p0 as *const u64).read_unaligned());
+    }
+    if !extra.is_null() {
+        // CU_LAUNCH_PARAM_BUFFER_POINTER (1), _SIZE (2), _END (0), as key/value pairs.
+        let (mut buf, mut size): (*const u8, usize) = (std::ptr::null(), 0);
+        for i in (0..64).step_by(2) {
+            match *extra.add(i) as usize {
+                0 => break,
+                1 => buf = *extra.add(i + 1) as *const u8,
+                2 => {
+                    let s = *extra.add(i + 1) as *const size_t;
+                    if !s.is_null() {
+                        size = *s;
+                    }
+                }
+                _ => return Err(CUDA_ERROR_INVALID_VALUE),
+            }
+        }
+        if !buf.is_null() && size >= 8 {
+            return Ok((buf as *const u64).read_unaligned());
+        }
+    }
+    Err(CUDA_ERROR_INVALID_VALUE)
+}
+
+unsafe fn launch(
+    f: Ptr,
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    stream: Ptr,
+    params: *mut Ptr,
+    extra: *mut Ptr,
+) -> Result<(), CUresult> {
+    with(|p| {
+        p.in_context()?;
+        if p.functions.contains_key(&(f as u64)) {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_INVALID_HANDLE)
+        }
+    })?;
+    let threads = block.iter().map(|&b| b as u64).product::<u64>();
+    if grid.contains(&0) || block.contains(&0) || threads > 1024 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let ns = kernel_ns(params, extra)?;
+    enqueue(stream as u64, Job::Kernel(ns.min(MAX_KERNEL_NS)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuLaunchKernel(
     f: Ptr,
-    _gx: c_uint,
-    _gy: c_uint,
-    _gz: c_uint,
-    _bx: c_uint,
-    _by: c_uint,
-    _bz: c_uint,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
     _shmem: c_uint,
     stream: Ptr,
     params: *mut Ptr,
-    _extra: *mut Ptr,
+    extra: *mut Ptr,
 ) -> CUresult {
-    guard(|| launch(f, stream, params))
+    guard(|| launch(f, [gx, gy, gz], [bx, by, bz], stream, params, extra))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuLaunchCooperativeKernel(
     f: Ptr,
-    _gx: c_uint,
-    _gy: c_uint,
-    _gz: c_uint,
-    _bx: c_uint,
-    _by: c_uint,
-    _bz: c_uint,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
     _shmem: c_uint,
     stream: Ptr,
     params: *mut Ptr,
 ) -> CUresult {
-    guard(|| launch(f, stream, params))
+    guard(|| {
+        launch(
+            f,
+            [gx, gy, gz],
+            [bx, by, bz],
+            stream,
+            params,
+            std::ptr::null_mut(),
+        )
+    })
 }
 
-/// `CUlaunchConfig`: grid and block dims, shared memory, stream, attributes.
+/// `CUlaunchConfig`.
 #[repr(C)]
 pub struct LaunchConfig {
-    grid: [c_uint; 3],
-    block: [c_uint; 3],
-    shmem: c_uint,
-    stream: Ptr,
-    attrs: Ptr,
-    num_attrs: c_uint,
+    pub grid: [c_uint; 3],
+    pub block: [c_uint; 3],
+    pub shared_mem_bytes: c_uint,
+    pub stream: Ptr,
+    /// `CUlaunchAttribute*` (ignored).
+    pub attrs: Ptr,
+    pub num_attrs: c_uint,
 }
 
 #[no_mangle]
@@ -867,56 +1105,170 @@ pub unsafe extern "C" fn cuLaunchKernelEx(
     config: *const LaunchConfig,
     f: Ptr,
     params: *mut Ptr,
-    _extra: *mut Ptr,
+    extra: *mut Ptr,
 ) -> CUresult {
     guard(|| {
         if config.is_null() {
-            return Err(INVALID_VALUE);
+            return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        launch(f, (*config).stream, params)
+        let c = &*config;
+        if c.num_attrs > 0 && c.attrs.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        launch(f, c.grid, c.block, c.stream, params, extra)
+    })
+}
+
+/// Not a driver function: makes an executable graph of `kernels` spin kernels of `ns` each, for
+/// `cuGraphLaunch` (the fake cannot build graphs). Free it with `cuGraphExecDestroy`.
+#[no_mangle]
+pub unsafe extern "C" fn carve_fake_cuda_graph_exec_create(
+    exec: *mut Ptr,
+    kernels: c_uint,
+    ns: u64,
+) -> CUresult {
+    guard(|| {
+        if exec.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let h = with(|p| {
+            p.in_context()?;
+            let h = p.handle();
+            p.graphs.insert(h, (kernels, ns.min(MAX_KERNEL_NS)));
+            Ok(h)
+        })?;
+        out(exec, h as Ptr)
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuGraphLaunch(exec: Ptr, stream: Ptr) -> CUresult {
     guard(|| {
-        if exec.is_null() {
-            return Err(INVALID_VALUE);
-        }
-        enqueue(stream as u64, Job::Kernel(0))
+        let (n, ns) = with(|p| {
+            p.in_context()?;
+            p.graphs
+                .get(&(exec as u64))
+                .copied()
+                .ok_or(CUDA_ERROR_INVALID_HANDLE)
+        })?;
+        // One queue entry per kernel, queued together: nothing else on the stream interleaves.
+        with(|p| {
+            let s = p.stream(stream as u64)?;
+            for _ in 0..n {
+                s.pending.fetch_add(1, AcqRel);
+                if s.tx.send(Job::Kernel(ns)).is_err() {
+                    s.pending.fetch_sub(1, AcqRel);
+                    return Err(CUDA_ERROR_UNKNOWN);
+                }
+            }
+            Ok(())
+        })
     })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphExecDestroy(exec: Ptr) -> CUresult {
+    guard(|| {
+        with(|p| {
+            p.initialised()?;
+            p.graphs
+                .remove(&(exec as u64))
+                .map(|_| ())
+                .ok_or(CUDA_ERROR_INVALID_HANDLE)
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors.
+
+/// (code, name, description) as the driver gives them.
+const ERRORS: &[(CUresult, &CStr, &CStr)] = &[
+    (0, c"CUDA_SUCCESS", c"no error"),
+    (1, c"CUDA_ERROR_INVALID_VALUE", c"invalid argument"),
+    (2, c"CUDA_ERROR_OUT_OF_MEMORY", c"out of memory"),
+    (3, c"CUDA_ERROR_NOT_INITIALIZED", c"initialization error"),
+    (4, c"CUDA_ERROR_DEINITIALIZED", c"driver shutting down"),
+    (
+        100,
+        c"CUDA_ERROR_NO_DEVICE",
+        c"no CUDA-capable device is detected",
+    ),
+    (101, c"CUDA_ERROR_INVALID_DEVICE", c"invalid device ordinal"),
+    (
+        200,
+        c"CUDA_ERROR_INVALID_IMAGE",
+        c"device kernel image is invalid",
+    ),
+    (
+        201,
+        c"CUDA_ERROR_INVALID_CONTEXT",
+        c"invalid device context",
+    ),
+    (
+        218,
+        c"CUDA_ERROR_INVALID_PTX",
+        c"a PTX JIT compilation failed",
+    ),
+    (
+        400,
+        c"CUDA_ERROR_INVALID_HANDLE",
+        c"invalid resource handle",
+    ),
+    (500, c"CUDA_ERROR_NOT_FOUND", c"named symbol not found"),
+    (600, c"CUDA_ERROR_NOT_READY", c"device not ready"),
+    (
+        700,
+        c"CUDA_ERROR_ILLEGAL_ADDRESS",
+        c"an illegal memory access was encountered",
+    ),
+    (
+        701,
+        c"CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES",
+        c"too many resources requested for launch",
+    ),
+    (
+        719,
+        c"CUDA_ERROR_LAUNCH_FAILED",
+        c"unspecified launch failure",
+    ),
+    (800, c"CUDA_ERROR_NOT_PERMITTED", c"operation not permitted"),
+    (801, c"CUDA_ERROR_NOT_SUPPORTED", c"operation not supported"),
+    (999, c"CUDA_ERROR_UNKNOWN", c"unknown error"),
+];
+
+unsafe fn error_text(e: CUresult, s: *mut *const c_char, name: bool) -> Result<(), CUresult> {
+    if s.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    match ERRORS.iter().find(|x| x.0 == e) {
+        Some(&(_, n, d)) => out(s, if name { n } else { d }.as_ptr()),
+        None => {
+            *s = std::ptr::null();
+            Err(CUDA_ERROR_INVALID_VALUE)
+        }
+    }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuGetErrorName(e: CUresult, s: *mut *const c_char) -> CUresult {
-    guard(|| {
-        let n: &'static CStr = match e {
-            SUCCESS => c"CUDA_SUCCESS",
-            INVALID_VALUE => c"CUDA_ERROR_INVALID_VALUE",
-            OUT_OF_MEMORY => c"CUDA_ERROR_OUT_OF_MEMORY",
-            NOT_INITIALIZED => c"CUDA_ERROR_NOT_INITIALIZED",
-            INVALID_DEVICE => c"CUDA_ERROR_INVALID_DEVICE",
-            INVALID_HANDLE => c"CUDA_ERROR_INVALID_HANDLE",
-            NOT_FOUND => c"CUDA_ERROR_NOT_FOUND",
-            NOT_READY => c"CUDA_ERROR_NOT_READY",
-            800 => c"CUDA_ERROR_NOT_PERMITTED",
-            _ => c"CUDA_ERROR_UNKNOWN",
-        };
-        out(s, n.as_ptr())
-    })
+    guard(|| error_text(e, s, true))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuGetErrorString(e: CUresult, s: *mut *const c_char) -> CUresult {
-    cuGetErrorName(e, s)
+    guard(|| error_text(e, s, false))
 }
+
+// ---------------------------------------------------------------------------------------------
+// cuGetProcAddress.
 
 macro_rules! symbols {
     ($($f:ident),* $(,)?) => {
-        fn lookup(name: &str) -> Option<*mut c_void> {
+        fn exported(name: &str) -> Option<*mut c_void> {
             match name { $( stringify!($f) => Some($f as *mut c_void), )* _ => None }
         }
-        /// Every function this library implements.
+        /// Every CUDA driver function this library exports, by its exported name.
         pub const SYMBOLS: &[&str] = &[$(stringify!($f)),*];
     };
 }
@@ -930,6 +1282,7 @@ symbols!(
     cuDeviceTotalMem_v2,
     cuDeviceGetAttribute,
     cuDevicePrimaryCtxRetain,
+    cuDevicePrimaryCtxRelease,
     cuDevicePrimaryCtxRelease_v2,
     cuCtxCreate_v2,
     cuCtxDestroy_v2,
@@ -952,11 +1305,11 @@ symbols!(
     cuMemAllocPitch_v2,
     cuMemFree_v2,
     cuMemFreeAsync,
+    cuMemGetInfo_v2,
     cuMemCreate,
     cuMemRelease,
     cuArrayCreate_v2,
     cuArrayDestroy,
-    cuMemGetInfo_v2,
     cuModuleLoadData,
     cuModuleUnload,
     cuModuleGetFunction,
@@ -964,51 +1317,74 @@ symbols!(
     cuLaunchCooperativeKernel,
     cuLaunchKernelEx,
     cuGraphLaunch,
+    cuGraphExecDestroy,
     cuGetErrorName,
     cuGetErrorString,
     cuGetProcAddress,
     cuGetProcAddress_v2,
 );
 
-/// The `_v2` (or other versioned) name behind a base name, as the runtime asks for it.
-fn versioned(base: &str) -> Option<*mut c_void> {
-    lookup(base).or_else(|| lookup(&format!("{base}_v2")))
+/// The name `cuGetProcAddress` is asked for: the exported name without its `_v2`.
+pub fn base_name(exported: &str) -> &str {
+    exported.strip_suffix("_v2").unwrap_or(exported)
 }
 
+/// What `cuGetProcAddress(symbol, .., version, ..)` returns: the newest version of the base name
+/// (`cuMemAlloc` → `cuMemAlloc_v2`); `cuGetProcAddress` itself is `_v2` from CUDA 12.0. Exported
+/// names are accepted too.
+fn proc_address(symbol: &str, version: c_int) -> Option<*mut c_void> {
+    if symbol == "cuGetProcAddress" {
+        return exported(if version >= 12000 {
+            "cuGetProcAddress_v2"
+        } else {
+            "cuGetProcAddress"
+        });
+    }
+    exported(&format!("{symbol}_v2")).or_else(|| exported(symbol))
+}
+
+unsafe fn get_proc_address(
+    symbol: *const c_char,
+    pfn: *mut Ptr,
+    version: c_int,
+    status: *mut c_int,
+) -> Result<(), CUresult> {
+    if symbol.is_null() || pfn.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let name = CStr::from_ptr(symbol).to_str().unwrap_or("");
+    let found = proc_address(name, version);
+    *pfn = found.unwrap_or(std::ptr::null_mut());
+    if !status.is_null() {
+        *status = if found.is_some() {
+            CU_GET_PROC_ADDRESS_SUCCESS
+        } else {
+            CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND
+        };
+    }
+    found.map(|_| ()).ok_or(CUDA_ERROR_NOT_FOUND)
+}
+
+/// `cuGetProcAddress(symbol, pfn, cudaVersion, flags)` (CUDA 11.3–11.8).
 #[no_mangle]
 pub unsafe extern "C" fn cuGetProcAddress(
     symbol: *const c_char,
     pfn: *mut Ptr,
-    _version: c_int,
+    version: c_int,
     _flags: u64,
 ) -> CUresult {
-    guard(|| {
-        if symbol.is_null() || pfn.is_null() {
-            return Err(INVALID_VALUE);
-        }
-        let name = CStr::from_ptr(symbol).to_string_lossy();
-        match versioned(&name) {
-            Some(f) => out(pfn, f),
-            None => {
-                *pfn = std::ptr::null_mut();
-                Err(NOT_FOUND)
-            }
-        }
-    })
+    guard(|| get_proc_address(symbol, pfn, version, std::ptr::null_mut()))
 }
 
+/// `cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags, CUdriverProcAddressQueryResult*)`
+/// (CUDA 12: `cuGetProcAddress` in cuda.h).
 #[no_mangle]
 pub unsafe extern "C" fn cuGetProcAddress_v2(
     symbol: *const c_char,
     pfn: *mut Ptr,
     version: c_int,
-    flags: u64,
+    _flags: u64,
     status: *mut c_int,
 ) -> CUresult {
-    let r = cuGetProcAddress(symbol, pfn, version, flags);
-    if !status.is_null() {
-        // CU_GET_PROC_ADDRESS_SUCCESS = 0, SYMBOL_NOT_FOUND = 1.
-        *status = if r == SUCCESS { 0 } else { 1 };
-    }
-    r
+    guard(|| get_proc_address(symbol, pfn, version, status))
 }

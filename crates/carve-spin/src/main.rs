@@ -1,37 +1,54 @@
 //! `carve-spin`: a CUDA workload for tests and benchmarks. It launches spin kernels of a chosen
-//! length through the driver API, found at run time in `libcuda.so.1` (the real driver, or carve's
-//! stand-in on the library path) with entry points resolved through `cuGetProcAddress`, as the
-//! CUDA runtime does. On a real GPU the kernel comes from PTX text below (a `%globaltimer` loop).
+//! length through the CUDA driver API only, loaded at run time from `libcuda.so.1` (the real
+//! driver, or carve's stand-in on the library path), with entry points resolved through
+//! `cuGetProcAddress` as the CUDA runtime does (falling back to `dlsym`). On a real GPU the kernel
+//! is the PTX below: a loop on `%globaltimer` until its `u64` parameter of nanoseconds has passed.
 //!
-//! `carve-spin --kernel-us N [--kernel-us-max M] --seconds S [--alloc-mib M] [--streams K] [--json]`
-//! (kernel lengths log-uniform in N..=M), or `carve-spin --launch-bench COUNT` (time per launch).
-//! Exit 0 done, 2 bad arguments, 3 out of memory, 4 a CUDA error.
+//! ```text
+//! carve-spin --kernel-us N [--kernel-us-max M] --seconds S [--alloc-mib M] [--streams K] [--json]
+//! carve-spin --launch-bench COUNT [--json]
+//! ```
+//!
+//! Each stream is worked by a thread of its own, with at most two kernels in flight (it waits on
+//! the older one's event before launching again). Kernel lengths are N µs, or log-uniform in
+//! N..=M. Reports kernels launched, GPU time requested (the kernels' lengths summed), wall time,
+//! the share (GPU time / wall time) and the latency from launch to completion (p50/p95/p99).
+//! `--launch-bench` times back-to-back launches of empty kernels instead.
+//!
+//! Exit status: 0 done, 2 bad arguments, 3 out of device memory, 4 any other CUDA failure
+//! (including no driver).
 
 use libloading::Library;
 use std::ffi::{c_char, c_int, c_uint, c_void, CString};
 use std::time::Instant;
 
-const PTX: &str = r#"
-.version 7.0
+/// The spin kernel: `spin(u64 ns)` returns once `ns` nanoseconds of `%globaltimer` have passed.
+const PTX: &str = r#".version 7.0
 .target sm_70
 .address_size 64
-.visible .entry spin(.param .u64 ns)
+
+.visible .entry spin(.param .u64 spin_ns)
 {
-    .reg .u64 %t0, %t1, %d, %n;
     .reg .pred %p;
-    ld.param.u64 %n, [ns];
-    mov.u64 %t0, %globaltimer;
-LOOP:
-    mov.u64 %t1, %globaltimer;
-    sub.u64 %d, %t1, %t0;
-    setp.lt.u64 %p, %d, %n;
-    @%p bra LOOP;
+    .reg .b64 %rd<5>;
+
+    ld.param.u64 %rd1, [spin_ns];
+    mov.u64 %rd2, %globaltimer;
+$L_wait:
+    mov.u64 %rd3, %globaltimer;
+    sub.u64 %rd4, %rd3, %rd2;
+    setp.lt.u64 %p, %rd4, %rd1;
+    @%p bra $L_wait;
     ret;
 }
 "#;
 
 type Ptr = *mut c_void;
 type R = c_int;
+
+const CUDA_ERROR_OUT_OF_MEMORY: R = 2;
+/// The CUDA version whose entry points we ask for (12.0: `_v2` of the memory functions).
+const CUDA_VERSION: c_int = 12000;
 
 struct Args {
     kernel_us: u64,
@@ -45,8 +62,10 @@ struct Args {
     json: bool,
 }
 
+const USAGE: &str = "usage: carve-spin --kernel-us N [--kernel-us-max M] --seconds S [--alloc-mib M] [--streams K] [--json]\n       carve-spin --launch-bench COUNT [--json]";
+
 fn usage(msg: &str) -> ! {
-    eprintln!("carve-spin: {msg}\nusage: carve-spin --kernel-us N [--kernel-us-max M] --seconds S [--alloc-mib M] [--streams K] [--json] | --launch-bench COUNT");
+    eprintln!("carve-spin: {msg}\n{USAGE}");
     std::process::exit(2)
 }
 
@@ -63,45 +82,33 @@ fn args() -> Args {
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
-        let val = |i: usize| {
-            v.get(i + 1)
-                .unwrap_or_else(|| usage(&format!("{} needs a value", v[i])))
+        let flag = v[i].as_str();
+        if flag == "--json" {
+            a.json = true;
+            i += 1;
+            continue;
+        }
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let val = v
+            .get(i + 1)
+            .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let num = || -> u64 {
+            val.parse()
+                .unwrap_or_else(|_| usage(&format!("{flag}: not a whole number: {val}")))
         };
-        match v[i].as_str() {
-            "--kernel-us" => {
-                a.kernel_us = val(i)
-                    .parse()
-                    .unwrap_or_else(|_| usage("--kernel-us: a number"))
-            }
-            "--kernel-us-max" => {
-                a.kernel_us_max = val(i)
-                    .parse()
-                    .unwrap_or_else(|_| usage("--kernel-us-max: a number"))
-            }
-            "--launch-bench" => {
-                a.launch_bench = val(i)
-                    .parse()
-                    .unwrap_or_else(|_| usage("--launch-bench: a number"))
-            }
+        match flag {
+            "--kernel-us" => a.kernel_us = num(),
+            "--kernel-us-max" => a.kernel_us_max = num(),
+            "--launch-bench" => a.launch_bench = num(),
+            "--alloc-mib" => a.alloc_mib = num(),
+            "--streams" => a.streams = num().min(1 << 20) as usize,
             "--seconds" => {
-                a.seconds = val(i)
+                a.seconds = val
                     .parse()
-                    .unwrap_or_else(|_| usage("--seconds: a number"))
-            }
-            "--alloc-mib" => {
-                a.alloc_mib = val(i)
-                    .parse()
-                    .unwrap_or_else(|_| usage("--alloc-mib: a number"))
-            }
-            "--streams" => {
-                a.streams = val(i)
-                    .parse()
-                    .unwrap_or_else(|_| usage("--streams: a number"))
-            }
-            "--json" => {
-                a.json = true;
-                i += 1;
-                continue;
+                    .unwrap_or_else(|_| usage(&format!("--seconds: not a number: {val}")))
             }
             other => usage(&format!("unknown argument {other}")),
         }
@@ -110,170 +117,333 @@ fn args() -> Args {
     if a.kernel_us_max < a.kernel_us {
         a.kernel_us_max = a.kernel_us;
     }
-    if a.kernel_us == 0
-        || !(a.seconds > 0.0 && a.seconds < 86400.0)
-        || a.streams == 0
-        || a.streams > 64
-    {
-        usage("kernel length, seconds and streams must be positive");
+    if a.kernel_us == 0 || a.kernel_us_max > 60_000_000 {
+        usage("--kernel-us must be 1..=60000000");
+    }
+    if !(a.seconds > 0.0 && a.seconds <= 86400.0) {
+        usage("--seconds must be more than 0 and at most 86400");
+    }
+    if a.streams == 0 || a.streams > 64 {
+        usage("--streams must be 1..=64");
+    }
+    if a.alloc_mib > (1 << 30) {
+        usage("--alloc-mib is too large");
     }
     a
 }
 
+// ---------------------------------------------------------------------------------------------
+// The driver, found at run time.
+
+type GetProcV1 = unsafe extern "C" fn(*const c_char, *mut Ptr, c_int, u64) -> R;
+type GetProcV2 = unsafe extern "C" fn(*const c_char, *mut Ptr, c_int, u64, *mut c_int) -> R;
+
 struct Cuda {
-    _lib: Library,
-    get: unsafe extern "C" fn(*const c_char, *mut Ptr, c_int, u64) -> R,
+    lib: &'static Library,
+    v2: Option<GetProcV2>,
+    v1: Option<GetProcV1>,
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("carve-spin: {msg}");
+    std::process::exit(4)
 }
 
 impl Cuda {
     fn load() -> Cuda {
-        // SAFETY: loading the driver library by its soname.
-        let lib = unsafe { Library::new("libcuda.so.1") }.unwrap_or_else(|e| {
-            eprintln!("carve-spin: cannot load libcuda.so.1: {e}");
-            std::process::exit(4)
-        });
-        // SAFETY: cuGetProcAddress has this signature (CUDA 11.3+).
-        let get = unsafe {
-            *lib.get::<unsafe extern "C" fn(*const c_char, *mut Ptr, c_int, u64) -> R>(
-                b"cuGetProcAddress\0",
+        // SAFETY: loading the driver by its soname, from the library path as the runtime does.
+        let lib = unsafe { Library::new("libcuda.so.1") }
+            .unwrap_or_else(|e| fail(&format!("cannot load libcuda.so.1: {e}")));
+        // Never unloaded (the driver has threads of its own), as the CUDA runtime never does.
+        let lib: &'static Library = Box::leak(Box::new(lib));
+        // SAFETY: the documented signatures of cuGetProcAddress (11.3+) and its v2 (12.0+).
+        let (v2, v1) = unsafe {
+            (
+                lib.get::<GetProcV2>(b"cuGetProcAddress_v2\0")
+                    .ok()
+                    .map(|f| *f),
+                lib.get::<GetProcV1>(b"cuGetProcAddress\0").ok().map(|f| *f),
             )
-            .unwrap_or_else(|e| {
-                eprintln!("carve-spin: the driver has no cuGetProcAddress: {e}");
-                std::process::exit(4)
-            })
         };
-        Cuda { _lib: lib, get }
+        Cuda { lib, v2, v1 }
     }
 
-    fn f<T: Copy>(&self, name: &str) -> T {
-        let c = CString::new(name).expect("no NUL");
-        let mut p: Ptr = std::ptr::null_mut();
-        // SAFETY: asking the driver for an entry point.
-        let r = unsafe { (self.get)(c.as_ptr(), &mut p, 12000, 0) };
-        if r != 0 || p.is_null() {
-            eprintln!("carve-spin: the driver has no {name} (error {r})");
-            std::process::exit(4)
-        }
+    /// The entry point of a driver function by its base name (`cuMemAlloc`): through
+    /// `cuGetProcAddress`, else `dlsym` of the versioned then the plain name.
+    fn f<T: Copy>(&self, base: &str) -> T {
         assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<Ptr>());
-        // SAFETY: T is the function pointer type of `name`.
+        let c = CString::new(base).expect("no NUL");
+        let mut p: Ptr = std::ptr::null_mut();
+        // SAFETY: asking the driver for an entry point, with valid pointers.
+        unsafe {
+            let r = match (self.v2, self.v1) {
+                (Some(v2), _) => {
+                    let mut status = 0;
+                    v2(c.as_ptr(), &mut p, CUDA_VERSION, 0, &mut status)
+                }
+                (None, Some(v1)) => v1(c.as_ptr(), &mut p, CUDA_VERSION, 0),
+                (None, None) => -1,
+            };
+            if r != 0 {
+                p = std::ptr::null_mut();
+            }
+            if p.is_null() {
+                for name in [format!("{base}_v2"), base.to_string()] {
+                    if let Ok(s) = self.lib.get::<Ptr>(name.as_bytes()) {
+                        p = *s;
+                        break;
+                    }
+                }
+            }
+        }
+        if p.is_null() {
+            fail(&format!("the driver has no {base}"));
+        }
+        // SAFETY: T is the function pointer type of `base` (the caller's declaration).
         unsafe { std::mem::transmute_copy(&p) }
     }
 }
 
-fn check(what: &str, r: R) {
-    if r == 2 {
-        eprintln!("carve-spin: {what}: out of memory (CUDA_ERROR_OUT_OF_MEMORY)");
-        std::process::exit(3)
+type LaunchFn = unsafe extern "C" fn(
+    Ptr,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    Ptr,
+    *mut Ptr,
+    *mut Ptr,
+) -> R;
+
+/// The functions used, resolved once.
+#[derive(Clone, Copy)]
+struct Api {
+    init: unsafe extern "C" fn(c_uint) -> R,
+    device_get: unsafe extern "C" fn(*mut c_int, c_int) -> R,
+    primary_retain: unsafe extern "C" fn(*mut Ptr, c_int) -> R,
+    primary_release: unsafe extern "C" fn(c_int) -> R,
+    ctx_set: unsafe extern "C" fn(Ptr) -> R,
+    ctx_sync: unsafe extern "C" fn() -> R,
+    mem_info: unsafe extern "C" fn(*mut usize, *mut usize) -> R,
+    mem_alloc: unsafe extern "C" fn(*mut u64, usize) -> R,
+    mem_free: unsafe extern "C" fn(u64) -> R,
+    module_load: unsafe extern "C" fn(*mut Ptr, *const c_void) -> R,
+    module_unload: unsafe extern "C" fn(Ptr) -> R,
+    get_function: unsafe extern "C" fn(*mut Ptr, Ptr, *const c_char) -> R,
+    stream_create: unsafe extern "C" fn(*mut Ptr, c_uint) -> R,
+    stream_destroy: unsafe extern "C" fn(Ptr) -> R,
+    event_create: unsafe extern "C" fn(*mut Ptr, c_uint) -> R,
+    event_record: unsafe extern "C" fn(Ptr, Ptr) -> R,
+    event_sync: unsafe extern "C" fn(Ptr) -> R,
+    event_destroy: unsafe extern "C" fn(Ptr) -> R,
+    launch: LaunchFn,
+    error_name: unsafe extern "C" fn(R, *mut *const c_char) -> R,
+}
+
+// SAFETY: function pointers into the driver, which is thread-safe.
+unsafe impl Send for Api {}
+unsafe impl Sync for Api {}
+
+impl Api {
+    fn resolve(cu: &Cuda) -> Api {
+        Api {
+            init: cu.f("cuInit"),
+            device_get: cu.f("cuDeviceGet"),
+            primary_retain: cu.f("cuDevicePrimaryCtxRetain"),
+            primary_release: cu.f("cuDevicePrimaryCtxRelease"),
+            ctx_set: cu.f("cuCtxSetCurrent"),
+            ctx_sync: cu.f("cuCtxSynchronize"),
+            mem_info: cu.f("cuMemGetInfo"),
+            mem_alloc: cu.f("cuMemAlloc"),
+            mem_free: cu.f("cuMemFree"),
+            module_load: cu.f("cuModuleLoadData"),
+            module_unload: cu.f("cuModuleUnload"),
+            get_function: cu.f("cuModuleGetFunction"),
+            stream_create: cu.f("cuStreamCreate"),
+            stream_destroy: cu.f("cuStreamDestroy"),
+            event_create: cu.f("cuEventCreate"),
+            event_record: cu.f("cuEventRecord"),
+            event_sync: cu.f("cuEventSynchronize"),
+            event_destroy: cu.f("cuEventDestroy"),
+            launch: cu.f("cuLaunchKernel"),
+            error_name: cu.f("cuGetErrorName"),
+        }
     }
-    if r != 0 {
-        eprintln!("carve-spin: {what} failed with CUDA error {r}");
-        std::process::exit(4)
+
+    /// Exits on failure: 3 for out of memory, 4 for anything else.
+    fn check(&self, what: &str, r: R) {
+        if r == 0 {
+            return;
+        }
+        let mut s: *const c_char = std::ptr::null();
+        // SAFETY: cuGetErrorName gives a static C string or leaves the pointer null.
+        let name = unsafe {
+            if (self.error_name)(r, &mut s) == 0 && !s.is_null() {
+                std::ffi::CStr::from_ptr(s).to_string_lossy().into_owned()
+            } else {
+                format!("CUDA error {r}")
+            }
+        };
+        if r == CUDA_ERROR_OUT_OF_MEMORY {
+            eprintln!("carve-spin: {what}: out of device memory ({name})");
+            std::process::exit(3)
+        }
+        fail(&format!("{what} failed: {name} ({r})"))
     }
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
+// ---------------------------------------------------------------------------------------------
+// The work.
+
+/// A thread's results.
+#[derive(Default)]
+struct Tally {
+    kernels: u64,
+    gpu_ns: u64,
+    /// Launch to completion, ms.
+    latency_ms: Vec<f64>,
+}
+
+/// Launches `spin(ns)` on a stream.
+fn launch(api: &Api, func: Ptr, stream: Ptr, ns: u64) -> R {
+    // The driver copies the parameter at launch.
+    let mut ns = ns;
+    let mut params = [&mut ns as *mut u64 as Ptr];
+    // SAFETY: one u64 parameter for a one-parameter kernel; grid and block of one.
+    unsafe {
+        (api.launch)(
+            func,
+            1,
+            1,
+            1,
+            1,
+            1,
+            1,
+            0,
+            stream,
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+}
+
+/// One stream's loop: at most two kernels in flight, until `until`.
+fn work(api: &Api, a: &Args, ctx: Ptr, func: Ptr, stream: Ptr, seed: u64, until: Instant) -> Tally {
+    let mut t = Tally::default();
+    // SAFETY: driver calls with valid out-pointers and handles this process created.
+    unsafe {
+        api.check("cuCtxSetCurrent", (api.ctx_set)(ctx));
+        let mut ev = [std::ptr::null_mut(); 2];
+        for e in &mut ev {
+            api.check("cuEventCreate", (api.event_create)(e, 0));
+        }
+        let mut launched: [Option<Instant>; 2] = [None; 2];
+        let mut rng = seed | 1;
+        let (lo, hi) = ((a.kernel_us as f64).ln(), (a.kernel_us_max as f64).ln());
+        let mut k = 0usize;
+        let wait = |slot: usize, launched: &mut [Option<Instant>; 2], t: &mut Tally| {
+            if let Some(at) = launched[slot].take() {
+                api.check("cuEventSynchronize", (api.event_sync)(ev[slot]));
+                t.latency_ms.push(at.elapsed().as_secs_f64() * 1e3);
+            }
+        };
+        while Instant::now() < until {
+            let slot = k % 2;
+            wait(slot, &mut launched, &mut t);
+            let us = if hi > lo {
+                // xorshift64: a log-uniform length in kernel_us..=kernel_us_max.
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let u = (rng >> 11) as f64 / (1u64 << 53) as f64;
+                (lo + (hi - lo) * u).exp()
+            } else {
+                a.kernel_us as f64
+            };
+            let ns = (us * 1000.0) as u64;
+            launched[slot] = Some(Instant::now());
+            api.check("cuLaunchKernel", launch(api, func, stream, ns));
+            api.check("cuEventRecord", (api.event_record)(ev[slot], stream));
+            t.kernels += 1;
+            t.gpu_ns += ns;
+            k += 1;
+        }
+        for slot in [k % 2, (k + 1) % 2] {
+            wait(slot, &mut launched, &mut t);
+        }
+        for e in ev {
+            api.check("cuEventDestroy", (api.event_destroy)(e));
+        }
+    }
+    t
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
         return 0.0;
     }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn main() {
     let a = args();
     let cu = Cuda::load();
-    let init: unsafe extern "C" fn(c_uint) -> R = cu.f("cuInit");
-    let device_get: unsafe extern "C" fn(*mut c_int, c_int) -> R = cu.f("cuDeviceGet");
-    let ctx_create: unsafe extern "C" fn(*mut Ptr, c_uint, c_int) -> R = cu.f("cuCtxCreate");
-    let mem_info: unsafe extern "C" fn(*mut usize, *mut usize) -> R = cu.f("cuMemGetInfo");
-    let mem_alloc: unsafe extern "C" fn(*mut u64, usize) -> R = cu.f("cuMemAlloc");
-    let mem_free: unsafe extern "C" fn(u64) -> R = cu.f("cuMemFree");
-    let module_load: unsafe extern "C" fn(*mut Ptr, *const c_void) -> R = cu.f("cuModuleLoadData");
-    let get_function: unsafe extern "C" fn(*mut Ptr, Ptr, *const c_char) -> R =
-        cu.f("cuModuleGetFunction");
-    let stream_create: unsafe extern "C" fn(*mut Ptr, c_uint) -> R = cu.f("cuStreamCreate");
-    let event_create: unsafe extern "C" fn(*mut Ptr, c_uint) -> R = cu.f("cuEventCreate");
-    let event_record: unsafe extern "C" fn(Ptr, Ptr) -> R = cu.f("cuEventRecord");
-    let event_sync: unsafe extern "C" fn(Ptr) -> R = cu.f("cuEventSynchronize");
-    let ctx_sync: unsafe extern "C" fn() -> R = cu.f("cuCtxSynchronize");
-    #[allow(clippy::type_complexity)]
-    let launch: unsafe extern "C" fn(
-        Ptr,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        Ptr,
-        *mut Ptr,
-        *mut Ptr,
-    ) -> R = cu.f("cuLaunchKernel");
-
+    let api = Api::resolve(&cu);
+    const MIB: usize = 1024 * 1024;
     // SAFETY: plain driver API calls with valid out-pointers throughout.
     unsafe {
-        check("cuInit", init(0));
+        api.check("cuInit", (api.init)(0));
         let mut dev = 0;
-        check("cuDeviceGet", device_get(&mut dev, 0));
+        api.check("cuDeviceGet", (api.device_get)(&mut dev, 0));
+        // The primary context, as the CUDA runtime uses.
         let mut ctx: Ptr = std::ptr::null_mut();
-        check("cuCtxCreate", ctx_create(&mut ctx, 0, dev));
+        api.check(
+            "cuDevicePrimaryCtxRetain",
+            (api.primary_retain)(&mut ctx, dev),
+        );
+        api.check("cuCtxSetCurrent", (api.ctx_set)(ctx));
         let (mut free, mut total) = (0usize, 0usize);
-        check("cuMemGetInfo", mem_info(&mut free, &mut total));
+        api.check("cuMemGetInfo", (api.mem_info)(&mut free, &mut total));
         let mut buf = 0u64;
         if a.alloc_mib > 0 {
-            check(
-                "cuMemAlloc",
-                mem_alloc(&mut buf, (a.alloc_mib * 1024 * 1024) as usize),
+            let bytes = usize::try_from(a.alloc_mib)
+                .ok()
+                .and_then(|m| m.checked_mul(MIB))
+                .unwrap_or(usize::MAX);
+            api.check(
+                &format!("cuMemAlloc of {} MiB", a.alloc_mib),
+                (api.mem_alloc)(&mut buf, bytes),
             );
         }
         let ptx = CString::new(PTX).expect("no NUL");
         let mut module: Ptr = std::ptr::null_mut();
-        check(
+        api.check(
             "cuModuleLoadData",
-            module_load(&mut module, ptx.as_ptr() as *const c_void),
+            (api.module_load)(&mut module, ptx.as_ptr() as *const c_void),
         );
         let mut func: Ptr = std::ptr::null_mut();
-        check(
-            "cuModuleGetFunction",
-            get_function(&mut func, module, c"spin".as_ptr()),
+        api.check(
+            "cuModuleGetFunction(spin)",
+            (api.get_function)(&mut func, module, c"spin".as_ptr()),
         );
         let mut streams = Vec::new();
         for _ in 0..a.streams {
             let mut s: Ptr = std::ptr::null_mut();
-            check("cuStreamCreate", stream_create(&mut s, 0));
-            // Two events per stream: at most two kernels in flight.
-            let mut e = [std::ptr::null_mut(); 2];
-            for x in &mut e {
-                check("cuEventCreate", event_create(x, 0));
-            }
-            streams.push((s, e, [None::<Instant>; 2], 0usize));
+            api.check("cuStreamCreate", (api.stream_create)(&mut s, 0));
+            streams.push(s as usize);
         }
+
         if a.launch_bench > 0 {
-            let mut zero: u64 = 0;
-            let s0 = streams[0].0;
+            let s0 = streams[0] as Ptr;
             let t = Instant::now();
             for _ in 0..a.launch_bench {
-                let mut params = [&mut zero as *mut u64 as Ptr];
-                check(
-                    "cuLaunchKernel",
-                    launch(
-                        func,
-                        1,
-                        1,
-                        1,
-                        1,
-                        1,
-                        1,
-                        0,
-                        s0,
-                        params.as_mut_ptr(),
-                        std::ptr::null_mut(),
-                    ),
-                );
+                api.check("cuLaunchKernel", launch(&api, func, s0, 0));
             }
             let per = t.elapsed().as_nanos() as f64 / a.launch_bench as f64;
-            check("cuCtxSynchronize", ctx_sync());
+            api.check("cuCtxSynchronize", (api.ctx_sync)());
             if a.json {
                 println!(
                     "{}",
@@ -284,84 +454,71 @@ fn main() {
             }
             return;
         }
-        let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ std::process::id() as u64;
-        let (lo, hi) = ((a.kernel_us as f64).ln(), (a.kernel_us_max as f64).ln());
-        let mut next_len = move || -> u64 {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let u = (rng >> 11) as f64 / (1u64 << 53) as f64;
-            ((lo + (hi - lo) * u).exp() * 1000.0) as u64
-        };
-        let mut gpu_ns = 0u64;
+
         let start = Instant::now();
-        let mut kernels = 0u64;
-        let mut lat = Vec::new();
-        while start.elapsed().as_secs_f64() < a.seconds {
-            for (s, ev, launched, k) in streams.iter_mut() {
-                let slot = *k % 2;
-                if let Some(t) = launched[slot] {
-                    check("cuEventSynchronize", event_sync(ev[slot]));
-                    lat.push(t.elapsed().as_secs_f64() * 1e3);
-                }
-                // The driver copies kernel parameters at launch.
-                let mut ns = next_len();
-                gpu_ns += ns;
-                let mut params = [&mut ns as *mut u64 as Ptr];
-                launched[slot] = Some(Instant::now());
-                check(
-                    "cuLaunchKernel",
-                    launch(
-                        func,
-                        1,
-                        1,
-                        1,
-                        1,
-                        1,
-                        1,
-                        0,
-                        *s,
-                        params.as_mut_ptr(),
-                        std::ptr::null_mut(),
-                    ),
-                );
-                check("cuEventRecord", event_record(ev[slot], *s));
-                *k += 1;
-                kernels += 1;
-            }
-        }
-        for (_, ev, launched, _) in streams.iter_mut() {
-            for slot in 0..2 {
-                if let Some(t) = launched[slot].take() {
-                    check("cuEventSynchronize", event_sync(ev[slot]));
-                    lat.push(t.elapsed().as_secs_f64() * 1e3);
-                }
-            }
-        }
-        check("cuCtxSynchronize", ctx_sync());
+        let until = start + std::time::Duration::from_secs_f64(a.seconds);
+        let (ctx_u, func_u) = (ctx as usize, func as usize);
+        let seed = 0x9E37_79B9_7F4A_7C15u64 ^ std::process::id() as u64;
+        let tallies: Vec<Tally> = std::thread::scope(|scope| {
+            let hs: Vec<_> = streams
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| {
+                    let (api, a) = (&api, &a);
+                    let seed = seed.wrapping_mul(i as u64 + 1);
+                    scope.spawn(move || {
+                        work(api, a, ctx_u as Ptr, func_u as Ptr, s as Ptr, seed, until)
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| fail("a stream thread failed")))
+                .collect()
+        });
+        api.check("cuCtxSynchronize", (api.ctx_sync)());
         let wall = start.elapsed().as_secs_f64();
-        if buf != 0 {
-            check("cuMemFree", mem_free(buf));
+
+        for s in streams {
+            api.check("cuStreamDestroy", (api.stream_destroy)(s as Ptr));
         }
-        let gpu = gpu_ns as f64 / 1e9;
-        let (p50, p95, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.95), pct(&mut lat, 0.99));
+        api.check("cuModuleUnload", (api.module_unload)(module));
+        if buf != 0 {
+            api.check("cuMemFree", (api.mem_free)(buf));
+        }
+        api.check("cuDevicePrimaryCtxRelease", (api.primary_release)(dev));
+
+        let kernels: u64 = tallies.iter().map(|t| t.kernels).sum();
+        let gpu = tallies.iter().map(|t| t.gpu_ns).sum::<u64>() as f64 / 1e9;
+        let mut lat: Vec<f64> = tallies.into_iter().flat_map(|t| t.latency_ms).collect();
+        lat.sort_by(|x, y| x.total_cmp(y));
+        let (p50, p95, p99) = (pct(&lat, 0.5), pct(&lat, 0.95), pct(&lat, 0.99));
+        let share = gpu / wall;
         if a.json {
             println!(
                 "{}",
                 serde_json::json!({
-                    "kernels": kernels, "kernel_us": a.kernel_us, "wall_s": wall, "gpu_s": gpu,
-                    "share": gpu / wall, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
-                    "memory_total_mib": total / (1024 * 1024), "memory_free_mib": free / (1024 * 1024),
+                    "kernels": kernels, "kernel_us": a.kernel_us, "kernel_us_max": a.kernel_us_max,
+                    "streams": a.streams, "wall_s": wall, "gpu_s": gpu, "share": share,
+                    "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
+                    "memory_total_mib": total / MIB, "memory_free_mib": free / MIB,
                     "alloc_mib": a.alloc_mib,
                 })
             );
         } else {
+            let len = if a.kernel_us_max > a.kernel_us {
+                format!("{}–{} µs", a.kernel_us, a.kernel_us_max)
+            } else {
+                format!("{} µs", a.kernel_us)
+            };
             println!(
-                "{kernels} kernels of {} µs in {wall:.2} s: GPU time {gpu:.2} s, share {:.1}%; completion latency p50 {p50:.2} ms, p95 {p95:.2} ms, p99 {p99:.2} ms; device memory {} MiB total, {} MiB free",
-                a.kernel_us,
-                100.0 * gpu / wall,
-                total / (1024 * 1024),
-                free / (1024 * 1024)
+                "{kernels} kernels of {len} on {} stream(s) in {wall:.2} s: GPU time {gpu:.3} s, share {:.1}%\n\
+                 launch to completion: p50 {p50:.3} ms, p95 {p95:.3} ms, p99 {p99:.3} ms\n\
+                 device memory: {} MiB total, {} MiB free at start, {} MiB allocated",
+                a.streams,
+                100.0 * share,
+                total / MIB,
+                free / MIB,
+                a.alloc_mib
             );
         }
     }
