@@ -33,6 +33,23 @@ fn q(s: &str) -> String {
     o
 }
 
+/// A Markdown table cell: a `|` would end the cell.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+/// A word for a shell command line, quoted when it needs to be.
+fn sh_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.,:/@+=".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// A node name as a path component.
 pub fn path_name(node: &str) -> String {
     let s: String = node
@@ -133,6 +150,18 @@ pub fn device_plugin(plan: &Plan, node: &str) -> Option<String> {
             s,
             "# The plugin applies one replica count to every GPU of the node; carve's own agent\n# exposes per-GPU shares and enforces them with `carve sched`."
         );
+        let dedicated: Vec<String> = gpus
+            .iter()
+            .filter(|g| g.mode == GpuMode::Dedicated)
+            .map(|g| g.index.to_string())
+            .collect();
+        if !dedicated.is_empty() {
+            let _ = writeln!(
+                s,
+                "# Warning: GPU {} is dedicated in the plan, but the plugin replicates it too: a pod asking\n# for nvidia.com/gpu: 1 may land on a replica of it, next to another pod.",
+                dedicated.join(", ")
+            );
+        }
         let _ = writeln!(
             s,
             "sharing:\n  timeSlicing:\n    renameByDefault: false\n    failRequestsGreaterThanOne: true\n    resources:\n      - name: nvidia.com/gpu\n        replicas: {replicas}"
@@ -153,7 +182,7 @@ pub fn pod_resources(plan: &Plan) -> String {
             let _ = writeln!(
                 s,
                 "  # time-sliced: run the workload under the shim, e.g. `carve run --tenant {} -- CMD`",
-                t.name
+                sh_word(&t.name)
             );
         }
         let _ = writeln!(s, "  resources:\n    limits:\n      {}: 1", q(r));
@@ -262,7 +291,7 @@ pub fn vgpu_sheet(plan: &Plan, node: &str) -> Option<String> {
             let _ = writeln!(
                 s,
                 "| {}/{} | {} | {} | {} | {pol} | {slice} | `{rm}` | {} |",
-                sh.tenant,
+                cell(&sh.tenant),
                 sh.replica,
                 g.index,
                 g.mode,
@@ -275,7 +304,7 @@ pub fn vgpu_sheet(plan: &Plan, node: &str) -> Option<String> {
             let _ = writeln!(
                 s,
                 "| {}/{} | {} | {} | {} ({}@{}) | {pol} | {slice} | — | {} |",
-                i.tenant,
+                cell(&i.tenant),
                 i.replica,
                 g.index,
                 g.mode,
@@ -368,15 +397,15 @@ pub fn report_md(plan: &Plan, catalog: &Catalog) -> String {
             .placements
             .iter()
             .map(|p| match (&p.profile, p.start) {
-                (Some(pr), Some(st)) => format!("{}/{} {pr}@{st}", p.node, p.gpu),
-                _ => format!("{}/{}", p.node, p.gpu),
+                (Some(pr), Some(st)) => format!("{}/{} {pr}@{st}", cell(&p.node), p.gpu),
+                _ => format!("{}/{}", cell(&p.node), p.gpu),
             })
             .collect();
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} |",
-            t.name,
-            t.workload,
+            cell(&t.name),
+            cell(&t.workload),
             t.mode,
             t.replicas,
             gib(t.memory_mib),
@@ -390,6 +419,7 @@ pub fn report_md(plan: &Plan, catalog: &Catalog) -> String {
     for t in &plan.tenants {
         let _ = writeln!(s, "\n### {} — {}\n", t.name, t.mode);
         let _ = writeln!(s, "{}\n", t.reason);
+        let _ = writeln!(s, "- Rule: `{}`", t.rule);
         if !t.profiles.is_empty() {
             let ps: Vec<String> = t
                 .profiles
@@ -406,6 +436,23 @@ pub fn report_md(plan: &Plan, catalog: &Catalog) -> String {
         }
         if let Some(sh) = t.share {
             let _ = writeln!(s, "- GPU-time share asked: {:.0}%", sh * 100.0);
+        }
+        for p in &t.placements {
+            let _ = match (&p.profile, p.start) {
+                (Some(pr), Some(st)) => writeln!(
+                    s,
+                    "- Replica {}: {} GPU {}, {pr} at slot {st}",
+                    p.replica, p.node, p.gpu
+                ),
+                _ => writeln!(s, "- Replica {}: {} GPU {}", p.replica, p.node, p.gpu),
+            };
+        }
+        if t.unplaced > 0 {
+            let _ = writeln!(
+                s,
+                "- ⚠ {} of {} replicas found no room",
+                t.unplaced, t.replicas
+            );
         }
         s.push_str("- Not chosen:\n");
         for r in &t.rejected {
@@ -435,14 +482,18 @@ pub fn report_md(plan: &Plan, catalog: &Catalog) -> String {
                 .map(|i| {
                     format!(
                         "{} {}@{} ({}/{})",
-                        i.profile, i.start, i.size, i.tenant, i.replica
+                        i.profile,
+                        i.start,
+                        i.size,
+                        cell(&i.tenant),
+                        i.replica
                     )
                 })
                 .collect();
             what.extend(g.shares.iter().map(|x| {
                 format!(
                     "{}/{} {:.0}% {}",
-                    x.tenant,
+                    cell(&x.tenant),
                     x.replica,
                     x.share * 100.0,
                     gib(x.memory_mib)
