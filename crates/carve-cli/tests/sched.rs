@@ -8,52 +8,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// `target/<profile>/` of this test.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors()
-        .find(|a| a.file_name().is_some_and(|n| n == "deps"))
-        .and_then(Path::parent)
-        .unwrap()
-        .to_path_buf()
-}
+#[path = "../../../support/cargo_build.rs"]
+mod cargo_build;
 
-/// Builds the stand-in driver, the shim and carve-spin (cargo is quick when they are fresh).
+/// The stand-in driver, the shim and carve-spin, built (when stale) beside this test's carve.
 fn artifacts() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = profile_dir();
-        if let Some(cargo) = std::env::var_os("CARGO") {
-            let mut c = Command::new(cargo);
-            c.args([
-                "build",
-                "--quiet",
-                "-p",
-                "carve-fake-cuda",
-                "-p",
-                "carve-shim",
-                "-p",
-                "carve-spin",
-            ]);
-            match dir.file_name().and_then(|n| n.to_str()) {
-                Some("debug") | None => {}
-                Some("release") => {
-                    c.arg("--release");
-                }
-                Some(p) => {
-                    c.args(["--profile", p]);
-                }
-            }
-            c.arg("--target-dir").arg(dir.parent().unwrap());
-            assert!(
-                c.status().unwrap().success(),
-                "building the test artifacts failed"
-            );
-        }
-        for f in ["libcarve_fake_cuda.so", "libcarve_shim.so", "carve-spin"] {
-            assert!(dir.join(f).exists(), "{f} missing in {}", dir.display());
-        }
-        dir
+        cargo_build::build(
+            &["carve-fake-cuda", "carve-shim", "carve-spin"],
+            &["libcarve_fake_cuda.so", "libcarve_shim.so", "carve-spin"],
+        )
     })
 }
 

@@ -770,7 +770,7 @@ pub fn pack_with_limit(
     let used = out.gpus.len() as u32;
     out.optimal =
         complete && solved.optimal && extra_gpus == 0 && out.unplaced.is_empty() && used == lower;
-    out.lower_bound = lower.min(used.max(lower));
+    out.lower_bound = lower;
     out
 }
 

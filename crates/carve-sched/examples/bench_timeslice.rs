@@ -12,36 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn target_dir() -> PathBuf {
-    // target/<profile>/examples/bench_timeslice → target/<profile>
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
-}
-
-fn build(dir: &Path) {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut c = Command::new(cargo);
-    c.args([
-        "build",
-        "--quiet",
-        "-p",
-        "carve-cli",
-        "-p",
-        "carve-shim",
-        "-p",
-        "carve-fake-cuda",
-        "-p",
-        "carve-spin",
-    ]);
-    if dir.file_name().is_some_and(|n| n == "release") {
-        c.arg("--release");
-    }
-    c.arg("--target-dir").arg(dir.parent().expect("target"));
-    assert!(c.status().expect("cargo").success(), "build failed");
-}
+#[path = "../../../support/cargo_build.rs"]
+mod cargo_build;
 
 struct Env {
     bin: PathBuf,
@@ -136,8 +108,15 @@ fn main() {
     if let Some(i) = a.iter().position(|x| x == "--seconds") {
         seconds = a.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(seconds);
     }
-    let bin = target_dir();
-    build(&bin);
+    let bin = cargo_build::build(
+        &["carve-cli", "carve-shim", "carve-fake-cuda", "carve-spin"],
+        &[
+            "carve",
+            "libcarve_shim.so",
+            "libcarve_fake_cuda.so",
+            "carve-spin",
+        ],
+    );
     let real = std::env::var_os("CARVE_BENCH_REAL_GPU").is_some();
     let tmp = std::env::temp_dir().join(format!("carve-bench-ts-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);

@@ -1,0 +1,58 @@
+//! For tests and benchmarks that need other workspace artifacts (the stand-in drivers, the shim,
+//! `carve-spin`): build them with the running binary's own profile and target directory, and say
+//! where they are. Included by source (`#[path = ".../support/cargo_build.rs"] mod cargo_build;`)
+//! so that nothing links the stand-ins' symbols into the caller.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `target/<profile>/` of the running binary: tests live in `target/<profile>/deps/`, examples
+/// in `target/<profile>/examples/`.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors()
+        .find(|a| {
+            a.file_name()
+                .is_some_and(|n| n == "deps" || n == "examples")
+        })
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| panic!("cannot find target/<profile>/ above {}", exe.display()))
+}
+
+/// Builds `packages` (cargo is quick when they are fresh, and a stale artifact from before an
+/// edit is never used), checks that `expect` exist, and returns `target/<profile>/`.
+pub fn build(packages: &[&str], expect: &[&str]) -> PathBuf {
+    let dir = profile_dir();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(other) => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    if let Some(target) = dir.parent() {
+        cmd.arg("--target-dir").arg(target);
+    }
+    let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
+    for f in expect {
+        assert!(
+            dir.join(f).exists(),
+            "{f} is missing in {} (cargo build {} {})",
+            dir.display(),
+            packages.join(" "),
+            if ok { "succeeded" } else { "failed" }
+        );
+    }
+    dir
+}
