@@ -26,31 +26,47 @@ pub fn profile_dir() -> PathBuf {
 /// edit is never used), checks that `expect` exist, and returns `target/<profile>/`.
 pub fn build(packages: &[&str], expect: &[&str]) -> PathBuf {
     let dir = profile_dir();
+    let profile = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_string();
+    let args: Vec<String> = packages
+        .iter()
+        .flat_map(|p| ["-p".into(), p.to_string()])
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    build_with(&profile, &args, expect)
+}
+
+/// Like [`build`], with another profile than the running binary's (`release` where timings
+/// must be those of optimised code) and any `cargo build` arguments (`-p P`, `--example E`).
+/// Returns `target/<profile>/` of the running binary's target directory.
+pub fn build_with(profile: &str, args: &[&str], expect: &[&str]) -> PathBuf {
+    let target = profile_dir().parent().map(Path::to_path_buf);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet"]);
-    for p in packages {
-        cmd.args(["-p", p]);
-    }
-    match dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => {}
-        Some("release") => {
+    cmd.args(["build", "--quiet"]).args(args);
+    match profile {
+        "debug" => {}
+        "release" => {
             cmd.arg("--release");
         }
-        Some(other) => {
+        other => {
             cmd.args(["--profile", other]);
         }
     }
-    if let Some(target) = dir.parent() {
+    if let Some(target) = &target {
         cmd.arg("--target-dir").arg(target);
     }
+    let dir = target.unwrap_or_default().join(profile);
     let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
     for f in expect {
         assert!(
             dir.join(f).exists(),
             "{f} is missing in {} (cargo build {} {})",
             dir.display(),
-            packages.join(" "),
+            args.join(" "),
             if ok { "succeeded" } else { "failed" }
         );
     }

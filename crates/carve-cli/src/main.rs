@@ -1,6 +1,7 @@
 //! `carve`: carve NVIDIA GPUs across many tenants. This binary is thin: it parses arguments,
 //! reads files, and prints what the library crates compute.
 
+mod agent;
 mod commands;
 mod node;
 mod nvml;
@@ -179,9 +180,42 @@ enum Command {
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
-    /// Work the simulated node: busy instances, faults, reboots.
+    /// Work the simulated node: busy instances, faults, XIDs, reboots.
     #[command(subcommand)]
     Sim(node::SimCommand),
+    /// The node agent: keep the GPUs as planned (re-applied at start), run the schedulers of
+    /// time-sliced GPUs, and serve the kubelet device plugins, CDI spec, node labels, metrics
+    /// and HTTP API.
+    Agent {
+        /// A carve plan (plan.json) or a mig-parted config; without it, the desired state the
+        /// last `carve apply` recorded.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// The config of a mig-parted file.
+        #[arg(short = 'c', long = "config", value_name = "NAME")]
+        config: Option<String>,
+        /// The node of a plan (default: its only node, or the one named like this machine).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        #[command(flatten)]
+        agent: agent::AgentArgs,
+    },
+    /// Plan a tenancy, apply this node's part and run the agent for it: on a simulated node of
+    /// the planned GPUs when this machine has none. Prints where everything is; Ctrl-C stops.
+    Up {
+        /// The tenancy file.
+        #[arg(value_name = "TENANCY", default_value = "examples/tenancy.yaml")]
+        tenancy: PathBuf,
+        /// The node of the fleet to be (default: the one named like this machine, else the
+        /// first Kubernetes node with GPUs in use).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        /// Where the plan, sockets, CDI spec, labels and state go.
+        #[arg(long, value_name = "DIR", default_value = "carve-up")]
+        dir: PathBuf,
+        #[command(flatten)]
+        agent: agent::AgentArgs,
+    },
 }
 
 fn main() -> ExitCode {

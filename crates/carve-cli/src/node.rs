@@ -50,6 +50,18 @@ pub enum SimCommand {
         /// invalid-argument, reset-required, unavailable or unknown.
         error: String,
     },
+    /// Report an XID on a GPU or MIG device (a running agent marks it unhealthy; XIDs 13, 31,
+    /// 43, 45, 68 and 109 are the application's and are ignored), or clear it with --clear.
+    Xid {
+        /// GPU-... or MIG-... UUID, or a GPU index.
+        device: String,
+        /// The XID (79: fallen off the bus, 48: double-bit ECC, ...).
+        #[arg(required_unless_present = "clear")]
+        xid: Option<u64>,
+        /// Mark the device healthy again.
+        #[arg(long, conflicts_with = "xid")]
+        clear: bool,
+    },
     /// Simulate a reboot: every instance is gone; Hopper and later forget MIG mode.
     Reboot,
     /// Simulate a GPU reset: a pending MIG mode change takes effect.
@@ -57,7 +69,7 @@ pub enum SimCommand {
 }
 
 /// The state directory: --state, $CARVE_STATE_DIR, or the user's data dir.
-fn state_dir(ctx: &Ctx) -> PathBuf {
+pub(crate) fn state_dir(ctx: &Ctx) -> PathBuf {
     ctx.state
         .clone()
         .or_else(|| std::env::var_os("CARVE_STATE_DIR").map(PathBuf::from))
@@ -67,7 +79,7 @@ fn state_dir(ctx: &Ctx) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".carve"))
 }
 
-fn open_store(ctx: &Ctx) -> Result<Store, Failure> {
+pub(crate) fn open_store(ctx: &Ctx) -> Result<Store, Failure> {
     Store::open(&state_dir(ctx)).map_err(|e| Failure::no(e.to_string()))
 }
 
@@ -109,7 +121,10 @@ fn open_sim(ctx: &Ctx, catalog: &Catalog) -> Result<(SimBackend, String), Failur
 }
 
 /// The backend to use, and a line saying which.
-pub fn open_backend(ctx: &Ctx, catalog: &Catalog) -> Result<(Box<dyn Backend>, String), Failure> {
+pub fn open_backend(
+    ctx: &Ctx,
+    catalog: &Catalog,
+) -> Result<(Box<dyn Backend + Send>, String), Failure> {
     let choice = if ctx.sim.is_some() {
         BackendChoice::Sim
     } else {
@@ -151,7 +166,7 @@ const PLAN_KEY: &str = "plan";
 const PLAN_NODE_KEY: &str = "plan-node";
 
 /// What `apply` or `assert` was given.
-enum Desired {
+pub(crate) enum Desired {
     /// A mig-parted config (the chosen one) and the file's name.
     MigParted(carve_migparted::NamedConfig, String),
     /// A carve plan, the node of it to apply, and the file's name.
@@ -163,7 +178,7 @@ enum Desired {
 }
 
 /// This machine's hostname, for choosing its node of a plan.
-fn hostname() -> Option<String> {
+pub(crate) fn hostname() -> Option<String> {
     ["/proc/sys/kernel/hostname", "/etc/hostname"]
         .iter()
         .find_map(|p| std::fs::read_to_string(p).ok())
@@ -211,7 +226,7 @@ fn read_plan(text: &str, name: &str) -> Result<Option<carve_plan::Plan>, Failure
 }
 
 /// Reads a mig-parted config or a carve plan; picks the config (`-c`) or the node (`--node`).
-fn load_desired(
+pub(crate) fn load_desired(
     catalog: &Catalog,
     file: &Path,
     config: Option<&str>,
@@ -729,6 +744,44 @@ pub fn sim_cmd(ctx: &Ctx, catalog: Catalog, cmd: SimCommand) -> Result<Out, Fail
             done(format!(
                 "GPU mutation #{nth} from now will fail with {error}"
             ))
+        }
+        SimCommand::Xid { device, xid, clear } => {
+            let observed = carve_apply::observe(&mut sim, &catalog).map_err(apply_failure)?;
+            let mut known: Vec<String> = Vec::new();
+            for o in &observed {
+                known.push(o.info.uuid.clone());
+                for gi in &o.instances {
+                    known.extend(gi.compute_instances.iter().map(|c| c.uuid.clone()));
+                }
+            }
+            let uuid = match device.parse::<u32>() {
+                Ok(i) => observed
+                    .iter()
+                    .find(|o| o.info.index == i)
+                    .map(|o| o.info.uuid.clone())
+                    .ok_or_else(|| Failure::bad(format!("the simulated node has no GPU {i}")))?,
+                Err(_) if known.contains(&device) => device.clone(),
+                Err(_) => {
+                    let hint = carve_model::suggest::did_you_mean(
+                        &device,
+                        known.iter().map(String::as_str),
+                    )
+                    .first()
+                    .map(|s| format!("; did you mean '{}'?", s.name))
+                    .unwrap_or_default();
+                    return Err(Failure::bad(format!(
+                        "the simulated node has no device '{device}'{hint}"
+                    )));
+                }
+            };
+            let mut store = open_store(ctx)?;
+            let xid = if clear { None } else { xid };
+            carve_agent::inject_xid(&mut store, &uuid, xid)
+                .map_err(|e| Failure::no(e.to_string()))?;
+            match xid {
+                Some(x) => done(format!("XID {x} reported on {uuid}")),
+                None => done(format!("{uuid} is healthy again")),
+            }
         }
         SimCommand::Reboot => {
             sim.reboot().map_err(no)?;

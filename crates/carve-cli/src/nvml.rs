@@ -2,6 +2,6 @@
 
 use carve_backend::{Backend, BackendError};
 
-pub fn open() -> Result<Box<dyn Backend>, BackendError> {
+pub fn open() -> Result<Box<dyn Backend + Send>, BackendError> {
     Ok(Box::new(carve_nvml::NvmlBackend::open()?))
 }

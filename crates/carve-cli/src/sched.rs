@@ -150,7 +150,7 @@ pub fn status(socket: &Path) -> Result<StatusReport, String> {
 }
 
 /// Where the shim library is: `$CARVE_SHIM_LIB`, else beside the `carve` executable.
-fn shim_path() -> Result<PathBuf, Failure> {
+pub(crate) fn shim_path() -> Result<PathBuf, Failure> {
     if let Some(p) = std::env::var_os("CARVE_SHIM_LIB").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }

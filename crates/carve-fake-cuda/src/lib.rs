@@ -5,8 +5,8 @@
 //! It models **one GPU shared by every process that loads it**:
 //!
 //! - Kernel launches are asynchronous: every stream (and the null stream) is an in-order queue
-//!   worked by a thread of its own. A kernel runs for its requested duration, spinning on the
-//!   monotonic clock, while it holds the node-wide GPU: a first-come-first-served ticket lock in
+//!   worked by a thread of its own. A kernel runs for its requested duration (its thread sleeps,
+//!   then spins on the monotonic clock for the last 150 µs), while it holds the node-wide GPU: a first-come-first-served ticket lock in
 //!   a page every process maps (`$CARVE_FAKE_CUDA_DIR/gpu.tickets`), so kernels from all
 //!   processes run one at a time, in arrival order, as with context switching on a real GPU.
 //! - The only kernel is `spin` (`cuModuleGetFunction(.., "spin")`, any module image): its first

@@ -250,10 +250,27 @@ impl Drop for Turn {
     }
 }
 
-/// Runs a kernel: the calling thread spins on the monotonic clock for `ns` (sleeping is too
-/// coarse for 50 µs kernels). Returns the nanoseconds it ran.
+/// A kernel's thread sleeps through all but this much of it, then spins to the end (a sleep
+/// overshoots by the wake-up latency; spinning alone is exact).
+const SPIN_LAST_NS: u64 = 150_000;
+
+/// Runs a kernel for `ns`: the calling thread sleeps through all but the last
+/// [`SPIN_LAST_NS`], then spins on the monotonic clock to the end. A GPU kernel takes no CPU;
+/// spinning through all of it would take a core from the threads that launch and wait for
+/// kernels (on a small machine the thread woken by a kernel's completion could wait for the
+/// next kernel to end before it runs). Returns the nanoseconds it ran.
 pub fn spin(ns: u64) -> u64 {
     let start = Instant::now();
+    if ns > SPIN_LAST_NS {
+        let wake = start + Duration::from_nanos(ns - SPIN_LAST_NS);
+        loop {
+            let now = Instant::now();
+            if now >= wake || EXITING.load(Relaxed) {
+                break;
+            }
+            std::thread::sleep((wake - now).min(Duration::from_millis(5)));
+        }
+    }
     loop {
         let e = start.elapsed().as_nanos() as u64;
         if e >= ns || EXITING.load(Relaxed) {

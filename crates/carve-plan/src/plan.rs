@@ -9,6 +9,29 @@ use std::fmt;
 /// The plan format version written to `plan.json`.
 pub const PLAN_VERSION: u32 = 1;
 
+/// The resource a time-sliced tenant's pods request on a Kubernetes node, served by the carve
+/// agent: `carve.dev/<tenant>` (the name made a valid resource name, at most 63 characters).
+pub fn tenant_resource(tenant: &str) -> String {
+    const PREFIX: &str = "carve.dev/";
+    let mut name: String = tenant
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.truncate(63 - PREFIX.len());
+    let name = name.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if name.is_empty() {
+        return format!("{PREFIX}tenant");
+    }
+    format!("{PREFIX}{name}")
+}
+
 /// How a tenant shares GPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

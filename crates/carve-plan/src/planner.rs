@@ -262,6 +262,9 @@ pub fn plan(tenancy: &Tenancy, catalog: &Catalog) -> Plan {
                     .unwrap_or_default();
                 format!("nvidia.com/mig-{}", prof.replace('+', "."))
             }
+            // Its own resource: the node agent tells tenants apart by it, so that each pod runs
+            // under its tenant's share and memory limit.
+            Mode::TimeSliced => tenant_resource(&t.name),
             _ => "nvidia.com/gpu".to_string(),
         });
         if let Some(ed) = d.licence {

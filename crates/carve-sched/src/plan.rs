@@ -13,8 +13,8 @@ fn new_token() -> std::io::Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-/// The token of a tenant in `dir` (`dir/<tenant>`), created owner-only when missing.
-pub fn token_for(dir: &Path, tenant: &str) -> Result<String, String> {
+/// Where the token of `tenant` is kept in `dir` (`dir/<tenant>`, the name made file-safe).
+pub fn token_path(dir: &Path, tenant: &str) -> std::path::PathBuf {
     let safe: String = tenant
         .chars()
         .map(|c| {
@@ -25,7 +25,12 @@ pub fn token_for(dir: &Path, tenant: &str) -> Result<String, String> {
             }
         })
         .collect();
-    let path = dir.join(safe);
+    dir.join(safe)
+}
+
+/// The token of a tenant in `dir` (`dir/<tenant>`), created owner-only when missing.
+pub fn token_for(dir: &Path, tenant: &str) -> Result<String, String> {
+    let path = token_path(dir, tenant);
     if let Ok(t) = std::fs::read_to_string(&path) {
         return Ok(t.trim().to_string());
     }

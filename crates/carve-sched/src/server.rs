@@ -15,11 +15,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// How long after a turn ends the daemon waits for the holder's report (its real GPU time, with
-/// any overrun) before moving on without it.
-const GRACE_NS: u64 = 5_000_000;
+/// any overrun) before moving on without it. (`carve-simulate` models it: `SCHED_GRACE_US`.)
+pub const GRACE_NS: u64 = 5_000_000;
 
 /// How long a yielding client may take to drain before the next turn starts anyway.
-const DRAIN_NS: u64 = 10_000_000;
+/// (`carve-simulate` models it: `SCHED_DRAIN_LIMIT_US`.)
+pub const DRAIN_NS: u64 = 10_000_000;
 
 #[derive(Debug, Default, Clone)]
 struct TenantState {
@@ -79,6 +80,9 @@ impl Shared {
 pub struct Server {
     shared: Arc<Shared>,
     path: PathBuf,
+    /// The listening socket, kept to wake the accept loop at shutdown even when the socket
+    /// file is already gone.
+    listener: Option<UnixListener>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -132,6 +136,9 @@ impl Server {
             started: proto::now_ns(),
             stop: AtomicBool::new(false),
         });
+        let waker = listener
+            .try_clone()
+            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
         let mut threads = Vec::new();
         let s = shared.clone();
         threads.push(std::thread::spawn(move || schedule_loop(&s)));
@@ -149,6 +156,7 @@ impl Server {
         Ok(Server {
             shared,
             path: path.to_path_buf(),
+            listener: Some(waker),
             threads,
         })
     }
@@ -165,6 +173,11 @@ impl Server {
     fn shutdown(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.cv.notify_all();
+        if let Some(l) = self.listener.take() {
+            // SAFETY: shutdown(2) on a socket descriptor we own; it makes a blocked accept()
+            // return, so the accept thread sees `stop`.
+            unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&l), libc::SHUT_RDWR) };
+        }
         let _ = UnixStream::connect(&self.path);
         for t in self.threads.drain(..) {
             let _ = t.join();

@@ -6,8 +6,10 @@
 //! that work bound by memory bandwidth rather than SMs. A **MIG slice** runs a request at the
 //! slice's SM fraction for the compute-bound part and its memory-bandwidth fraction for the rest,
 //! alone. **Time-sliced** tenants share a whole GPU through the same policy core as `carve sched`
-//! (`carve-timeslice`: policy, slice, overrun compensation), paying a context-switch cost at every
-//! switch; work is preempted at slice ends, as GPU time-slicing does.
+//! (`carve-timeslice`: policy, slice, overrun compensation). What happens at a switch is
+//! [`Switch`]: by default what `carve sched` and its shim do on bare metal (launches gated by the
+//! turn, kernels never preempted, the holder drains before the next turn starts, a hand-over
+//! cost); or the GPU's own time-slicing, which preempts work at slice ends.
 
 use carve_timeslice::{Config as CoreConfig, Decision, Policy, Scheduler, TenantId};
 use serde::Serialize;
@@ -24,6 +26,26 @@ pub enum Arrivals {
     Bursty { rate: f64, on_s: f64, off_s: f64 },
     /// `clients` each sending a request, waiting for the answer, thinking `think_ms`, again.
     Closed { clients: u32, think_ms: f64 },
+    /// One thread keeping up to `depth` requests in flight, back to back: it waits for the oldest
+    /// to finish, then launches the next (how `carve-spin`, and a typical loop of asynchronous
+    /// launches on a CUDA stream, drive the GPU). Latency is from the launch call to when the
+    /// thread sees the request finished. Where launches are held back (time-slicing under
+    /// `carve sched`), a thread blocked in a launch sees nothing finish until it gets through;
+    /// elsewhere this is a closed loop of `depth` clients with no think time.
+    Pipeline { depth: u32 },
+}
+
+impl Arrivals {
+    /// The closed loop a pipeline is where launches never block.
+    fn unblocked(&self) -> Arrivals {
+        match *self {
+            Arrivals::Pipeline { depth } => Arrivals::Closed {
+                clients: depth,
+                think_ms: 0.0,
+            },
+            ref a => a.clone(),
+        }
+    }
 }
 
 /// Service-time distribution around the mean work.
@@ -65,12 +87,102 @@ pub struct Tenant {
     pub share: Option<f64>,
 }
 
+/// What happens on a time-shared GPU when the turn passes from one tenant to another.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Switch {
+    /// `carve sched` with the shim in every process (bare metal, containers), as
+    /// `crates/carve-sched/src/server.rs` and `crates/carve-shim` do it:
+    ///
+    /// - **Kernels run one at a time** in launch order (the GPU, or the stand-in's node-wide
+    ///   ticket lock), each taking `launch_us` more than its work (launch and completion). A
+    ///   thread waiting for a kernel resumes `wake_us` after it ends.
+    /// - **Launches are gated.** A request is launched only while its tenant holds a live turn
+    ///   (before the turn's end); otherwise it waits (the launching thread is blocked in the shim)
+    ///   and everything waiting is launched when the tenant's next turn starts.
+    /// - **Kernels are not preempted.** What was launched runs to completion.
+    /// - **The turn ends at the holder's first launch after its end**: the shim's renew, which
+    ///   reaches the daemon `renew_us` later (charged from the grant to the launch call). If the
+    ///   policy picks the holder again, it goes on at once; if it picks someone else, the holder
+    ///   **drains** what it has in flight (charged to it as overrun), and the next holder's turn
+    ///   starts when the drain is over (or `drain_limit_us` after the renew). The **hand-over** from the last kernel of one tenant to the first of
+    ///   the next takes `switch_us` on average (lognormal, coefficient of variation
+    ///   `jitter_cv`, as are `wake_us` and `renew_us`), in three legs: the yielding tenant's
+    ///   report (charged to it, [`HANDOVER_REPORT`] of it), the daemon waking the next holder
+    ///   (its turn starts, full length, when it joins, at [`HANDOVER_JOIN`]), and its first
+    ///   launch reaching the GPU.
+    /// - **A holder that launches nothing** for `grace_us` after its turn's end loses the turn,
+    ///   charged the whole grant; its work in flight keeps the GPU, and the next holder's kernels
+    ///   queue behind it. Its next launch pays, late, the time since its grant (the daemon's
+    ///   ledger of its last 256 turns).
+    Drain {
+        launch_us: f64,
+        wake_us: f64,
+        renew_us: f64,
+        jitter_cv: f64,
+        grace_us: f64,
+        drain_limit_us: f64,
+    },
+    /// The GPU's own time-slicing (vGPU's scheduler): work in service is preempted at the slice
+    /// end and resumes in the tenant's next turn; each switch costs `switch_us`.
+    Preempt,
+}
+
+/// `carve sched`'s wait for the holder's report after its turn's end (`GRACE_NS` in
+/// `crates/carve-sched/src/server.rs`), µs.
+pub const SCHED_GRACE_US: f64 = 5_000.0;
+/// `carve sched`'s limit on a yielding holder's drain (`DRAIN_NS`), µs.
+pub const SCHED_DRAIN_LIMIT_US: f64 = 10_000.0;
+
+// The figures below were measured once, on the stand-in GPU with two best-effort tenants of
+// 500 µs kernels (the "best effort x2" scenario of `examples/sim_vs_real.rs`, with its GPU
+// timeline and the daemon's turns traced), and are used unchanged for every scenario. They are
+// the host's (socket round trips, thread wake-ups), so they hold for a real GPU to the extent
+// its launch and completion latencies are like the stand-in's (a few µs).
+
+/// The hand-over between tenants under `carve sched` + shim, µs: from the last kernel of the
+/// yielding tenant to the first of the next. Measured: 175 µs mean, 167 median, 236 at p95.
+pub const SCHED_SWITCH_US: f64 = 175.0;
+/// Where the hand-over's legs end, as fractions of it: the yielding tenant's report reaches the
+/// daemon (its drain noticed, the stand-in's statistics written, the release sent: 100 µs
+/// measured) ...
+pub const HANDOVER_REPORT: f64 = 0.57;
+/// ... and the next holder joins its turn (the daemon wakes its blocked launch: 25 µs); its
+/// first kernel reaches the GPU after the rest (48 µs).
+pub const HANDOVER_JOIN: f64 = 0.71;
+/// The spread of the host-side delays (hand-over, wake-up, renew): coefficient of variation of
+/// a lognormal (the hand-over's p95 is 1.4 times its median).
+pub const SCHED_JITTER_CV: f64 = 0.25;
+/// What a kernel takes beyond its work, µs: the gap between back-to-back kernels (2.6 µs
+/// median, 3.4 mean).
+pub const SCHED_LAUNCH_US: f64 = 3.5;
+/// A thread waiting for a kernel resumes this long after it ends, µs (latency within a turn is
+/// two kernels and 10–15 µs).
+pub const SCHED_WAKE_US: f64 = 12.0;
+/// The renew's trip from the holder's launch call to the daemon, µs (the renew reaches the
+/// daemon 30 µs after the kernel the holder waited for ended, 28 median).
+pub const SCHED_RENEW_US: f64 = 18.0;
+
+impl Switch {
+    /// `carve sched` + shim on bare metal, with the figures of the stand-in GPU.
+    pub const SCHED: Switch = Switch::Drain {
+        launch_us: SCHED_LAUNCH_US,
+        wake_us: SCHED_WAKE_US,
+        renew_us: SCHED_RENEW_US,
+        jitter_cv: SCHED_JITTER_CV,
+        grace_us: SCHED_GRACE_US,
+        drain_limit_us: SCHED_DRAIN_LIMIT_US,
+    };
+}
+
 /// The time-slicing settings of a group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Slicing {
     pub policy: Policy,
     pub slice_ms: Option<f64>,
-    /// Cost of a switch between tenants, µs.
+    /// What a switch between tenants does (default: `carve sched` on bare metal).
+    pub switch: Switch,
+    /// Cost of a switch between tenants, µs: the hand-over under [`Switch::Drain`], the context
+    /// switch under [`Switch::Preempt`].
     pub switch_us: f64,
     /// Time-slicing inside a MIG slice (the bare-metal counterpart of vGPU on MIG): the shared
     /// "GPU" is this slice, given as (SM fraction, bandwidth fraction).
@@ -82,7 +194,8 @@ impl Default for Slicing {
         Slicing {
             policy: Policy::BestEffort,
             slice_ms: None,
-            switch_us: 25.0,
+            switch: Switch::SCHED,
+            switch_us: SCHED_SWITCH_US,
             inside: None,
         }
     }
@@ -206,7 +319,7 @@ fn next_arrival(a: &Arrivals, t: f64, rng: &mut Rng) -> f64 {
             let cycles = (on_elapsed / on_s).floor();
             cycles * period + (on_elapsed - cycles * on_s)
         }
-        Arrivals::Closed { .. } => f64::INFINITY,
+        Arrivals::Closed { .. } | Arrivals::Pipeline { .. } => f64::INFINITY,
     }
 }
 
@@ -264,7 +377,7 @@ fn run_slice(t: &Tenant, duration_s: f64, rng: &mut Rng) -> (TenantResult, u64) 
     let k = stretch(&t.load, t.placement);
     let mut st = Stats::new();
     let mut events = 0u64;
-    match t.load.arrivals {
+    match t.load.arrivals.unblocked() {
         Arrivals::Closed { clients, think_ms } => {
             // Clients cycle: think, queue, serve. Times in ms.
             let end = duration_s * 1e3;
@@ -309,8 +422,526 @@ fn run_slice(t: &Tenant, duration_s: f64, rng: &mut Rng) -> (TenantResult, u64) 
     (st.result(&t.name, duration_s, 1.0), events)
 }
 
-/// Time-shared tenants on one whole GPU through the policy core. Time in ns internally.
-fn run_shared(
+/// Where the turn is, under [`Switch::Drain`].
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// No turn: ask the policy at `at` (at once when someone starts waiting).
+    Free { at: u64 },
+    /// `tenant` holds turn `seq`, granted at `start`, live until `until`; once it has launched
+    /// after `until`, its renew (launch call, arrival at the daemon).
+    Held {
+        tenant: usize,
+        start: u64,
+        until: u64,
+        seq: u64,
+        renew: Option<(u64, u64)>,
+    },
+    /// `from` was told at `at` to yield and drains its work in flight; `next` (tenant, turn
+    /// length, turn) joins when it has, or at `deadline`.
+    Drain {
+        from: usize,
+        at: u64,
+        deadline: u64,
+        next: Option<(usize, u64, u64)>,
+    },
+    /// `tenant` starts turn `seq`, of `len`, at `at` (its grant arrives); its first kernel
+    /// reaches the GPU at `kick`.
+    Join {
+        tenant: usize,
+        at: u64,
+        kick: u64,
+        len: u64,
+        seq: u64,
+    },
+}
+
+/// How many recent turns the daemon remembers to charge late reports (its ledger).
+const LEDGER_TURNS: u64 = 256;
+
+/// Time-shared tenants under `carve sched` + shim ([`Switch::Drain`]). Time in ns.
+struct Gated<'a> {
+    ts: &'a [&'a Tenant],
+    stretches: Vec<f64>,
+    core: Scheduler,
+    switch: f64,
+    jitter_cv: f64,
+    launch: u64,
+    wake: f64,
+    renew_trip: f64,
+    grace: u64,
+    drain_limit: u64,
+    /// Requests issued and not launched yet (blocked in the shim): (arrival, work).
+    ready: Vec<VecDeque<(u64, u64)>>,
+    inflight: Vec<u32>,
+    /// Launched kernels in launch order: (end, tenant, arrival).
+    gpu: VecDeque<(u64, usize, u64)>,
+    gpu_end: u64,
+    next_arr: Vec<u64>,
+    /// Closed-loop clients' next request times.
+    thinking: Vec<Vec<u64>>,
+    /// Pipelines: the kernels the thread has launched and not yet seen finish, oldest first:
+    /// (launch call, end once known).
+    seen: Vec<VecDeque<(u64, Option<u64>)>>,
+    /// Pipelines: when the thread, waiting for its oldest kernel, resumes.
+    wake_at: Vec<u64>,
+    /// A grant the daemon closed without hearing from the tenant (grace): (grant, charged, turn).
+    stale: Vec<Option<(u64, u64, u64)>>,
+    seq: u64,
+    last_holder: Option<usize>,
+    phase: Phase,
+    stats: Vec<Stats>,
+    busy: u64,
+    events: u64,
+    timeline: Timeline,
+}
+
+impl Gated<'_> {
+    fn pending(&mut self, i: usize, on: bool, now: u64) {
+        self.core.set_pending(TenantId(i as u32), on, now);
+    }
+
+    fn depth(&self, i: usize) -> Option<usize> {
+        match self.ts[i].load.arrivals {
+            Arrivals::Pipeline { depth } => Some(depth.max(1) as usize),
+            _ => None,
+        }
+    }
+
+    /// Launches everything the tenant has waiting; the GPU runs kernels one at a time in launch
+    /// order, each to completion. A pipeline's thread then goes on (at `now`).
+    fn launch_all(&mut self, i: usize, now: u64, rng: &mut Rng) {
+        let launched = !self.ready[i].is_empty();
+        while let Some((arr, w)) = self.ready[i].pop_front() {
+            let start = self.gpu_end.max(now);
+            let end = start + w + self.launch;
+            self.gpu_end = end;
+            self.gpu.push_back((end, i, arr));
+            self.inflight[i] += 1;
+            self.busy += end - start;
+            self.stats[i].busy += (end - start) as f64 / 1e6;
+            self.stats[i].wait_sum += (start - arr) as f64 / 1e6;
+            if start < TIMELINE_NS {
+                let name = &self.ts[i].name;
+                let (a, b) = (start as f64 / 1e6, end as f64 / 1e6);
+                match self.timeline.last_mut() {
+                    Some(l) if l.0 == *name && (l.2 - a).abs() < 1e-9 => l.2 = b,
+                    _ => self.timeline.push((name.clone(), a, b)),
+                }
+            }
+        }
+        if launched {
+            self.pipeline_step(i, now, rng);
+        }
+    }
+
+    /// A pipeline's thread, free at `now`: it sees what has finished, oldest first, and launches
+    /// while it has fewer than `depth` in flight.
+    fn pipeline_step(&mut self, i: usize, now: u64, rng: &mut Rng) {
+        let Some(depth) = self.depth(i) else { return };
+        if !self.ready[i].is_empty() {
+            return; // blocked in a launch
+        }
+        loop {
+            if self.seen[i].len() >= depth {
+                match self.seen[i].front() {
+                    Some(&(call, Some(end))) if end <= now => {
+                        self.seen[i].pop_front();
+                        self.stats[i].lat.push(((now - call) as f64 / 1e6) as f32);
+                    }
+                    _ => return, // waits for the oldest
+                }
+            } else {
+                self.seen[i].push_back((now, None));
+                self.arrive(i, now, rng);
+                // The launch went through (and the thread went on from there) or it blocks.
+                return;
+            }
+        }
+    }
+
+    /// A request of tenant `i` is issued at `now` (its launch call).
+    fn arrive(&mut self, i: usize, now: u64, rng: &mut Rng) {
+        let w = (service_ms(&self.ts[i].load, rng) * self.stretches[i] * 1e6) as u64;
+        self.ready[i].push_back((now, w.max(1)));
+        self.events += 1;
+        match self.phase {
+            Phase::Held { tenant, until, .. } if tenant == i && now < until => {
+                self.launch_all(i, now, rng)
+            }
+            Phase::Held {
+                tenant,
+                ref mut renew,
+                ..
+            } if tenant == i => {
+                if renew.is_none() {
+                    let trip = jittered(self.renew_trip, self.jitter_cv, rng);
+                    *renew = Some((now, now + trip));
+                }
+            }
+            _ => {
+                if let Some((grant, charged, seq)) = self.stale[i].take() {
+                    // Its first launch since the daemon closed its turn: the report pays late.
+                    let used = now - grant;
+                    if self.seq < seq + LEDGER_TURNS && used > charged {
+                        self.core.charge(TenantId(i as u32), used - charged, now);
+                    }
+                }
+                self.pending(i, true, now);
+                if let Phase::Free { at } = &mut self.phase {
+                    *at = now;
+                }
+            }
+        }
+    }
+
+    /// The holder launches after its turn's end: the daemon closes the turn (charged from the
+    /// grant to now) and asks the policy who is next.
+    fn renew(&mut self, i: usize, call: u64, now: u64, rng: &mut Rng) {
+        let Phase::Held { start, .. } = self.phase else {
+            return;
+        };
+        self.core
+            .finish(TenantId(i as u32), call.saturating_sub(start), now);
+        self.pending(i, true, now);
+        match self.core.next(now) {
+            Decision::Grant { tenant, until } if tenant.0 as usize == i => {
+                self.seq += 1;
+                self.phase = Phase::Held {
+                    tenant: i,
+                    start: now,
+                    until: until.max(now + 1),
+                    seq: self.seq,
+                    renew: None,
+                };
+                self.launch_all(i, now, rng);
+            }
+            d => {
+                let next = match d {
+                    Decision::Grant { tenant, until } => {
+                        self.seq += 1;
+                        Some((
+                            tenant.0 as usize,
+                            until.saturating_sub(now).max(1),
+                            self.seq,
+                        ))
+                    }
+                    _ => None,
+                };
+                // Told to yield: it drains, then waits for its next turn.
+                self.pending(i, false, now);
+                self.phase = Phase::Drain {
+                    from: i,
+                    at: now,
+                    deadline: now + self.drain_limit,
+                    next,
+                };
+                if self.inflight[i] == 0 {
+                    self.drained(now, rng);
+                }
+            }
+        }
+    }
+
+    /// The yielding tenant's work has drained (or the limit passed): it pays the drain, waits
+    /// again, and the next holder joins after the hand-over.
+    fn drained(&mut self, now: u64, rng: &mut Rng) {
+        let Phase::Drain { from, at, next, .. } = self.phase else {
+            return;
+        };
+        let h = match next {
+            Some((tenant, ..)) => self.handover(tenant, rng),
+            None => 0,
+        };
+        let report = now + (h as f64 * HANDOVER_REPORT) as u64;
+        if report > at {
+            self.core.charge(TenantId(from as u32), report - at, now);
+        }
+        if !self.ready[from].is_empty() {
+            self.pending(from, true, now);
+        }
+        self.phase = match next {
+            Some((tenant, len, seq)) => Phase::Join {
+                tenant,
+                at: now + (h as f64 * HANDOVER_JOIN) as u64,
+                kick: now + h,
+                len,
+                seq,
+            },
+            None => Phase::Free { at: now },
+        };
+    }
+
+    /// The hand-over to `to`, ns (none when it held the last turn).
+    fn handover(&self, to: usize, rng: &mut Rng) -> u64 {
+        if self.last_holder == Some(to) {
+            return 0;
+        }
+        jittered(self.switch, self.jitter_cv, rng)
+    }
+
+    /// When the turn machinery next acts by itself.
+    fn timer(&self) -> u64 {
+        match self.phase {
+            Phase::Free { at } => at,
+            Phase::Held { until, renew, .. } => {
+                renew.map_or_else(|| until.saturating_add(self.grace), |r| r.1)
+            }
+            Phase::Drain { deadline, .. } => deadline,
+            Phase::Join { at, .. } => at,
+        }
+    }
+
+    fn on_timer(&mut self, now: u64, rng: &mut Rng) {
+        match self.phase {
+            Phase::Free { .. } => match self.core.next(now) {
+                Decision::Grant { tenant, until } => {
+                    let j = tenant.0 as usize;
+                    self.seq += 1;
+                    let h = self.handover(j, rng);
+                    self.phase = Phase::Join {
+                        tenant: j,
+                        at: now + (h as f64 * HANDOVER_JOIN) as u64,
+                        kick: now + h,
+                        len: until.saturating_sub(now).max(1),
+                        seq: self.seq,
+                    };
+                }
+                Decision::Idle { until } => {
+                    self.phase = Phase::Free {
+                        at: until.max(now + 1),
+                    }
+                }
+                Decision::Empty => self.phase = Phase::Free { at: u64::MAX },
+            },
+            Phase::Held {
+                tenant,
+                renew: Some((call, _)),
+                ..
+            } => self.renew(tenant, call, now, rng),
+            Phase::Held {
+                tenant,
+                start,
+                until,
+                seq,
+                renew: None,
+            } => {
+                // Nothing heard from the holder within the grace: charged the whole grant.
+                let used = until - start;
+                self.core.finish(TenantId(tenant as u32), used, now);
+                self.stale[tenant] = Some((start, used, seq));
+                if self.ready[tenant].is_empty() {
+                    self.pending(tenant, false, now);
+                }
+                self.phase = Phase::Free { at: now };
+            }
+            Phase::Drain { .. } => self.drained(now, rng),
+            Phase::Join {
+                tenant,
+                kick,
+                len,
+                seq,
+                ..
+            } => {
+                self.gpu_end = self.gpu_end.max(kick);
+                self.phase = Phase::Held {
+                    tenant,
+                    start: now,
+                    until: now + len,
+                    seq,
+                    renew: None,
+                };
+                self.last_holder = Some(tenant);
+                self.stale[tenant] = None;
+                self.launch_all(tenant, now, rng);
+            }
+        }
+    }
+
+    /// The first kernel in flight completes.
+    fn complete(&mut self, rng: &mut Rng) -> u64 {
+        let (end, i, arr) = self.gpu.pop_front().expect("a kernel in flight");
+        self.inflight[i] -= 1;
+        self.events += 1;
+        match self.ts[i].load.arrivals {
+            Arrivals::Closed { think_ms, .. } => {
+                self.stats[i].lat.push(((end - arr) as f64 / 1e6) as f32);
+                self.thinking[i].push(end + (rng.exp(think_ms) * 1e6) as u64);
+            }
+            Arrivals::Pipeline { .. } => {
+                if let Some(k) = self.seen[i].iter_mut().find(|k| k.1.is_none()) {
+                    k.1 = Some(end);
+                }
+            }
+            _ => self.stats[i].lat.push(((end - arr) as f64 / 1e6) as f32),
+        }
+        if matches!(self.phase, Phase::Drain { from, .. } if from == i) && self.inflight[i] == 0 {
+            self.drained(end, rng);
+        }
+        // A pipeline's thread waiting for this one resumes a little later.
+        if self.ready[i].is_empty()
+            && self.seen[i].front().is_some_and(|k| k.1 == Some(end))
+            && self.depth(i).is_some_and(|d| self.seen[i].len() >= d)
+        {
+            self.wake_at[i] = end + jittered(self.wake, self.jitter_cv, rng);
+        }
+        end
+    }
+}
+
+/// `mean` ns, lognormal with coefficient of variation `cv` (exactly `mean` when `cv` is 0).
+fn jittered(mean: f64, cv: f64, rng: &mut Rng) -> u64 {
+    if mean <= 0.0 {
+        return 0;
+    }
+    if cv <= 0.0 {
+        return mean as u64;
+    }
+    let s2 = (1.0 + cv * cv).ln();
+    (mean.ln() - s2 / 2.0 + s2.sqrt() * rng.normal()).exp() as u64
+}
+
+/// Time-shared tenants on one GPU under `carve sched` + shim ([`Switch::Drain`]). Time in ns.
+fn run_gated(
+    ts: &[&Tenant],
+    slicing: &Slicing,
+    switch: Switch,
+    duration_s: f64,
+    rng: &mut Rng,
+) -> (Vec<TenantResult>, u64, f64, Timeline) {
+    let Switch::Drain {
+        launch_us,
+        wake_us,
+        renew_us,
+        jitter_cv,
+        grace_us,
+        drain_limit_us,
+    } = switch
+    else {
+        unreachable!("run_gated is for Switch::Drain")
+    };
+    let n = ts.len();
+    let end = (duration_s * 1e9) as u64;
+    let mut core = Scheduler::new(CoreConfig {
+        policy: slicing.policy,
+        slice_ns: slicing.slice_ms.map(|ms| (ms * 1e6) as u64),
+        work_conserving: false,
+        averaging_factor: 33,
+    })
+    .expect("valid slicing");
+    for (i, t) in ts.iter().enumerate() {
+        let _ = core.add_tenant(TenantId(i as u32), t.share, 0);
+    }
+    let mut g = Gated {
+        ts,
+        stretches: ts
+            .iter()
+            .map(|t| match slicing.inside {
+                Some((sm, bandwidth)) => stretch(&t.load, Placement::Slice { sm, bandwidth }),
+                None => 1.0,
+            })
+            .collect(),
+        core,
+        switch: slicing.switch_us.max(0.0) * 1e3,
+        jitter_cv: jitter_cv.max(0.0),
+        launch: (launch_us.max(0.0) * 1e3) as u64,
+        wake: wake_us.max(0.0) * 1e3,
+        renew_trip: renew_us.max(0.0) * 1e3,
+        grace: (grace_us.max(0.0) * 1e3) as u64,
+        drain_limit: (drain_limit_us.max(0.0) * 1e3) as u64,
+        ready: vec![VecDeque::new(); n],
+        inflight: vec![0; n],
+        gpu: VecDeque::new(),
+        gpu_end: 0,
+        next_arr: vec![u64::MAX; n],
+        thinking: vec![Vec::new(); n],
+        seen: vec![VecDeque::new(); n],
+        wake_at: vec![u64::MAX; n],
+        stale: vec![None; n],
+        seq: 0,
+        last_holder: None,
+        phase: Phase::Free { at: u64::MAX },
+        stats: (0..n).map(|_| Stats::new()).collect(),
+        busy: 0,
+        events: 0,
+        timeline: Vec::new(),
+    };
+    for (i, t) in ts.iter().enumerate() {
+        match t.load.arrivals {
+            Arrivals::Closed { clients, think_ms } => {
+                g.thinking[i] = (0..clients)
+                    .map(|_| (rng.exp(think_ms) * 1e6) as u64)
+                    .collect();
+            }
+            Arrivals::Pipeline { .. } => {}
+            ref a => g.next_arr[i] = (next_arrival(a, 0.0, rng) * 1e9) as u64,
+        }
+    }
+    for i in 0..n {
+        g.pipeline_step(i, 0, rng);
+    }
+    loop {
+        // The next event; at equal times completions first, then requests, then the turn.
+        let done = g.gpu.front().map_or(u64::MAX, |k| k.0);
+        let (mut arr, mut who, mut client) = (u64::MAX, 0, None);
+        for i in 0..n {
+            if g.next_arr[i] < arr {
+                (arr, who, client) = (g.next_arr[i], i, None);
+            }
+            for (k, &at) in g.thinking[i].iter().enumerate() {
+                if at < arr {
+                    (arr, who, client) = (at, i, Some(k));
+                }
+            }
+        }
+        let (mut wake, mut waker) = (u64::MAX, 0);
+        for (i, &w) in g.wake_at.iter().enumerate() {
+            if w < wake {
+                (wake, waker) = (w, i);
+            }
+        }
+        let timer = g.timer();
+        let now = done.min(arr).min(wake).min(timer);
+        if now >= end {
+            break;
+        }
+        if done == now {
+            g.complete(rng);
+        } else if wake == now {
+            g.wake_at[waker] = u64::MAX;
+            g.events += 1;
+            g.pipeline_step(waker, now, rng);
+        } else if arr == now {
+            match client {
+                Some(k) => {
+                    g.thinking[who].swap_remove(k);
+                }
+                None => {
+                    let t = now as f64 / 1e9;
+                    g.next_arr[who] = (next_arrival(&ts[who].load.arrivals, t, rng) * 1e9) as u64;
+                }
+            }
+            g.arrive(who, now, rng);
+        } else {
+            g.on_timer(now, rng);
+        }
+    }
+    let share = 1.0 / n.max(1) as f64;
+    let results = std::mem::take(&mut g.stats)
+        .into_iter()
+        .zip(ts)
+        .map(|(s, t)| s.result(&t.name, duration_s, t.share.unwrap_or(share)))
+        .collect();
+    (
+        results,
+        g.events,
+        g.busy.min(end) as f64 / end.max(1) as f64,
+        g.timeline,
+    )
+}
+
+/// Time-shared tenants on one whole GPU through the policy core, preempted at slice ends
+/// ([`Switch::Preempt`]). Time in ns internally.
+fn run_preempt(
     ts: &[&Tenant],
     slicing: &Slicing,
     duration_s: f64,
@@ -509,7 +1140,22 @@ pub fn simulate(tenants: &[Tenant], slicing: &Slicing, duration_s: f64, seed: u6
     let mut timeline = Vec::new();
     if !shared.is_empty() {
         let ts: Vec<&Tenant> = shared.iter().map(|(_, t)| *t).collect();
-        let (rs, e, b, tl) = run_shared(&ts, slicing, duration_s, &mut rng);
+        let (rs, e, b, tl) = match slicing.switch {
+            Switch::Drain { .. } => run_gated(&ts, slicing, slicing.switch, duration_s, &mut rng),
+            Switch::Preempt => {
+                // Launches never block: a pipeline is a closed loop.
+                let owned: Vec<Tenant> = ts
+                    .iter()
+                    .map(|t| {
+                        let mut t = (*t).clone();
+                        t.load.arrivals = t.load.arrivals.unblocked();
+                        t
+                    })
+                    .collect();
+                let ts: Vec<&Tenant> = owned.iter().collect();
+                run_preempt(&ts, slicing, duration_s, &mut rng)
+            }
+        };
         events += e;
         gpu_busy = b;
         timeline = tl;

@@ -1,0 +1,536 @@
+//! The agent's control loop: reconcile the GPUs with the desired state (`carve apply`'s engine),
+//! work out what the node offers, run the schedulers of time-sliced GPUs, write the CDI spec and
+//! labels, serve one device plugin per resource and keep it registered with the kubelet.
+//!
+//! One task owns the plugins and the backend; everything else talks to it through commands.
+//! The kubelet directory is watched every `poll` (100 ms): a new `kubelet.sock` (the kubelet
+//! restarted) or a missing plugin socket (the kubelet deletes them when it starts) restarts the
+//! plugins and registers them again.
+
+use crate::allocate::HostPaths;
+use crate::inventory::{self, Inventory, Options};
+use crate::plugin::{self, Running, KUBELET_SOCKET};
+use crate::state::{Sched, State, Xid};
+use crate::{api, cdi, labels};
+use carve_apply::Observed;
+use carve_backend::Backend;
+use carve_model::Catalog;
+use carve_plan::plan::Plan;
+use carve_state::Store;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// What the GPUs should look like.
+#[derive(Debug, Clone)]
+pub enum Desired {
+    /// This node's part of a plan.
+    Plan { plan: Box<Plan>, node: String },
+    /// A config of a mig-parted file.
+    MigParted(Box<carve_migparted::NamedConfig>),
+    /// The desired state recorded by the last `carve apply` (re-applied after a reboot).
+    Recorded,
+    /// Leave the GPUs as they are.
+    AsIs,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub device_plugin_dir: PathBuf,
+    pub cdi_dir: Option<PathBuf>,
+    pub labels_file: Option<PathBuf>,
+    /// Scheduler sockets and tenant tokens.
+    pub run_dir: PathBuf,
+    /// HTTP API and metrics; `None`: not served.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token for the API's writes.
+    pub api_token: String,
+    /// The shim library, for time-sliced tenants.
+    pub shim: Option<PathBuf>,
+    pub options: Options,
+    pub desired: Desired,
+    /// A simulated node's state directory to watch for injected XIDs (`carve sim xid`).
+    pub sim_health: Option<PathBuf>,
+    /// How often the kubelet directory (and injected health) is looked at.
+    pub poll: Duration,
+}
+
+/// A backend and the store its applies are journaled in, owned by the control task.
+pub struct Node {
+    pub backend: Box<dyn Backend + Send>,
+    pub store: Store,
+    pub catalog: Catalog,
+}
+
+/// What a reconcile did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reconciled {
+    pub ops: Vec<String>,
+    pub kept: Vec<String>,
+}
+
+enum Command {
+    Apply(
+        Box<Plan>,
+        String,
+        oneshot::Sender<Result<Reconciled, String>>,
+    ),
+    Stop,
+}
+
+/// Asks the running agent to do something.
+#[derive(Clone)]
+pub struct Control {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Control {
+    /// Applies a new plan (this node's part), then offers the new devices.
+    pub async fn apply(&self, plan: Plan, node: String) -> Result<Reconciled, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Apply(Box::new(plan), node, tx))
+            .await
+            .map_err(|_| "the agent is stopping".to_string())?;
+        rx.await.map_err(|_| "the agent is stopping".to_string())?
+    }
+}
+
+/// A running agent.
+pub struct Handle {
+    pub state: Arc<State>,
+    /// Where the HTTP API listens, when it does.
+    pub api: Option<SocketAddr>,
+    pub control: Control,
+    task: tokio::task::JoinHandle<()>,
+    stop_poll: Arc<AtomicBool>,
+    api_stop: Option<watch::Sender<bool>>,
+    api_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Handle {
+    /// Stops everything: plugins (their sockets removed), schedulers, the API.
+    pub async fn shutdown(self) {
+        let _ = self.control.tx.send(Command::Stop).await;
+        let _ = self.task.await;
+        self.stop_poll.store(true, Ordering::Release);
+        if let Some(s) = self.api_stop {
+            let _ = s.send(true);
+        }
+        if let Some(t) = self.api_task {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+    }
+}
+
+fn apply_err(e: carve_apply::ApplyError) -> String {
+    e.to_string()
+}
+
+/// Brings the GPUs to `desired`: finishes interrupted applies, then makes the fewest changes.
+pub fn reconcile(
+    node: &mut Node,
+    desired: &Desired,
+) -> Result<(Vec<Observed>, Reconciled), String> {
+    let _lock = node
+        .store
+        .lock_apply(|| tracing::info!("waiting for another apply to finish"))
+        .map_err(|e| e.to_string())?;
+    let backend = node.backend.as_mut();
+    carve_apply::recover(
+        backend,
+        &node.catalog,
+        &node.store,
+        false,
+        &mut |_, _, _| {},
+    )
+    .map_err(apply_err)?;
+    let observed = carve_apply::observe(backend, &node.catalog).map_err(apply_err)?;
+    let targets = match desired {
+        Desired::Plan { plan, node: name } => {
+            carve_apply::targets_from_plan(plan, name, &observed, &node.catalog)
+                .map_err(apply_err)?
+        }
+        Desired::MigParted(c) => {
+            carve_apply::targets_from_migparted(&node.catalog, c, &observed).map_err(apply_err)?
+        }
+        Desired::Recorded => {
+            carve_apply::desired_targets(&node.store, &observed).map_err(apply_err)?
+        }
+        Desired::AsIs => Vec::new(),
+    };
+    let mut done = Reconciled {
+        ops: Vec::new(),
+        kept: Vec::new(),
+    };
+    if targets.is_empty() {
+        return Ok((observed, done));
+    }
+    let p = carve_apply::diff(&observed, &targets).map_err(apply_err)?;
+    done.kept = p.kept.clone();
+    if p.ops.is_empty() {
+        return Ok((observed, done));
+    }
+    let out = carve_apply::execute(backend, &node.store, &targets, &p, false, &mut |_, _, _| {})
+        .map_err(apply_err)?;
+    done.ops = out.ops.iter().map(|o| o.to_string()).collect();
+    let observed = carve_apply::observe(backend, &node.catalog).map_err(apply_err)?;
+    Ok((observed, done))
+}
+
+fn policy_of(s: &str) -> carve_sched::config::PolicyName {
+    use carve_sched::config::PolicyName;
+    match s {
+        "fixed-share" => PolicyName::FixedShare,
+        "best-effort" => PolicyName::BestEffort,
+        _ => PolicyName::EqualShare,
+    }
+}
+
+/// Starts a scheduler per time-sliced GPU of `inv` (stopping the previous ones) and returns the
+/// host paths Allocate hands out.
+fn start_schedulers(state: &State, cfg: &Config, inv: &Inventory) -> Result<HostPaths, String> {
+    use carve_sched::config::{Config as SchedConfig, Identity, TenantConfig};
+    let old: Vec<Sched> =
+        std::mem::take(&mut *state.scheds.lock().unwrap_or_else(|p| p.into_inner()));
+    for s in old {
+        s.server.stop();
+    }
+    let tokens_dir = cfg.run_dir.join("tokens");
+    let mut host = HostPaths {
+        shim: cfg.shim.clone(),
+        ..HostPaths::default()
+    };
+    let mut scheds = Vec::new();
+    for g in &inv.shared {
+        let mut tenants = Vec::new();
+        for (name, share, mem) in &g.tenants {
+            let token = carve_sched::plan::token_for(&tokens_dir, name)?;
+            host.tokens.insert(
+                name.clone(),
+                carve_sched::plan::token_path(&tokens_dir, name),
+            );
+            let fixed = g.policy == "fixed-share";
+            tenants.push(TenantConfig {
+                name: name.clone(),
+                share: if fixed { *share } else { None },
+                memory_limit_bytes: *mem,
+                identity: Identity {
+                    token: Some(token),
+                    ..Identity::default()
+                },
+            });
+        }
+        let config = SchedConfig {
+            policy: policy_of(&g.policy),
+            slice_ms: g.slice_ms,
+            work_conserving: true,
+            averaging_factor: 33,
+            tenants,
+        };
+        config
+            .validate()
+            .map_err(|e| format!("the scheduler of GPU {} cannot start: {e}", g.gpu_index))?;
+        let socket = cfg.run_dir.join(format!("sched-gpu{}.sock", g.gpu_index));
+        let server = carve_sched::server::Server::start(config, &socket)?;
+        host.sched_sockets.insert(g.gpu_index, socket.clone());
+        scheds.push(Sched {
+            gpu_index: g.gpu_index,
+            gpu_uuid: g.gpu_uuid.clone(),
+            socket,
+            server,
+        });
+    }
+    *state.scheds.lock().unwrap_or_else(|p| p.into_inner()) = scheds;
+    Ok(host)
+}
+
+/// Works out and installs what the node offers for `observed`.
+fn install(
+    state: &State,
+    cfg: &Config,
+    observed: Vec<Observed>,
+    plan: Option<(Plan, String)>,
+) -> Result<(), String> {
+    let inv = inventory::inventory(
+        &observed,
+        plan.as_ref().map(|(p, n)| (p, n.as_str())),
+        state.options(),
+    )?;
+    for w in &inv.warnings {
+        tracing::warn!("{w}");
+    }
+    let host = start_schedulers(state, cfg, &inv)?;
+    let lab = labels::labels(
+        &observed,
+        &inv,
+        state.options(),
+        plan.as_ref().map(|(_, n)| n.as_str()),
+    );
+    if let Some(dir) = &cfg.cdi_dir {
+        cdi::write(dir, &cdi::spec(&inv, &host))
+            .map_err(|e| format!("cannot write the CDI spec in {}: {e}", dir.display()))?;
+    }
+    if let Some(f) = &cfg.labels_file {
+        if let Some(d) = f.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(d);
+        }
+        let tmp = f.with_extension("tmp");
+        std::fs::write(&tmp, labels::to_file_text(&lab))
+            .and_then(|()| std::fs::rename(&tmp, f))
+            .map_err(|e| format!("cannot write {}: {e}", f.display()))?;
+    }
+    state.set_node(observed, inv, host, plan, lab);
+    Ok(())
+}
+
+/// Identity of the kubelet's socket (it is a new file after a kubelet restart).
+fn kubelet_id(dir: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(dir.join(KUBELET_SOCKET))
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// The device plugins and their registration.
+struct Plugins {
+    dir: PathBuf,
+    running: Vec<Running>,
+    /// The kubelet socket all running plugins are registered with.
+    registered_with: Option<(u64, u64)>,
+}
+
+impl Plugins {
+    async fn stop_all(&mut self) {
+        for r in self.running.drain(..) {
+            r.stop().await;
+        }
+        self.registered_with = None;
+    }
+
+    async fn start_all(&mut self, state: &Arc<State>) {
+        self.stop_all().await;
+        let inv = state.inventory();
+        for r in &inv.resources {
+            match plugin::serve(state.clone(), &self.dir, &r.name, &r.endpoint) {
+                Ok(p) => self.running.push(p),
+                Err(e) => {
+                    state.metrics.error("serve");
+                    tracing::error!("cannot serve {} on {}: {e}", r.name, r.endpoint);
+                }
+            }
+        }
+    }
+
+    /// Keeps plugins served and registered: called every poll.
+    async fn tend(&mut self, state: &Arc<State>) {
+        let missing = self.running.iter().any(|r| !r.socket.exists());
+        if missing {
+            tracing::info!("plugin sockets were removed (kubelet restart?): serving again");
+            self.start_all(state).await;
+        }
+        let k = kubelet_id(&self.dir);
+        if k.is_some() && k != self.registered_with {
+            let kubelet = self.dir.join(KUBELET_SOCKET);
+            let mut ok = true;
+            for r in &self.running {
+                let endpoint = r
+                    .socket
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                match plugin::register(&kubelet, &r.resource, &endpoint).await {
+                    Ok(()) => {
+                        state.metrics.registered(&r.resource);
+                        tracing::info!("registered {} with the kubelet", r.resource);
+                    }
+                    Err(e) => {
+                        ok = false;
+                        state.metrics.error("register");
+                        tracing::warn!("{e}");
+                    }
+                }
+            }
+            if ok {
+                self.registered_with = k;
+            }
+        }
+    }
+}
+
+/// Watches a simulated node's store for injected XIDs.
+fn watch_sim_health(state: Arc<State>, dir: PathBuf, poll: Duration, stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let mut seen = 0u64;
+        let mut store: Option<Store> = None;
+        while !stop.load(Ordering::Acquire) {
+            if store.is_none() {
+                store = Store::open(&dir).ok();
+            }
+            if let Some(s) = &store {
+                if let Ok(Some(events)) = s.get::<Vec<crate::XidRecord>>(crate::XID_KEY) {
+                    let from = seen;
+                    for e in events.iter().filter(|e| e.seq > from) {
+                        match e.xid {
+                            Some(x) => {
+                                state.xid(&Xid {
+                                    uuid: e.uuid.clone(),
+                                    xid: x,
+                                });
+                            }
+                            None => {
+                                state.set_health(&e.uuid, None);
+                            }
+                        }
+                        seen = seen.max(e.seq);
+                    }
+                }
+            }
+            std::thread::sleep(poll);
+        }
+    });
+}
+
+/// Starts the agent: reconciles, serves, registers. Returns once everything is up.
+pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
+    let state = Arc::new(State::new(cfg.options.clone()));
+    let node = Arc::new(Mutex::new(node));
+    let desired = cfg.desired.clone();
+    let n2 = node.clone();
+    let (observed, done) = tokio::task::spawn_blocking(move || {
+        let mut n = n2.lock().unwrap_or_else(|p| p.into_inner());
+        reconcile(&mut n, &desired)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    state.metrics.reconciled(if done.ops.is_empty() {
+        "unchanged"
+    } else {
+        "changed"
+    });
+    let plan = match &cfg.desired {
+        Desired::Plan { plan, node } => Some(((**plan).clone(), node.clone())),
+        _ => None,
+    };
+    let (st, c2) = (state.clone(), cfg.clone());
+    tokio::task::spawn_blocking(move || install(&st, &c2, observed, plan))
+        .await
+        .map_err(|e| e.to_string())??;
+
+    let mut plugins = Plugins {
+        dir: cfg.device_plugin_dir.clone(),
+        running: Vec::new(),
+        registered_with: None,
+    };
+    plugins.start_all(&state).await;
+    plugins.tend(&state).await;
+
+    let stop_poll = Arc::new(AtomicBool::new(false));
+    if let Some(dir) = &cfg.sim_health {
+        watch_sim_health(
+            state.clone(),
+            dir.clone(),
+            cfg.poll.min(Duration::from_millis(20)),
+            stop_poll.clone(),
+        );
+    }
+
+    let (tx, mut rx) = mpsc::channel::<Command>(8);
+    let control = Control { tx };
+
+    let (api, api_stop, api_task) = match cfg.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let bound = listener.local_addr().map_err(|e| e.to_string())?;
+            let (s_tx, mut s_rx) = watch::channel(false);
+            let app = api::router(api::Ctx {
+                state: state.clone(),
+                token: cfg.api_token.clone(),
+                control: control.clone(),
+            });
+            let task = tokio::spawn(async move {
+                let r = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = s_rx.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!("the HTTP API stopped: {e}");
+                }
+            });
+            (Some(bound), Some(s_tx), Some(task))
+        }
+        None => (None, None, None),
+    };
+
+    let st = state.clone();
+    let poll = cfg.poll;
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => plugins.tend(&st).await,
+                cmd = rx.recv() => match cmd {
+                    None | Some(Command::Stop) => break,
+                    Some(Command::Apply(plan, name, reply)) => {
+                        let desired = Desired::Plan { plan: plan.clone(), node: name.clone() };
+                        let (n2, st2, c2) = (node.clone(), st.clone(), cfg.clone());
+                        let r = tokio::task::spawn_blocking(move || {
+                            let mut n = n2.lock().unwrap_or_else(|p| p.into_inner());
+                            let (observed, done) = reconcile(&mut n, &desired)?;
+                            install(&st2, &c2, observed, Some((*plan, name)))?;
+                            Ok::<_, String>(done)
+                        })
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r);
+                        st.metrics.reconciled(match &r {
+                            Ok(d) if d.ops.is_empty() => "unchanged",
+                            Ok(_) => "changed",
+                            Err(_) => "failed",
+                        });
+                        if r.is_ok() {
+                            // Resources may have come or gone: serve the new set.
+                            plugins.start_all(&st).await;
+                            plugins.tend(&st).await;
+                        }
+                        let _ = reply.send(r);
+                    }
+                },
+            }
+        }
+        plugins.stop_all().await;
+        let scheds: Vec<Sched> =
+            std::mem::take(&mut *st.scheds.lock().unwrap_or_else(|p| p.into_inner()));
+        for s in scheds {
+            s.server.stop();
+        }
+    });
+
+    Ok(Handle {
+        state,
+        api,
+        control,
+        task,
+        stop_poll,
+        api_stop,
+        api_task,
+    })
+}
+
+/// The list of sockets the agent serves (for printing).
+pub fn sockets(state: &State, dir: &Path) -> BTreeMap<String, PathBuf> {
+    state
+        .inventory()
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), dir.join(&r.endpoint)))
+        .collect()
+}

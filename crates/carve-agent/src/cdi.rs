@@ -1,0 +1,117 @@
+//! CDI (Container Device Interface) spec for the node's devices: what a CDI-aware runtime
+//! (containerd ≥ 1.7, CRI-O ≥ 1.24) injects for `carve.dev/gpu=<name>`.
+//!
+//! Each GPU is named twice, by UUID and by index (`0`); each MIG device by UUID and by
+//! `<gpu>:<mig index>`; each time-sliced tenant gets `tenant-<name>`, which adds the shim, the
+//! scheduler socket and the tenant's token. Device nodes are the driver's conventional ones
+//! (`/dev/nvidia<index>`, `/dev/nvidiactl`, `/dev/nvidia-uvm`).
+
+use crate::allocate::{
+    HostPaths, CDI_KIND, CONTAINER_SCHED_SOCKET, CONTAINER_SHIM, CONTAINER_TOKEN,
+};
+use crate::inventory::{DeviceKind, Inventory};
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// The spec's file name in the CDI directory.
+pub const SPEC_FILE: &str = "carve.dev-gpu.json";
+
+fn node(path: &str) -> Value {
+    json!({"path": path})
+}
+
+/// The CDI spec (version 0.6.0) for `inv`.
+pub fn spec(inv: &Inventory, host: &HostPaths) -> Value {
+    let mut devices: Vec<Value> = Vec::new();
+    let mut seen_gpu: Vec<u32> = Vec::new();
+    for (_, d) in inv.devices() {
+        let gpu_node = format!("/dev/nvidia{}", d.gpu_index);
+        match &d.kind {
+            DeviceKind::Mig { index, .. } => {
+                let edits = json!({
+                    "env": [format!("NVIDIA_VISIBLE_DEVICES={}", d.uuid)],
+                    "deviceNodes": [node(&gpu_node)],
+                });
+                for name in [d.uuid.clone(), format!("{}:{index}", d.gpu_index)] {
+                    devices.push(json!({"name": name, "containerEdits": edits.clone()}));
+                }
+            }
+            DeviceKind::Gpu | DeviceKind::Share { .. } => {
+                if seen_gpu.contains(&d.gpu_index) {
+                    continue;
+                }
+                seen_gpu.push(d.gpu_index);
+                let edits = json!({
+                    "env": [format!("NVIDIA_VISIBLE_DEVICES={}", d.uuid)],
+                    "deviceNodes": [node(&gpu_node)],
+                });
+                for name in [d.uuid.clone(), d.gpu_index.to_string()] {
+                    devices.push(json!({"name": name, "containerEdits": edits.clone()}));
+                }
+            }
+        }
+    }
+    if let Some(shim) = &host.shim {
+        for g in &inv.shared {
+            let Some(sock) = host.sched_sockets.get(&g.gpu_index) else {
+                continue;
+            };
+            for (t, _, _) in &g.tenants {
+                let Some(token) = host.tokens.get(t) else {
+                    continue;
+                };
+                devices.push(json!({
+                    "name": format!("tenant-{}", crate::cdi::safe(t)),
+                    "containerEdits": {
+                        "env": [
+                            format!("NVIDIA_VISIBLE_DEVICES={}", g.gpu_uuid),
+                            format!("LD_PRELOAD={CONTAINER_SHIM}"),
+                            format!("CARVE_SCHED_SOCKET={CONTAINER_SCHED_SOCKET}"),
+                            format!("CARVE_TENANT={t}"),
+                            format!("CARVE_TOKEN_FILE={CONTAINER_TOKEN}"),
+                        ],
+                        "deviceNodes": [node(&format!("/dev/nvidia{}", g.gpu_index))],
+                        "mounts": [
+                            {"hostPath": shim, "containerPath": CONTAINER_SHIM, "options": ["ro", "nosuid", "nodev", "bind"]},
+                            {"hostPath": sock, "containerPath": CONTAINER_SCHED_SOCKET, "options": ["rw", "nosuid", "nodev", "bind"]},
+                            {"hostPath": token, "containerPath": CONTAINER_TOKEN, "options": ["ro", "nosuid", "nodev", "bind"]},
+                        ],
+                    }
+                }));
+            }
+        }
+    }
+    json!({
+        "cdiVersion": "0.6.0",
+        "kind": CDI_KIND,
+        "devices": devices,
+        "containerEdits": {
+            "env": ["NVIDIA_VISIBLE_DEVICES=void"],
+            "deviceNodes": [node("/dev/nvidiactl"), node("/dev/nvidia-uvm"), node("/dev/nvidia-uvm-tools")],
+        }
+    })
+}
+
+/// A CDI device name part: `[A-Za-z0-9_.-]`.
+pub fn safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// Writes `spec` into `dir` atomically (a runtime never reads half a file).
+pub fn write(dir: &Path, spec: &Value) -> std::io::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(SPEC_FILE);
+    let tmp = dir.join(format!(".{SPEC_FILE}.tmp"));
+    let text = serde_json::to_string_pretty(spec).expect("JSON values serialise");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}

@@ -1,0 +1,343 @@
+//! The pure parts of the agent: inventory, Allocate's answer, preferred allocation, labels and
+//! the CDI spec, on simulated nodes laid out through `carve apply`'s engine.
+
+use carve_agent::allocate::{allocate, AllocError, HostPaths};
+use carve_agent::inventory::{
+    endpoint_of, inventory, prefer, valid_resource_name, DeviceKind, MigStrategy, Options,
+    Preference,
+};
+use carve_apply::Observed;
+use carve_model::Catalog;
+use carve_sim::SimBackend;
+use carve_state::Store;
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A simulated node of `spec` laid out by the mig-parted config `yaml` (config `c`).
+fn node(spec: &str, yaml: &str) -> Vec<Observed> {
+    let tmp = tempfile::tempdir().unwrap();
+    let catalog = Catalog::embedded();
+    let store = Store::open(tmp.path()).unwrap();
+    let (mut sim, _) = SimBackend::open(
+        Store::open(tmp.path()).unwrap(),
+        catalog.clone(),
+        Some(spec),
+    )
+    .unwrap();
+    let (cfg, _) = carve_migparted::parse(yaml).unwrap();
+    let c = cfg.resolve("c").unwrap().clone();
+    let observed = carve_apply::observe(&mut sim, &catalog).unwrap();
+    let targets = carve_apply::targets_from_migparted(&catalog, &c, &observed).unwrap();
+    let p = carve_apply::diff(&observed, &targets).unwrap();
+    carve_apply::execute(&mut sim, &store, &targets, &p, false, &mut |_, _, _| {}).unwrap();
+    for g in 0..observed.len() as u32 {
+        // MIG mode changes on Ampere wait for a reset.
+        let _ = sim.reset(g);
+    }
+    let p =
+        carve_apply::diff(&carve_apply::observe(&mut sim, &catalog).unwrap(), &targets).unwrap();
+    carve_apply::execute(&mut sim, &store, &targets, &p, false, &mut |_, _, _| {}).unwrap();
+    carve_apply::observe(&mut sim, &catalog).unwrap()
+}
+
+const MIXED: &str = r#"
+version: v1
+mig-configs:
+  c:
+    - devices: [0]
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 2, "1g.10gb+me": 1, "3g.40gb": 1}
+    - devices: [1]
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 7}
+    - devices: [2]
+      mig-enabled: false
+"#;
+
+#[test]
+fn mixed_strategy_names_one_resource_per_profile() {
+    let obs = node("3xH100-80GB", MIXED);
+    let inv = inventory(&obs, None, &Options::default()).unwrap();
+    let names: Vec<&str> = inv.resources.iter().map(|r| r.name.as_str()).collect();
+    let set: BTreeSet<&str> = names.iter().copied().collect();
+    assert_eq!(
+        set,
+        BTreeSet::from([
+            "nvidia.com/mig-1g.10gb",
+            "nvidia.com/mig-1g.10gb.me",
+            "nvidia.com/mig-3g.40gb",
+            "nvidia.com/gpu"
+        ])
+    );
+    let count = |n: &str| inv.resource(n).unwrap().devices.len();
+    assert_eq!(count("nvidia.com/mig-1g.10gb"), 9);
+    assert_eq!(count("nvidia.com/mig-1g.10gb.me"), 1);
+    assert_eq!(count("nvidia.com/mig-3g.40gb"), 1);
+    assert_eq!(count("nvidia.com/gpu"), 1);
+    // Every MIG device of the node, exactly once, by its UUID; indices 0.. per GPU.
+    let mut want: Vec<String> = obs
+        .iter()
+        .flat_map(|o| o.instances.iter())
+        .flat_map(|g| g.compute_instances.iter().map(|c| c.uuid.clone()))
+        .collect();
+    want.sort();
+    let mut got: Vec<String> = inv
+        .devices()
+        .filter(|(_, d)| matches!(d.kind, DeviceKind::Mig { .. }))
+        .map(|(_, d)| d.id.clone())
+        .collect();
+    got.sort();
+    assert_eq!(got, want);
+    for gpu in 0..2u32 {
+        let mut idx: Vec<u32> = inv
+            .devices()
+            .filter_map(|(_, d)| match d.kind {
+                DeviceKind::Mig { index, .. } if d.gpu_index == gpu => Some(index),
+                _ => None,
+            })
+            .collect();
+        idx.sort_unstable();
+        assert_eq!(idx, (0..idx.len() as u32).collect::<Vec<_>>());
+    }
+    for r in &inv.resources {
+        assert!(valid_resource_name(&r.name), "{}", r.name);
+        assert_eq!(r.endpoint, endpoint_of(&r.name));
+        assert!(r.devices.iter().all(|d| d.id.len() <= 63));
+    }
+}
+
+#[test]
+fn single_strategy_needs_one_kind() {
+    let obs = node("3xH100-80GB", MIXED);
+    let single = Options {
+        mig_strategy: MigStrategy::Single,
+        ..Options::default()
+    };
+    let e = inventory(&obs, None, &single).unwrap_err();
+    assert!(e.contains("single MIG strategy"), "{e}");
+    let same = r#"
+version: v1
+mig-configs:
+  c:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 7}
+"#;
+    let obs = node("2xH100-80GB", same);
+    let inv = inventory(&obs, None, &single).unwrap();
+    assert_eq!(inv.resources.len(), 1);
+    assert_eq!(inv.resources[0].name, "nvidia.com/gpu");
+    assert_eq!(inv.resources[0].devices.len(), 14);
+}
+
+#[test]
+fn replicas_of_whole_gpus_are_equal_share_tenants() {
+    let obs = node("3xH100-80GB", MIXED);
+    let opts = Options {
+        replicas: 4,
+        rename_shared: true,
+        ..Options::default()
+    };
+    let inv = inventory(&obs, None, &opts).unwrap();
+    let r = inv.resource("nvidia.com/gpu.shared").unwrap();
+    let ids: Vec<&str> = r.devices.iter().map(|d| d.id.as_str()).collect();
+    let uuid = &obs[2].info.uuid;
+    assert_eq!(
+        ids,
+        (0..4).map(|i| format!("{uuid}::{i}")).collect::<Vec<_>>()
+    );
+    assert!(inv.resource("nvidia.com/gpu").is_none());
+    assert_eq!(inv.shared.len(), 1);
+    assert_eq!(inv.shared[0].tenants.len(), 4);
+    assert_eq!(inv.shared[0].policy, "equal-share");
+}
+
+fn host_for(inv: &carve_agent::inventory::Inventory) -> HostPaths {
+    let mut h = HostPaths {
+        shim: Some("/opt/carve/libcarve_shim.so".into()),
+        ..HostPaths::default()
+    };
+    for g in &inv.shared {
+        h.sched_sockets.insert(
+            g.gpu_index,
+            format!("/run/carve/sched-gpu{}.sock", g.gpu_index).into(),
+        );
+        for (t, _, _) in &g.tenants {
+            h.tokens
+                .insert(t.clone(), format!("/run/carve/tokens/{t}").into());
+        }
+    }
+    h
+}
+
+#[test]
+fn allocate_answers_and_refusals() {
+    let obs = node("3xH100-80GB", MIXED);
+    let opts = Options {
+        replicas: 2,
+        ..Options::default()
+    };
+    let mut inv = inventory(&obs, None, &opts).unwrap();
+    let host = host_for(&inv);
+    let migs: Vec<String> = inv
+        .resource("nvidia.com/mig-1g.10gb")
+        .unwrap()
+        .devices
+        .iter()
+        .map(|d| d.id.clone())
+        .collect();
+    // Two MIG devices: both UUIDs, both CDI names, no shim.
+    let a = allocate(&inv, "nvidia.com/mig-1g.10gb", &migs[..2], &host).unwrap();
+    assert_eq!(a.envs["NVIDIA_VISIBLE_DEVICES"], migs[..2].join(","));
+    assert_eq!(a.cdi_devices.len(), 2);
+    assert!(a.mounts.is_empty() && !a.envs.contains_key("LD_PRELOAD"));
+    // Replicas of two different tenants cannot share a container.
+    let shares: Vec<String> = inv
+        .resource("nvidia.com/gpu")
+        .unwrap()
+        .devices
+        .iter()
+        .map(|d| d.id.clone())
+        .collect();
+    let e = allocate(&inv, "nvidia.com/gpu", &shares, &host).unwrap_err();
+    assert!(matches!(e, AllocError::Invalid(_)), "{e}");
+    // One replica: its tenant's identity.
+    let a = allocate(&inv, "nvidia.com/gpu", &shares[1..2], &host).unwrap();
+    assert_eq!(a.envs["CARVE_TENANT"], "gpu2-r1");
+    assert_eq!(a.envs["NVIDIA_VISIBLE_DEVICES"], obs[2].info.uuid);
+    assert_eq!(a.mounts.len(), 3);
+    // Unknown resource, unknown device, nothing asked.
+    assert!(matches!(
+        allocate(&inv, "nvidia.com/mig-2g.20gb", &migs[..1], &host),
+        Err(AllocError::Unknown(_))
+    ));
+    assert!(matches!(
+        allocate(
+            &inv,
+            "nvidia.com/mig-1g.10gb",
+            &["MIG-nope".to_string()],
+            &host
+        ),
+        Err(AllocError::Unknown(_))
+    ));
+    assert!(matches!(
+        allocate(&inv, "nvidia.com/mig-1g.10gb", &[], &host),
+        Err(AllocError::Invalid(_))
+    ));
+    // A GPU-level XID makes every device on that GPU unhealthy, and Allocate refuses them.
+    let bad = BTreeMap::from([(obs[1].info.uuid.clone(), 79u64)]);
+    assert!(inv.apply_health(&bad));
+    for (_, d) in inv.devices() {
+        assert_eq!(d.healthy, d.gpu_index != 1, "{}", d.id);
+    }
+    let on1 = inv
+        .devices()
+        .find(|(_, d)| d.gpu_index == 1)
+        .map(|(_, d)| d.id.clone())
+        .unwrap();
+    assert!(matches!(
+        allocate(&inv, "nvidia.com/mig-1g.10gb", &[on1], &host),
+        Err(AllocError::Unhealthy(_))
+    ));
+    assert!(!inv.apply_health(&bad), "no change the second time");
+}
+
+#[test]
+fn labels_and_cdi_describe_the_node() {
+    let obs = node("3xH100-80GB", MIXED);
+    let opts = Options {
+        replicas: 3,
+        ..Options::default()
+    };
+    let inv = inventory(&obs, None, &opts).unwrap();
+    let l = carve_agent::labels::labels(&obs, &inv, &opts, Some("node a"));
+    assert_eq!(l["nvidia.com/gpu.count"], "3");
+    assert_eq!(l["nvidia.com/mig.strategy"], "mixed");
+    assert_eq!(l["nvidia.com/mig-1g.10gb.count"], "9");
+    assert_eq!(l["nvidia.com/mig-1g.10gb.me.count"], "1");
+    assert_eq!(l["nvidia.com/mig-3g.40gb.count"], "1");
+    assert_eq!(l["nvidia.com/gpu.replicas"], "3");
+    assert_eq!(l["nvidia.com/gpu.sharing-strategy"], "time-slicing");
+    assert_eq!(l["carve.dev/plan-node"], "node-a");
+    for (k, v) in &l {
+        assert!(v.len() <= 63 && !v.contains(' '), "{k}={v}");
+    }
+    let host = host_for(&inv);
+    let spec = carve_agent::cdi::spec(&inv, &host);
+    assert_eq!(spec["kind"], "carve.dev/gpu");
+    let names: BTreeSet<String> = spec["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_string())
+        .collect();
+    // Every device UUID Allocate hands out as a CDI name is in the spec.
+    for (_, d) in inv.devices() {
+        assert!(names.contains(&d.uuid), "{}", d.uuid);
+    }
+    for t in ["gpu2-r0", "gpu2-r1", "gpu2-r2"] {
+        assert!(names.contains(&format!("tenant-{t}")));
+    }
+    assert!(names.contains("0:0") && names.contains("2"));
+}
+
+fn gpu_of(id: &str) -> Option<u32> {
+    id.split('-').next()?.strip_prefix('g')?.parse().ok()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Whatever the preference: the size asked for (or all there is), every must-include, only
+    /// available devices, no duplicates.
+    #[test]
+    fn preferred_allocation_is_well_formed(
+        free in proptest::collection::vec(0usize..6, 1..6),
+        size in 0usize..12,
+        must_n in 0usize..3,
+        pack in any::<bool>(),
+    ) {
+        let avail: Vec<String> = free.iter().enumerate()
+            .flat_map(|(g, n)| (0..*n).map(move |k| format!("g{g}-{k}")))
+            .collect();
+        let must: Vec<String> = avail.iter().take(must_n.min(size)).cloned().collect();
+        let pref = if pack { Preference::Pack } else { Preference::Spread };
+        let got = prefer(&avail, &must, size, &gpu_of, pref);
+        prop_assert_eq!(got.len(), size.min(avail.len()).max(must.len()));
+        for m in &must { prop_assert!(got.contains(m)); }
+        for g in &got { prop_assert!(avail.contains(g)); }
+        let set: BTreeSet<&String> = got.iter().collect();
+        prop_assert_eq!(set.len(), got.len());
+    }
+
+    /// Spread: no GPU gets two more than another unless that other has nothing left.
+    #[test]
+    fn spread_balances(free in proptest::collection::vec(0usize..6, 1..6), size in 0usize..20) {
+        let avail: Vec<String> = free.iter().enumerate()
+            .flat_map(|(g, n)| (0..*n).map(move |k| format!("g{g}-{k}")))
+            .collect();
+        let got = prefer(&avail, &[], size, &gpu_of, Preference::Spread);
+        let mut per = vec![0usize; free.len()];
+        for g in &got { per[gpu_of(g).unwrap() as usize] += 1; }
+        for a in 0..free.len() {
+            for b in 0..free.len() {
+                if per[a] > per[b] + 1 {
+                    prop_assert_eq!(per[b], free[b], "{:?} of {:?}", per, free);
+                }
+            }
+        }
+    }
+
+    /// Pack: at most one GPU is left partly taken by the choice.
+    #[test]
+    fn pack_fills_gpus(free in proptest::collection::vec(0usize..6, 1..6), size in 0usize..20) {
+        let avail: Vec<String> = free.iter().enumerate()
+            .flat_map(|(g, n)| (0..*n).map(move |k| format!("g{g}-{k}")))
+            .collect();
+        let got = prefer(&avail, &[], size, &gpu_of, Preference::Pack);
+        let mut per = vec![0usize; free.len()];
+        for g in &got { per[gpu_of(g).unwrap() as usize] += 1; }
+        let partial = (0..free.len()).filter(|&g| per[g] > 0 && per[g] < free[g]).count();
+        prop_assert!(partial <= 1, "{:?} of {:?}", per, free);
+    }
+}
