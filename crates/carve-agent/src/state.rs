@@ -146,6 +146,23 @@ impl State {
         self.set_health(&e.uuid, Some(e.xid))
     }
 
+    /// Applies an XID the driver reported on a GPU, or on its MIG device (GPU instance, compute
+    /// instance). A MIG device that cannot be found takes the whole GPU down, as the NVIDIA
+    /// device plugin does with events it cannot place.
+    pub fn xid_at(&self, gpu_uuid: &str, mig: Option<(u32, u32)>, xid: u64) -> bool {
+        let target = mig
+            .and_then(|(gi, ci)| {
+                self.observed()
+                    .iter()
+                    .find(|o| o.info.uuid == gpu_uuid)
+                    .and_then(|o| o.instances.iter().find(|g| g.id == gi))
+                    .and_then(|g| g.compute_instances.iter().find(|c| c.id == ci))
+                    .map(|c| c.uuid.clone())
+            })
+            .unwrap_or_else(|| gpu_uuid.to_string());
+        self.xid(&Xid { uuid: target, xid })
+    }
+
     /// Marks `uuid` unhealthy (`Some(xid)`) or healthy again (`None`). Returns whether device
     /// health changed.
     pub fn set_health(&self, uuid: &str, xid: Option<u64>) -> bool {

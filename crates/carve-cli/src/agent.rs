@@ -329,6 +329,7 @@ fn run(
     backend_note: String,
     sim_health: Option<PathBuf>,
 ) -> Result<Out, Failure> {
+    let nvml = node.backend.kind() == "nvml";
     let opts = options(a)?;
     let listen = listen(a)?;
     let run_for = a.run_for.as_deref().map(parse_duration).transpose()?;
@@ -351,6 +352,17 @@ fn run(
     let json = ctx.json;
     rt.block_on(async move {
         let h = agent::start(cfg, node).await.map_err(Failure::no)?;
+        // On GPUs, the driver's XID events drive device health.
+        let stop_xids = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if nvml {
+            let st = h.state.clone();
+            match carve_nvml::watch_xids(stop_xids.clone(), move |e| {
+                st.xid_at(&e.gpu_uuid, e.mig, e.xid);
+            }) {
+                Ok(_) => {}
+                Err(e) => eprintln!("carve: warning: no XID events, so no health checks: {e}"),
+            }
+        }
         if json {
             println!(
                 "{}",
@@ -361,6 +373,7 @@ fn run(
             output::emit(&summary(&h, &p, &token_file, &backend_note));
         }
         until_stopped(run_for).await;
+        stop_xids.store(true, std::sync::atomic::Ordering::Release);
         h.shutdown().await;
         if json {
             Ok(Out::json(&json!({"stopped": true}), 0))

@@ -271,3 +271,120 @@ fn a_busy_instance_through_nvml_is_refused_and_nothing_changes() {
     );
     assert!(!n.devices().contains_key(&busy_uuid));
 }
+
+#[path = "support/http.rs"]
+mod http_client;
+
+/// `carve agent` on the NVML backend: it keeps the applied layout, offers its MIG devices, and an
+/// XID the driver reports (the stand-in's event file) makes exactly that MIG device unhealthy.
+#[test]
+fn agent_takes_health_from_nvml_xid_events() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::time::{Duration, Instant};
+    let n = Node::new("agent", "2xH100-80GB");
+    n.cmd()
+        .args(["--backend", "nvml", "apply"])
+        .arg(&n.config)
+        .args(["-c", "balanced"])
+        .assert()
+        .success();
+    let events = n.dir.join("events.jsonl");
+    std::fs::write(&events, "").unwrap();
+    let c = n.cmd();
+    let mut cmd = std::process::Command::new(c.get_program());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let mut child = cmd
+        .env("CARVE_FAKE_NVML_EVENTS", &events)
+        .args([
+            "--backend",
+            "nvml",
+            "--json",
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--device-plugin-dir")
+        .arg(n.dir.join("dp"))
+        .arg("--cdi-dir")
+        .arg(n.dir.join("cdi"))
+        .arg("--run-dir")
+        .arg(n.dir.join("run"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let api = ready["api"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let sockets = ready["sockets"].as_object().unwrap();
+    for r in [
+        "nvidia.com/mig-1g.10gb",
+        "nvidia.com/mig-2g.20gb",
+        "nvidia.com/mig-3g.40gb",
+    ] {
+        assert!(sockets.contains_key(r), "{r}: {sockets:?}");
+    }
+    let gpus = |api: &str| -> Value {
+        serde_json::from_str(&http_client::http(api, "GET", "/v1/gpus", None, "").1).unwrap()
+    };
+    let g = gpus(&api);
+    let devs = g["gpus"][1]["devices"].as_array().unwrap().clone();
+    assert_eq!(devs.len(), 4, "balanced: 2 + 1 + 1 MIG devices");
+    let victim = devs.iter().find(|d| d["profile"] == "2g.20gb").unwrap();
+    let (gi, ci) = (
+        victim["gi"].as_u64().unwrap(),
+        victim["ci"].as_u64().unwrap(),
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&events)
+        .unwrap();
+    // An application XID first (ignored), then XID 48 on that MIG device.
+    writeln!(f, "{{\"gpu\": 1, \"xid\": 13, \"gi\": {gi}, \"ci\": {ci}}}").unwrap();
+    writeln!(f, "{{\"gpu\": 1, \"xid\": 48, \"gi\": {gi}, \"ci\": {ci}}}").unwrap();
+    f.flush().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let g = gpus(&api);
+        let all: Vec<&Value> = g["gpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|x| x["devices"].as_array().unwrap())
+            .collect();
+        let sick: Vec<&str> = all
+            .iter()
+            .filter(|d| d["healthy"] == false)
+            .map(|d| d["id"].as_str().unwrap())
+            .collect();
+        if !sick.is_empty() {
+            assert_eq!(sick, [victim["id"].as_str().unwrap()]);
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "the XID never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, m) = http_client::http(&api, "GET", "/metrics", None, "");
+    assert!(
+        m.contains("carve_health_events_total{xid=\"13\",application=\"true\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("carve_health_events_total{xid=\"48\",application=\"false\"} 1"),
+        "{m}"
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}

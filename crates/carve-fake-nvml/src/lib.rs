@@ -1361,6 +1361,175 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v2(
     running_processes(device, infoCount, infos)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Events: XIDs a test writes, one JSON object per line, into the file named by
+// `CARVE_FAKE_NVML_EVENTS`: `{"gpu": 0, "xid": 79}`, with `"gi"` and `"ci"` for a MIG device.
+// An event set sees the lines written after it was created, for the GPUs registered with it
+// for `nvmlEventTypeXidCriticalError`.
+
+pub const ENV_EVENTS: &str = "CARVE_FAKE_NVML_EVENTS";
+/// `nvmlEventData_t.gpuInstanceId` when the event is not about a MIG device.
+const NO_INSTANCE: c_uint = 0xFFFF_FFFF;
+
+struct EventSet {
+    /// GPUs registered for XID events.
+    gpus: Vec<u32>,
+    /// How far into the events file this set has read.
+    offset: u64,
+}
+
+static EVENT_SETS: Mutex<Vec<Option<EventSet>>> = Mutex::new(Vec::new());
+
+fn event_sets() -> MutexGuard<'static, Vec<Option<EventSet>>> {
+    EVENT_SETS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn events_path() -> Option<PathBuf> {
+    std::env::var_os(ENV_EVENTS)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+fn set_index(set: nvmlEventSet_t) -> Result<usize, Rc> {
+    (set as usize)
+        .checked_sub(1)
+        .filter(|i| event_sets().get(*i).is_some_and(Option::is_some))
+        .ok_or(ERROR_INVALID_ARGUMENT)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut nvmlEventSet_t) -> Rc {
+    guard(|| {
+        read(|_| Ok(()))?;
+        let offset = events_path()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len());
+        let mut sets = event_sets();
+        sets.push(Some(EventSet {
+            gpus: Vec::new(),
+            offset,
+        }));
+        out(set, sets.len() as nvmlEventSet_t)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetSupportedEventTypes(
+    device: nvmlDevice_t,
+    types: *mut std::os::raw::c_ulonglong,
+) -> Rc {
+    guard(|| {
+        let h = decode_ptr(device)?;
+        read(|f| f.device(h))?;
+        out(
+            types,
+            nvmlEventTypeXidCriticalError as std::os::raw::c_ulonglong,
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceRegisterEvents(
+    device: nvmlDevice_t,
+    types: std::os::raw::c_ulonglong,
+    set: nvmlEventSet_t,
+) -> Rc {
+    guard(|| {
+        let h = decode_ptr(device)?;
+        let gpu = read(|f| f.device(h))?;
+        let i = set_index(set)?;
+        if types & !(nvmlEventTypeXidCriticalError as std::os::raw::c_ulonglong) != 0 {
+            return Err(ERROR_NOT_SUPPORTED);
+        }
+        if let Some(Some(s)) = event_sets().get_mut(i) {
+            if !s.gpus.contains(&gpu) {
+                s.gpus.push(gpu);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The next event for set `i` in the events file, advancing past what it read.
+fn next_event(i: usize) -> Result<Option<(u32, u64, c_uint, c_uint)>, Rc> {
+    let Some(path) = events_path() else {
+        return Ok(None);
+    };
+    let Ok(text) = std::fs::read(&path) else {
+        return Ok(None);
+    };
+    let mut sets = event_sets();
+    let s = sets
+        .get_mut(i)
+        .and_then(Option::as_mut)
+        .ok_or(ERROR_INVALID_ARGUMENT)?;
+    while (s.offset as usize) < text.len() {
+        let rest = &text[s.offset as usize..];
+        // Only whole lines: a writer may be half-way through one.
+        let Some(end) = rest.iter().position(|b| *b == b'\n') else {
+            break;
+        };
+        s.offset += end as u64 + 1;
+        let line = String::from_utf8_lossy(&rest[..end]);
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
+            continue;
+        };
+        let (Some(gpu), Some(xid)) = (v["gpu"].as_u64(), v["xid"].as_u64()) else {
+            continue;
+        };
+        let gpu = gpu as u32;
+        if !s.gpus.contains(&gpu) {
+            continue;
+        }
+        let id = |k: &str| v[k].as_u64().map_or(NO_INSTANCE, |x| x as c_uint);
+        return Ok(Some((gpu, xid, id("gi"), id("ci"))));
+    }
+    Ok(None)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlEventSetWait_v2(
+    set: nvmlEventSet_t,
+    data: *mut nvmlEventData_t,
+    timeoutms: c_uint,
+) -> Rc {
+    guard(|| {
+        let i = set_index(set)?;
+        if data.is_null() {
+            return Err(ERROR_INVALID_ARGUMENT);
+        }
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(timeoutms as u64);
+        loop {
+            if let Some((gpu, xid, gi, ci)) = next_event(i)? {
+                return out(
+                    data,
+                    nvmlEventData_t {
+                        device: Handle::Device(gpu).ptr()?,
+                        eventType: nvmlEventTypeXidCriticalError as std::os::raw::c_ulonglong,
+                        eventData: xid,
+                        gpuInstanceId: gi,
+                        computeInstanceId: ci,
+                    },
+                );
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(nvmlReturn_enum_NVML_ERROR_TIMEOUT);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlEventSetFree(set: nvmlEventSet_t) -> Rc {
+    guard(|| {
+        let i = set_index(set)?;
+        event_sets()[i] = None;
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

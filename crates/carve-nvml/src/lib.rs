@@ -563,6 +563,114 @@ impl NvmlBackend {
     }
 }
 
+/// An XID reported by the driver: on a GPU, or on the MIG device (GPU instance `gi`, compute
+/// instance `ci`) of a GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XidEvent {
+    pub gpu_index: u32,
+    pub gpu_uuid: String,
+    pub mig: Option<(u32, u32)>,
+    pub xid: u64,
+}
+
+/// `nvmlEventData_t.gpuInstanceId` when the event is not about one MIG device.
+const NO_INSTANCE: c_uint = 0xFFFF_FFFF;
+
+/// Watches every GPU for critical XID events (`nvmlEventTypeXidCriticalError`) on a thread of
+/// its own, with its own NVML handle, until `stop` is set; `on` gets each event. GPUs that do
+/// not support the event are skipped. Returns once the watch is set up, or why it cannot be.
+pub fn watch_xids(
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mut on: impl FnMut(XidEvent) + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+    let t = std::thread::spawn(move || {
+        let setup = || -> Result<(NvmlBackend, nvmlEventSet_t, Vec<String>)> {
+            let b = NvmlBackend::open()?;
+            let lib = b.nvml.lib();
+            let (create, name) = func!(lib, nvmlEventSetCreate);
+            let mut set: nvmlEventSet_t = std::ptr::null_mut();
+            // SAFETY: NVML writes an event set handle.
+            check(unsafe { create(&mut set) }, name, String::new)?;
+            let (register, rname) = func!(lib, nvmlDeviceRegisterEvents);
+            let n = b
+                .nvml
+                .device_count()
+                .map_err(|e| map_nvml_error(e, "nvmlDeviceGetCount_v2", ""))?;
+            let mut uuids = Vec::new();
+            for i in 0..n {
+                let d = b.device(i)?;
+                let uuid = b
+                    .nvml
+                    .device_by_index(i)
+                    .and_then(|d| d.uuid())
+                    .unwrap_or_default();
+                uuids.push(uuid);
+                // SAFETY: a device handle and an event set handle NVML gave us.
+                let rc = unsafe { register(d, nvmlEventTypeXidCriticalError as u64, set) };
+                if rc != SUCCESS && rc != nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED {
+                    return Err(map_return_code(rc, rname, &format!("GPU {i}")));
+                }
+            }
+            Ok((b, set, uuids))
+        };
+        let (b, set, uuids) = match setup() {
+            Ok(x) => {
+                let _ = ready_tx.send(Ok(()));
+                x
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        let lib = b.nvml.lib();
+        let (Ok(wait), Ok(index_of)) = (
+            sym(&lib.nvmlEventSetWait_v2, "nvmlEventSetWait_v2"),
+            sym(&lib.nvmlDeviceGetIndex, "nvmlDeviceGetIndex"),
+        ) else {
+            return;
+        };
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            // SAFETY: a plain C struct NVML fills in.
+            let mut data: nvmlEventData_t = unsafe { std::mem::zeroed() };
+            // SAFETY: the set is ours and alive; `data` is writable.
+            let rc = unsafe { wait(set, &mut data, 200) };
+            if rc == nvmlReturn_enum_NVML_ERROR_TIMEOUT {
+                continue;
+            }
+            if rc != SUCCESS {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                continue;
+            }
+            let mut idx: c_uint = 0;
+            // SAFETY: the device handle NVML put in the event.
+            if unsafe { index_of(data.device, &mut idx) } != SUCCESS {
+                continue;
+            }
+            on(XidEvent {
+                gpu_index: idx,
+                gpu_uuid: uuids.get(idx as usize).cloned().unwrap_or_default(),
+                mig: (data.gpuInstanceId != NO_INSTANCE)
+                    .then_some((data.gpuInstanceId, data.computeInstanceId)),
+                xid: data.eventData,
+            });
+        }
+        if let Ok(free) = sym(&lib.nvmlEventSetFree, "nvmlEventSetFree") {
+            // SAFETY: freeing the set we created, once.
+            unsafe { free(set) };
+        }
+    });
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(t),
+        Ok(Err(e)) => {
+            let _ = t.join();
+            Err(e)
+        }
+        Err(_) => Err(BackendError::Other("the XID watcher died".into())),
+    }
+}
+
 impl Backend for NvmlBackend {
     fn kind(&self) -> &'static str {
         "nvml"
