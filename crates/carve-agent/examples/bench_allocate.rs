@@ -80,6 +80,8 @@ async fn main() {
         },
         sim_health: None,
         poll: Duration::from_millis(100),
+        label_node: None,
+        kubeconfig: None,
     };
     let node = Node {
         backend: Box::new(sim),

@@ -58,6 +58,10 @@ pub struct Config {
     pub sim_health: Option<PathBuf>,
     /// How often the kubelet directory (and injected health) is looked at.
     pub poll: Duration,
+    /// Put the labels on this Node object through the Kubernetes API (feature `kube`).
+    pub label_node: Option<String>,
+    /// The kubeconfig for that; default: in-cluster, `$KUBECONFIG` or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// A backend and the store its applies are journaled in, owned by the control task.
@@ -421,6 +425,42 @@ pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
         .await
         .map_err(|e| e.to_string())??;
 
+    #[cfg(not(feature = "kube"))]
+    if cfg.label_node.is_some() {
+        return Err(
+            "this carve was built without the `kube` feature: it cannot label nodes".into(),
+        );
+    }
+    #[cfg(feature = "kube")]
+    let kube_client = match &cfg.label_node {
+        Some(_) => Some(crate::kube::client(cfg.kubeconfig.as_deref()).await?),
+        None => None,
+    };
+    let label_node = {
+        #[cfg(feature = "kube")]
+        {
+            let (client, node) = (kube_client.clone(), cfg.label_node.clone());
+            move |st: Arc<State>| {
+                if let (Some(c), Some(n)) = (client.clone(), node.clone()) {
+                    tokio::spawn(async move {
+                        match crate::kube::apply_labels(c, &n, &st.labels()).await {
+                            Ok(()) => st.metrics.labelled("ok"),
+                            Err(e) => {
+                                tracing::warn!("{e}");
+                                st.metrics.labelled("failed");
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        #[cfg(not(feature = "kube"))]
+        {
+            |_: Arc<State>| {}
+        }
+    };
+    label_node(state.clone());
+
     let mut plugins = Plugins {
         dir: cfg.device_plugin_dir.clone(),
         running: Vec::new(),
@@ -500,6 +540,7 @@ pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
                             // Resources may have come or gone: serve the new set.
                             plugins.start_all(&st).await;
                             plugins.tend(&st).await;
+                            label_node(st.clone());
                         }
                         let _ = reply.send(r);
                     }

@@ -7,12 +7,15 @@
 //! - [`state`]: shared state and Prometheus metrics.
 //! - [`api`]: the HTTP API.
 //! - [`agent`]: the control loop tying them together.
+//! - `kube` (feature `kube`): the labels onto the Node object through the Kubernetes API.
 
 pub mod agent;
 pub mod allocate;
 pub mod api;
 pub mod cdi;
 pub mod inventory;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod labels;
 pub mod plugin;
 pub mod state;

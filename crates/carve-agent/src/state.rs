@@ -228,6 +228,7 @@ pub struct Metrics {
     reconciliations: Family<Labels, Counter>,
     errors: Family<Labels, Counter>,
     registrations: Family<Labels, Counter>,
+    node_labelling: Family<Labels, Counter>,
     snapshot: Arc<Mutex<Snapshot>>,
 }
 
@@ -274,6 +275,12 @@ impl Metrics {
             "Registrations with the kubelet, per resource",
             registrations.clone(),
         );
+        let node_labelling = Family::<Labels, Counter>::default();
+        registry.register(
+            "node_labelling",
+            "Applications of the labels to the Node object, by result",
+            node_labelling.clone(),
+        );
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         registry.register_collector(Box::new(SnapshotCollector(snapshot.clone())));
         Metrics {
@@ -285,6 +292,7 @@ impl Metrics {
             reconciliations,
             errors,
             registrations,
+            node_labelling,
             snapshot,
         }
     }
@@ -326,6 +334,12 @@ impl Metrics {
 
     pub fn error(&self, kind: &str) {
         self.errors.get_or_create(&Self::l(&[("kind", kind)])).inc();
+    }
+
+    pub fn labelled(&self, result: &str) {
+        self.node_labelling
+            .get_or_create(&Self::l(&[("result", result)]))
+            .inc();
     }
 
     pub fn registered(&self, resource: &str) {

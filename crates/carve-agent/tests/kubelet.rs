@@ -228,6 +228,8 @@ async fn setup(options: Options) -> Setup {
         },
         sim_health: Some(state.clone()),
         poll: Duration::from_millis(100),
+        label_node: None,
+        kubeconfig: None,
     };
     let node = Node {
         backend: Box::new(sim),
@@ -653,6 +655,8 @@ async fn plugins_wait_for_a_kubelet_that_comes_later() {
         desired: Desired::AsIs,
         sim_health: None,
         poll: Duration::from_millis(100),
+        label_node: None,
+        kubeconfig: None,
     };
     let node = Node {
         backend: Box::new(sim),

@@ -62,6 +62,13 @@ pub struct AgentArgs {
     /// GetPreferredAllocation: spread over GPUs or pack onto few.
     #[arg(long, value_enum, default_value_t = PreferArg::Spread)]
     pub prefer: PreferArg,
+    /// Also put the labels on this Node object through the Kubernetes API (in a cluster: the
+    /// node's name, e.g. `--label-node $NODE_NAME` from the downward API).
+    #[arg(long, value_name = "NODE")]
+    pub label_node: Option<String>,
+    /// The kubeconfig for --label-node (default: in-cluster, $KUBECONFIG or ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
     /// Stop after this long (for tests and demos), e.g. 30s; default: until Ctrl-C.
     #[arg(long, value_name = "DURATION", hide = true)]
     pub run_for: Option<String>,
@@ -347,6 +354,8 @@ fn run(
         desired,
         sim_health,
         poll: Duration::from_millis(100),
+        label_node: a.label_node.clone(),
+        kubeconfig: a.kubeconfig.clone(),
     };
     let rt = runtime()?;
     let json = ctx.json;
