@@ -357,6 +357,8 @@ struct Snapshot {
     /// Per tenant of a scheduler: labels, target, achieved, throttled s, GPU s, turns,
     /// memory used bytes, memory limit bytes, clients.
     tenants: Vec<(Labels, [f64; 6], Option<f64>)>,
+    /// Per tenant: launch-wait histogram (per-bucket counts, sum in s).
+    waits: Vec<(Labels, Vec<u64>, f64)>,
 }
 
 impl Snapshot {
@@ -396,6 +398,7 @@ impl Snapshot {
             })
             .collect();
         let mut tenants = Vec::new();
+        let mut waits = Vec::new();
         for (gpu, _, st) in s.sched_status() {
             for t in &st.tenants {
                 tenants.push((
@@ -410,12 +413,18 @@ impl Snapshot {
                     ],
                     t.memory_limit_mib.map(|m| m * 1024.0 * 1024.0),
                 ));
+                waits.push((
+                    Metrics::l(&[("gpu", &gpu.to_string()), ("tenant", &t.name)]),
+                    t.wait_buckets.clone(),
+                    t.wait_sum_ns as f64 / 1e9,
+                ));
             }
         }
         Snapshot {
             gpus,
             devices,
             tenants,
+            waits,
         }
     }
 }
@@ -515,6 +524,24 @@ impl Collector for SnapshotCollector {
             "Device memory a tenant may hold",
             &lim,
         )?;
+        let mut m = enc.encode_descriptor(
+            "tenant_launch_wait_seconds",
+            "How long a launch that found no turn waited for its tenant's turn",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        for (l, counts, sum) in &s.waits {
+            let bounds = carve_sched::proto::WAIT_BUCKETS_NS
+                .iter()
+                .map(|ns| *ns as f64 / 1e9)
+                .chain(std::iter::once(f64::MAX));
+            let buckets: Vec<(f64, u64)> = bounds.zip(counts.iter().copied()).collect();
+            let count = counts.iter().sum();
+            m.encode_family(l)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    *sum, count, &buckets, None,
+                )?;
+        }
         Ok(())
     }
 }

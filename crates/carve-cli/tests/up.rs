@@ -148,9 +148,20 @@ fn up_serves_allocates_and_enforces() {
         "carve_device_healthy{",
         "carve_reconciliations_total{result=\"changed\"} 1",
         "carve_allocate_duration_seconds_bucket",
+        "carve_tenant_launch_wait_seconds_bucket{gpu=\"1\",tenant=\"notebooks\",le=\"0.00005\"}",
     ] {
         assert!(m.contains(want), "{want} in\n{m}");
     }
+    // The notebooks' launches waited for turns (the first one at least): counted.
+    let waits: u64 = m
+        .lines()
+        .find(|l| {
+            l.starts_with("carve_tenant_launch_wait_seconds_count{gpu=\"1\",tenant=\"notebooks\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(waits >= 1, "{m}");
 
     // Writes need the token.
     let (code, _) = http(&api, "POST", "/v1/plan", None, "{}");

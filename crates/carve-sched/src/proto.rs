@@ -105,7 +105,29 @@ pub struct TenantStatus {
     pub memory_limit_mib: Option<f64>,
     /// Connected client processes.
     pub clients: u32,
+    /// How long launches that found no turn waited for one: a count per bucket of
+    /// [`WAIT_BUCKETS_NS`], the last for longer waits.
+    #[serde(default)]
+    pub wait_buckets: Vec<u64>,
+    /// The sum of those waits.
+    #[serde(default)]
+    pub wait_sum_ns: u64,
 }
+
+/// Upper bounds of the launch-wait histogram buckets, ns.
+pub const WAIT_BUCKETS_NS: [u64; 11] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+];
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds.
 pub fn now_ns() -> u64 {

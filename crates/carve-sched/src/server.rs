@@ -33,6 +33,9 @@ struct TenantState {
     throttled: u64,
     /// Since when it has waited with work (for `throttled`).
     waiting_since: Option<u64>,
+    /// Launch waits per bucket of `proto::WAIT_BUCKETS_NS` (+ one for longer), and their sum.
+    wait_hist: [u64; proto::WAIT_BUCKETS_NS.len() + 1],
+    wait_sum: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -327,6 +330,7 @@ fn schedule_loop(s: &Shared) {
 fn acquire(s: &Shared, me: usize) -> Option<(u64, u64)> {
     let mut st = s.lock();
     let now = proto::now_ns();
+    let asked = now;
     {
         let ts = &mut st.tenants[me];
         ts.waiting += 1;
@@ -354,6 +358,13 @@ fn acquire(s: &Shared, me: usize) -> Option<(u64, u64)> {
                 t.running += 1;
                 let got = (t.seq, t.until);
                 let ts = &mut st.tenants[me];
+                let waited = now.saturating_sub(asked);
+                let b = proto::WAIT_BUCKETS_NS
+                    .iter()
+                    .position(|&ub| waited <= ub)
+                    .unwrap_or(proto::WAIT_BUCKETS_NS.len());
+                ts.wait_hist[b] += 1;
+                ts.wait_sum += waited;
                 ts.waiting -= 1;
                 if ts.waiting == 0 {
                     if let Some(since) = ts.waiting_since.take() {
@@ -635,6 +646,8 @@ fn status(s: &Shared) -> StatusReport {
                 memory_used_mib: ts.memory_used as f64 / (1024.0 * 1024.0),
                 memory_limit_mib: t.memory_limit_bytes.map(|b| b as f64 / (1024.0 * 1024.0)),
                 clients: ts.clients,
+                wait_buckets: ts.wait_hist.to_vec(),
+                wait_sum_ns: ts.wait_sum,
             }
         })
         .collect();
