@@ -148,7 +148,7 @@ fn up_serves_allocates_and_enforces() {
         "carve_device_healthy{",
         "carve_reconciliations_total{result=\"changed\"} 1",
         "carve_allocate_duration_seconds_bucket",
-        "carve_tenant_launch_wait_seconds_bucket{gpu=\"1\",tenant=\"notebooks\",le=\"0.00005\"}",
+        "carve_tenant_launch_wait_seconds_bucket{le=\"0.00005\",gpu=\"1\",tenant=\"notebooks\"}",
     ] {
         assert!(m.contains(want), "{want} in\n{m}");
     }
