@@ -10,7 +10,6 @@ use carve_sim::SimBackend;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -107,40 +106,23 @@ fn listen(a: &AgentArgs) -> Result<Option<SocketAddr>, Failure> {
     })
 }
 
-/// The API token: from --api-token-file, else made once in `state/api-token` (0600).
+/// The API token: from --api-token-file, else made once in `state/api-token` (0600), as the
+/// schedulers' tenant tokens are.
 fn api_token(a: &AgentArgs, state: &Path) -> Result<(String, PathBuf), Failure> {
-    let path = a
-        .api_token_file
-        .clone()
-        .unwrap_or_else(|| state.join("api-token"));
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        let t = t.trim().to_string();
-        if t.len() < 16 {
-            return Err(Failure::bad(format!(
-                "{}: the API token must be at least 16 characters",
-                path.display()
-            )));
-        }
-        return Ok((t, path));
+    let Some(path) = a.api_token_file.clone() else {
+        let t = carve_sched::plan::token_for(state, "api-token").map_err(Failure::no)?;
+        return Ok((t, carve_sched::plan::token_path(state, "api-token")));
+    };
+    let t = std::fs::read_to_string(&path)
+        .map_err(|e| Failure::bad(format!("cannot read {}: {e}", path.display())))?
+        .trim()
+        .to_string();
+    if t.len() < 16 {
+        return Err(Failure::bad(format!(
+            "{}: the API token must be at least 16 characters",
+            path.display()
+        )));
     }
-    if a.api_token_file.is_some() {
-        return Err(Failure::bad(format!("cannot read {}", path.display())));
-    }
-    let mut b = [0u8; 24];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(|e| Failure::no(format!("cannot make an API token: {e}")))?;
-    let t: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    std::fs::create_dir_all(state)
-        .map_err(|e| Failure::no(format!("cannot create {}: {e}", state.display())))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| Failure::no(format!("cannot create {}: {e}", path.display())))?;
-    std::io::Write::write_all(&mut f, t.as_bytes()).map_err(|e| Failure::no(e.to_string()))?;
     Ok((t, path))
 }
 
@@ -208,15 +190,23 @@ async fn until_stopped(run_for: Option<Duration>) {
 fn summary(h: &Handle, p: &Paths, token_file: &Path, backend_note: &str) -> String {
     let mut s = String::new();
     s.push_str(&format!("carve agent is up on {backend_note}\n\n"));
-    let mut rows = vec![vec!["".into(), "".into()]];
-    rows.clear();
+    let mut rows: Vec<Vec<String>> = Vec::new();
     let sockets = agent::sockets(&h.state, &p.plugins);
     for (res, sock) in &sockets {
         rows.push(vec![format!("plugin {res}"), sock.display().to_string()]);
     }
+    let kubelet = p.plugins.join("kubelet.sock");
     rows.push(vec![
         "kubelet socket".into(),
-        p.plugins.join("kubelet.sock").display().to_string(),
+        format!(
+            "{}{}",
+            kubelet.display(),
+            if kubelet.exists() {
+                ""
+            } else {
+                " (none yet: the plugins register when a kubelet makes it)"
+            }
+        ),
     ]);
     rows.push(vec![
         "CDI spec".into(),
@@ -252,17 +242,23 @@ fn summary(h: &Handle, p: &Paths, token_file: &Path, backend_note: &str) -> Stri
     ]];
     for o in h.state.observed().iter() {
         let mig = o.info.mig.is_some_and(|m| m.current);
-        let devs: Vec<String> = inv
-            .devices()
-            .filter(|(_, d)| d.gpu_index == o.info.index)
-            .map(|(r, d)| {
-                let short = r.strip_prefix("nvidia.com/").unwrap_or(r);
-                format!(
-                    "{short}: {}{}",
-                    d.tenant.as_deref().unwrap_or("-"),
-                    if d.healthy { "" } else { " (unhealthy)" }
-                )
-            })
+        // "resource: tenant", repeated ones counted ("carve.dev/notebooks: notebooks ×4").
+        let mut devs: Vec<(String, usize)> = Vec::new();
+        for (r, d) in inv.devices().filter(|(_, d)| d.gpu_index == o.info.index) {
+            let short = r.strip_prefix("nvidia.com/").unwrap_or(r);
+            let label = format!(
+                "{short}: {}{}",
+                d.tenant.as_deref().unwrap_or("-"),
+                if d.healthy { "" } else { " (unhealthy)" }
+            );
+            match devs.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, n)) => *n += 1,
+                None => devs.push((label, 1)),
+            }
+        }
+        let devs: Vec<String> = devs
+            .into_iter()
+            .map(|(l, n)| if n > 1 { format!("{l} ×{n}") } else { l })
             .collect();
         let mode = if mig {
             "MIG"
