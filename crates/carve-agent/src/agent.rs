@@ -269,7 +269,12 @@ fn install(
     for w in &inv.warnings {
         tracing::warn!("{w}");
     }
-    let host = start_schedulers(state, cfg, &inv)?;
+    let mut host = start_schedulers(state, cfg, &inv)?;
+    let gpus: Vec<(u32, String)> = observed
+        .iter()
+        .map(|o| (o.info.index, o.info.pci_bus_id.clone()))
+        .collect();
+    host.nodes = crate::host::DeviceNodes::read(Path::new("/proc"), &gpus);
     let lab = labels::labels(
         &observed,
         &inv,

@@ -26,6 +26,8 @@ pub struct HostPaths {
     pub sched_sockets: BTreeMap<u32, PathBuf>,
     /// The token file of each tenant.
     pub tokens: BTreeMap<String, PathBuf>,
+    /// The driver's device nodes (for the CDI spec).
+    pub nodes: crate::host::DeviceNodes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,8 +3,10 @@
 //!
 //! Each GPU is named twice, by UUID and by index (`0`); each MIG device by UUID and by
 //! `<gpu>:<mig index>`; each time-sliced tenant gets `tenant-<name>`, which adds the shim, the
-//! scheduler socket and the tenant's token. Device nodes are the driver's conventional ones
-//! (`/dev/nvidia<index>`, `/dev/nvidiactl`, `/dev/nvidia-uvm`).
+//! scheduler socket and the tenant's token. Device nodes: `/dev/nvidia<minor>` (the driver's
+//! minor number where `/proc` tells it, else the index), a MIG device's capability devices
+//! (`/dev/nvidia-caps/nvidia-cap<N>`) where the driver lists them, and `/dev/nvidiactl`,
+//! `/dev/nvidia-uvm` for all.
 
 use crate::allocate::{
     HostPaths, CDI_KIND, CONTAINER_SCHED_SOCKET, CONTAINER_SHIM, CONTAINER_TOKEN,
@@ -25,12 +27,19 @@ pub fn spec(inv: &Inventory, host: &HostPaths) -> Value {
     let mut devices: Vec<Value> = Vec::new();
     let mut seen_gpu: Vec<u32> = Vec::new();
     for (_, d) in inv.devices() {
-        let gpu_node = format!("/dev/nvidia{}", d.gpu_index);
+        let gpu_node = host.nodes.gpu_node(d.gpu_index);
         match &d.kind {
-            DeviceKind::Mig { index, .. } => {
+            DeviceKind::Mig { index, gi, ci, .. } => {
+                let mut nodes = vec![node(&gpu_node)];
+                nodes.extend(
+                    host.nodes
+                        .mig_nodes(d.gpu_index, *gi, *ci)
+                        .iter()
+                        .map(|p| node(p)),
+                );
                 let edits = json!({
                     "env": [format!("NVIDIA_VISIBLE_DEVICES={}", d.uuid)],
-                    "deviceNodes": [node(&gpu_node)],
+                    "deviceNodes": nodes,
                 });
                 for name in [d.uuid.clone(), format!("{}:{index}", d.gpu_index)] {
                     devices.push(json!({"name": name, "containerEdits": edits.clone()}));
@@ -70,7 +79,7 @@ pub fn spec(inv: &Inventory, host: &HostPaths) -> Value {
                             format!("CARVE_TENANT={t}"),
                             format!("CARVE_TOKEN_FILE={CONTAINER_TOKEN}"),
                         ],
-                        "deviceNodes": [node(&format!("/dev/nvidia{}", g.gpu_index))],
+                        "deviceNodes": [node(&host.nodes.gpu_node(g.gpu_index))],
                         "mounts": [
                             {"hostPath": shim, "containerPath": CONTAINER_SHIM, "options": ["ro", "nosuid", "nodev", "bind"]},
                             {"hostPath": sock, "containerPath": CONTAINER_SCHED_SOCKET, "options": ["rw", "nosuid", "nodev", "bind"]},

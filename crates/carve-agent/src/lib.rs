@@ -2,7 +2,8 @@
 //!
 //! - [`inventory`]: the resources and devices the node offers (pure).
 //! - [`allocate`]: what a container gets for its devices (pure).
-//! - [`cdi`], [`labels`]: the CDI spec and GFD-style node labels (pure, plus atomic writes).
+//! - [`cdi`], [`labels`]: the CDI spec and GFD-style node labels (pure, plus atomic writes);
+//!   [`host`]: the driver's device nodes for the spec.
 //! - [`plugin`]: the kubelet device plugin API v1beta1 (gRPC over unix sockets) per resource.
 //! - [`state`]: shared state and Prometheus metrics.
 //! - [`api`]: the HTTP API.
@@ -13,6 +14,7 @@ pub mod agent;
 pub mod allocate;
 pub mod api;
 pub mod cdi;
+pub mod host;
 pub mod inventory;
 #[cfg(feature = "kube")]
 pub mod kube;

@@ -341,3 +341,92 @@ proptest! {
         prop_assert!(partial <= 1, "{:?} of {:?}", per, free);
     }
 }
+
+#[test]
+fn cdi_uses_the_drivers_minors_and_mig_capabilities() {
+    use carve_agent::host::{parse_device_minor, parse_mig_minors, proc_pci_id, DeviceNodes};
+    assert_eq!(proc_pci_id("00000000:17:00.0"), "0000:17:00.0");
+    assert_eq!(proc_pci_id("0000:AB:00.0"), "0000:ab:00.0");
+    let info = "Model: \t\t NVIDIA H100 80GB HBM3\nIRQ:   \t\t 123\nDevice Minor: \t 3\nBus Location: \t 0000:17:00.0\n";
+    assert_eq!(parse_device_minor(info), Some(3));
+    assert_eq!(parse_device_minor("Model: x\n"), None);
+    // A /proc tree as the driver lays it out.
+    let obs = node("3xH100-80GB", MIXED);
+    let proc = tempfile::tempdir().unwrap();
+    let mut text = String::from("config 1\nmonitor 2\n");
+    for (k, o) in obs.iter().enumerate() {
+        let dir = proc
+            .path()
+            .join("driver/nvidia/gpus")
+            .join(proc_pci_id(&o.info.pci_bus_id));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Minors that differ from the indices.
+        std::fs::write(
+            dir.join("information"),
+            format!("Device Minor: \t {}\n", k + 4),
+        )
+        .unwrap();
+        for gi in &o.instances {
+            text.push_str(&format!(
+                "gpu{}/gi{}/access {}\n",
+                k + 4,
+                gi.id,
+                100 + gi.id
+            ));
+            for ci in &gi.compute_instances {
+                text.push_str(&format!(
+                    "gpu{}/gi{}/ci{}/access {}\n",
+                    k + 4,
+                    gi.id,
+                    ci.id,
+                    200 + gi.id * 10 + ci.id
+                ));
+            }
+        }
+    }
+    assert_eq!(parse_mig_minors(&text).len(), text.lines().count());
+    std::fs::create_dir_all(proc.path().join("driver/nvidia-caps")).unwrap();
+    std::fs::write(proc.path().join("driver/nvidia-caps/mig-minors"), &text).unwrap();
+    let gpus: Vec<(u32, String)> = obs
+        .iter()
+        .map(|o| (o.info.index, o.info.pci_bus_id.clone()))
+        .collect();
+    let nodes = DeviceNodes::read(proc.path(), &gpus);
+    assert_eq!(nodes.gpu_minor.len(), 3);
+    let inv = inventory(&obs, None, &Options::default()).unwrap();
+    let host = HostPaths {
+        nodes,
+        ..HostPaths::default()
+    };
+    let spec = carve_agent::cdi::spec(&inv, &host);
+    for (_, d) in inv.devices() {
+        let dev = spec["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == d.uuid.as_str())
+            .unwrap();
+        let paths: Vec<&str> = dev["containerEdits"]["deviceNodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["path"].as_str().unwrap())
+            .collect();
+        let minor = d.gpu_index + 4;
+        assert_eq!(paths[0], format!("/dev/nvidia{minor}"));
+        match d.kind {
+            DeviceKind::Mig { gi, ci, .. } => assert_eq!(
+                paths[1..],
+                [
+                    format!("/dev/nvidia-caps/nvidia-cap{}", 100 + gi),
+                    format!("/dev/nvidia-caps/nvidia-cap{}", 200 + gi * 10 + ci)
+                ]
+            ),
+            _ => assert_eq!(paths.len(), 1),
+        }
+    }
+    // Without the driver's files: the index, no capability devices.
+    let bare = carve_agent::cdi::spec(&inv, &HostPaths::default());
+    let first = &bare["devices"][0]["containerEdits"]["deviceNodes"];
+    assert_eq!(first.as_array().unwrap().len(), 1);
+}
