@@ -24,6 +24,8 @@ fn artifacts() -> &'static PathBuf {
 
 struct Node {
     dir: PathBuf,
+    /// The stand-in GPU's shared state (`CARVE_FAKE_CUDA_DIR`).
+    gpu: PathBuf,
     socket: PathBuf,
     sched: Option<Child>,
 }
@@ -47,9 +49,20 @@ impl Node {
             )
             .unwrap();
         }
+        // The stand-in's shared state (its statistics file is rewritten at every
+        // synchronisation) in memory where there is a tmpfs: a rename on some /tmp file systems
+        // takes a millisecond, which the shim would take for work still running.
+        let shm = Path::new("/dev/shm");
+        let gpu = if shm.is_dir() {
+            shm.join(format!("carve-sched-cli-{tag}-{}", std::process::id()))
+        } else {
+            dir.join("gpu")
+        };
+        let _ = std::fs::remove_dir_all(&gpu);
         Node {
             socket: dir.join("sched.sock"),
             dir,
+            gpu,
             sched: None,
         }
     }
@@ -57,7 +70,7 @@ impl Node {
     fn cmd(&self, prog: &Path) -> Command {
         let mut c = Command::new(prog);
         c.env("LD_LIBRARY_PATH", self.dir.join("lib"))
-            .env("CARVE_FAKE_CUDA_DIR", self.dir.join("gpu"))
+            .env("CARVE_FAKE_CUDA_DIR", &self.gpu)
             .env("CARVE_SHIM_LIB", artifacts().join("libcarve_shim.so"))
             .env_remove("LD_PRELOAD");
         c
@@ -114,6 +127,7 @@ impl Drop for Node {
             let _ = c.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.gpu);
     }
 }
 
@@ -275,4 +289,63 @@ fn an_unreachable_scheduler_fails_open_or_closed() {
     ));
     assert_ne!(code, 0);
     assert!(err.contains("failing closed"), "{err}");
+}
+
+/// An interactive tenant (a kernel, then a pause longer than the scheduler's grace) is charged
+/// for the GPU time it used, not for its pauses: the daemon closes its idle turn by grace, and
+/// the shim's report on its return counts only work still running.
+#[test]
+fn an_idle_tenant_is_not_charged_for_its_pauses() {
+    let _one = TIMING.lock().unwrap_or_else(|p| p.into_inner());
+    let mut n = Node::new("idle");
+    n.serve(
+        "policy: fixed-share\nslice_ms: 2\ntenants:\n  - {name: a, share: 0.5, token_file: a.tok}\n  - {name: b, share: 0.5, token_file: b.tok}\n",
+    );
+    // 500 µs of work every ~20 ms: about 2.5% of the GPU.
+    let a = n.spin(
+        "a",
+        "a",
+        "closed",
+        &[
+            "--kernel-us",
+            "500",
+            "--gap-us",
+            "20000",
+            "--seconds",
+            "1.5",
+        ],
+    );
+    let (ra, va, ea) = finish(a);
+    assert_eq!(ra, 0, "{ea}");
+    let out = n
+        .carve()
+        .args(["sched", "status", "--json", "--socket"])
+        .arg(&n.socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = st["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "a")
+        .unwrap();
+    let charged = t["gpu_time_ns"].as_f64().unwrap() / 1e9;
+    let used = va["gpu_s"].as_f64().unwrap();
+    let wall = va["wall_s"].as_f64().unwrap();
+    eprintln!("idle tenant: charged {charged:.3} s for {used:.3} s of work in {wall:.2} s");
+    // Each turn may be charged up to its slice (2 ms) for 0.5 ms of work; never the pauses.
+    assert!(
+        charged < 0.25 * wall,
+        "charged {charged:.3} s of GPU time for {used:.3} s of work in {wall:.2} s: {t}"
+    );
+    assert!(
+        charged >= used * 0.9,
+        "charged {charged:.3} s < used {used:.3} s"
+    );
 }

@@ -114,6 +114,12 @@ pub struct TenantStatus {
     pub wait_sum_ns: u64,
 }
 
+/// A client back after a pause longer than the daemon's grace drains its context first: a drain
+/// that takes longer than this (an idle context synchronises in microseconds) found its work
+/// still running, and the time until it ended is reported; otherwise the pause is not GPU time
+/// and nothing more than the closed turn is reported.
+pub const LATE_DRAIN_NS: u64 = 1_000_000;
+
 /// Upper bounds of the launch-wait histogram buckets, ns.
 pub const WAIT_BUCKETS_NS: [u64; 11] = [
     50_000,

@@ -94,11 +94,14 @@ hooks! {
     15 "cuMemFreeAsync" "cuMemFreeAsync" cuMemFreeAsync,
     16 "cuGetProcAddress" "cuGetProcAddress" cuGetProcAddress,
     17 "cuGetProcAddress_v2" "cuGetProcAddress_v2" cuGetProcAddress_v2,
+    18 "cuCtxSynchronize" "cuCtxSynchronize" cuCtxSynchronize,
+    19 "cuStreamSynchronize" "cuStreamSynchronize" cuStreamSynchronize,
+    20 "cuEventSynchronize" "cuEventSynchronize" cuEventSynchronize,
 }
 
-/// Index of `cuCtxSynchronize` among the real pointers (not hooked; used to drain).
+/// Index of `cuCtxSynchronize` among the real pointers (hooked; the real one drains).
 const CTX_SYNC: usize = 18;
-const SLOTS: usize = 19;
+const SLOTS: usize = 21;
 
 /// The real driver functions, filled as they are found.
 static REAL: [AtomicPtr<c_void>; SLOTS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; SLOTS];
@@ -161,10 +164,6 @@ pub unsafe extern "C" fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *m
         return f;
     }
     let name = std::str::from_utf8(bytes).unwrap_or("");
-    if name == "cuCtxSynchronize" {
-        REAL[CTX_SYNC].store(f, Release);
-        return f;
-    }
     match hook_index(name) {
         Some(i) if f != hook_ptr(i) => {
             REAL[i].store(f, Release);
@@ -185,6 +184,9 @@ const MODE_CLOSED: u8 = 3;
 static MODE: AtomicU8 = AtomicU8::new(MODE_UNINIT);
 static GRANT_UNTIL: AtomicU64 = AtomicU64::new(0);
 static GRANT_START: AtomicU64 = AtomicU64::new(0);
+/// When the program last saw its work finish (a synchronisation returned): its GPU work had
+/// ended by then.
+static LAST_SYNC: AtomicU64 = AtomicU64::new(0);
 static MEM_LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
 static MEM_USED: AtomicU64 = AtomicU64::new(0);
 
@@ -340,8 +342,30 @@ fn gate_slow() -> Result<(), CUresult> {
         };
     };
     let result = (|| -> std::io::Result<()> {
-        let held = GRANT_UNTIL.load(Acquire) != 0;
-        if held {
+        let until = GRANT_UNTIL.load(Acquire);
+        let held = until != 0;
+        if held && now > until.saturating_add(carve_sched::server::GRACE_NS) {
+            // Back after a pause: the daemon has closed the turn (charging its whole length) and
+            // moved on. Only work still running now is more GPU time; the pause is not.
+            drain();
+            let after = proto::now_ns();
+            let grant = GRANT_START.load(Acquire);
+            let seen_done = LAST_SYNC.load(Acquire);
+            let used = if after.saturating_sub(now) > proto::LATE_DRAIN_NS {
+                // Still running when it came back.
+                after.saturating_sub(grant)
+            } else if seen_done > until {
+                // It waited for its work after the turn's end: the work ran until then.
+                seen_done.saturating_sub(grant)
+            } else {
+                until.saturating_sub(grant)
+            };
+            GRANT_UNTIL.store(0, Release);
+            conn.call(&Request::Release {
+                used_ns: used,
+                pending: true,
+            })?;
+        } else if held {
             let used = now.saturating_sub(GRANT_START.load(Acquire));
             match conn.call(&Request::Renew { used_ns: used })? {
                 Reply::Grant { until_ns } => {
@@ -862,6 +886,53 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut size_t, dev: c_int) -> 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Synchronisation: passed through; when one returns, the program's work so far has finished,
+// which is what a report after a pause needs to know (see `gate_slow`).
+
+fn synced(r: CUresult) -> CUresult {
+    if r == CUDA_SUCCESS {
+        LAST_SYNC.store(proto::now_ns(), Release);
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
+    guard(|| {
+        let real = real_fn!(
+            CTX_SYNC,
+            c"cuCtxSynchronize",
+            unsafe extern "C" fn() -> CUresult
+        );
+        synced(real())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamSynchronize(stream: Ptr) -> CUresult {
+    guard(|| {
+        let real = real_fn!(
+            19,
+            c"cuStreamSynchronize",
+            unsafe extern "C" fn(Ptr) -> CUresult
+        );
+        synced(real(stream))
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventSynchronize(event: Ptr) -> CUresult {
+    guard(|| {
+        let real = real_fn!(
+            20,
+            c"cuEventSynchronize",
+            unsafe extern "C" fn(Ptr) -> CUresult
+        );
+        synced(real(event))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // cuGetProcAddress: the CUDA runtime's way to every driver function.
 
 /// Swaps a found pointer for our hook (by the runtime's base name, e.g. `cuMemAlloc`).
@@ -870,10 +941,6 @@ unsafe fn swap(symbol: *const c_char, pfn: *mut *mut c_void) {
         return;
     }
     let name = CStr::from_ptr(symbol).to_str().unwrap_or("");
-    if name == "cuCtxSynchronize" {
-        REAL[CTX_SYNC].store(*pfn, Release);
-        return;
-    }
     if let Some(i) = hook_index_base(name).or_else(|| hook_index(name)) {
         if *pfn != hook_ptr(i) {
             REAL[i].store(*pfn, Release);

@@ -112,8 +112,10 @@ pub enum Switch {
     ///   launch reaching the GPU.
     /// - **A holder that launches nothing** for `grace_us` after its turn's end loses the turn,
     ///   charged the whole grant; its work in flight keeps the GPU, and the next holder's kernels
-    ///   queue behind it. Its next launch pays, late, the time since its grant (the daemon's
-    ///   ledger of its last 256 turns).
+    ///   queue behind it. On its next launch the shim drains and pays, late, the work that ran
+    ///   past the turn: up to the drain's end if it was still running, else up to when the
+    ///   tenant last saw its work finish (the daemon's ledger of its last 256 turns); a pause is
+    ///   never paid.
     Drain {
         launch_us: f64,
         wake_us: f64,
@@ -132,6 +134,9 @@ pub enum Switch {
 pub const SCHED_GRACE_US: f64 = 5_000.0;
 /// `carve sched`'s limit on a yielding holder's drain (`DRAIN_NS`), µs.
 pub const SCHED_DRAIN_LIMIT_US: f64 = 10_000.0;
+/// The shim's test for work still running when it comes back after a pause
+/// (`carve_sched::proto::LATE_DRAIN_NS`), ns.
+pub const SCHED_LATE_DRAIN_NS: u64 = 1_000_000;
 
 // The figures below were measured once, on the stand-in GPU with two best-effort tenants of
 // 500 µs kernels (the "best effort x2" scenario of `examples/sim_vs_real.rs`, with its GPU
@@ -486,6 +491,8 @@ struct Gated<'a> {
     wake_at: Vec<u64>,
     /// A grant the daemon closed without hearing from the tenant (grace): (grant, charged, turn).
     stale: Vec<Option<(u64, u64, u64)>>,
+    /// When each tenant last saw one of its kernels finish (a synchronisation returning).
+    last_done: Vec<u64>,
     seq: u64,
     last_holder: Option<usize>,
     phase: Phase,
@@ -580,8 +587,17 @@ impl Gated<'_> {
             }
             _ => {
                 if let Some((grant, charged, seq)) = self.stale[i].take() {
-                    // Its first launch since the daemon closed its turn: the report pays late.
-                    let used = now - grant;
+                    // Its first launch since the daemon closed its turn: the shim drains and
+                    // reports late the work of its that ran past the turn: all the time since the
+                    // grant when it is still running (the GPU was busy with it; the drain that
+                    // then follows is not modelled), else until it last saw its work finish.
+                    // Its pause is not GPU time.
+                    let running = self
+                        .gpu
+                        .iter()
+                        .any(|k| k.1 == i && k.0 > now + SCHED_LATE_DRAIN_NS);
+                    let end = if running { now } else { self.last_done[i] };
+                    let used = end.saturating_sub(grant);
                     if self.seq < seq + LEDGER_TURNS && used > charged {
                         self.core.charge(TenantId(i as u32), used - charged, now);
                     }
@@ -761,6 +777,7 @@ impl Gated<'_> {
     fn complete(&mut self, rng: &mut Rng) -> u64 {
         let (end, i, arr) = self.gpu.pop_front().expect("a kernel in flight");
         self.inflight[i] -= 1;
+        self.last_done[i] = end;
         self.events += 1;
         match self.ts[i].load.arrivals {
             Arrivals::Closed { think_ms, .. } => {
@@ -857,6 +874,7 @@ fn run_gated(
         seen: vec![VecDeque::new(); n],
         wake_at: vec![u64::MAX; n],
         stale: vec![None; n],
+        last_done: vec![0; n],
         seq: 0,
         last_holder: None,
         phase: Phase::Free { at: u64::MAX },

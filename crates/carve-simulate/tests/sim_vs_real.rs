@@ -59,5 +59,10 @@ fn the_model_uses_the_daemons_figures() {
         carve_sched::server::DRAIN_NS as f64,
         "drain limit"
     );
+    assert_eq!(
+        SCHED_LATE_DRAIN_NS,
+        carve_sched::proto::LATE_DRAIN_NS,
+        "late drain"
+    );
     assert_eq!(Slicing::default().switch, Switch::SCHED);
 }

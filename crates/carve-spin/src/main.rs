@@ -5,7 +5,7 @@
 //! is the PTX below: a loop on `%globaltimer` until its `u64` parameter of nanoseconds has passed.
 //!
 //! ```text
-//! carve-spin --kernel-us N [--kernel-us-max M] --seconds S [--alloc-mib M] [--streams K] [--json]
+//! carve-spin --kernel-us N [--kernel-us-max M] --seconds S [--alloc-mib M] [--streams K] [--gap-us G] [--json]
 //! carve-spin --launch-bench COUNT [--json]
 //! ```
 //!
@@ -59,10 +59,12 @@ struct Args {
     seconds: f64,
     alloc_mib: u64,
     streams: usize,
+    /// Idle this long after each kernel completes (an interactive tenant), µs.
+    gap_us: u64,
     json: bool,
 }
 
-const USAGE: &str = "usage: carve-spin --kernel-us N [--kernel-us-max M] --seconds S [--alloc-mib M] [--streams K] [--json]\n       carve-spin --launch-bench COUNT [--json]";
+const USAGE: &str = "usage: carve-spin --kernel-us N [--kernel-us-max M] --seconds S [--alloc-mib M] [--streams K] [--gap-us G] [--json]\n       carve-spin --launch-bench COUNT [--json]";
 
 fn usage(msg: &str) -> ! {
     eprintln!("carve-spin: {msg}\n{USAGE}");
@@ -77,6 +79,7 @@ fn args() -> Args {
         seconds: 1.0,
         alloc_mib: 0,
         streams: 1,
+        gap_us: 0,
         json: false,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
@@ -105,6 +108,7 @@ fn args() -> Args {
             "--launch-bench" => a.launch_bench = num(),
             "--alloc-mib" => a.alloc_mib = num(),
             "--streams" => a.streams = num().min(1 << 20) as usize,
+            "--gap-us" => a.gap_us = num().min(60_000_000),
             "--seconds" => {
                 a.seconds = val
                     .parse()
@@ -370,6 +374,11 @@ fn work(api: &Api, a: &Args, ctx: Ptr, func: Ptr, stream: Ptr, seed: u64, until:
             t.kernels += 1;
             t.gpu_ns += ns;
             k += 1;
+            if a.gap_us > 0 {
+                // Interactive: wait for the answer, then think.
+                wait(slot, &mut launched, &mut t);
+                std::thread::sleep(std::time::Duration::from_micros(a.gap_us));
+            }
         }
         for slot in [k % 2, (k + 1) % 2] {
             wait(slot, &mut launched, &mut t);
