@@ -274,7 +274,7 @@ fn install(
         .iter()
         .map(|o| (o.info.index, o.info.pci_bus_id.clone()))
         .collect();
-    host.nodes = crate::host::DeviceNodes::read(Path::new("/proc"), &gpus);
+    host.nodes = crate::host::DeviceNodes::read(Path::new("/proc"), Path::new("/sys"), &gpus);
     let lab = labels::labels(
         &observed,
         &inv,

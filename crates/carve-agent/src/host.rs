@@ -2,7 +2,7 @@
 //! (`/proc/driver/nvidia/gpus/<pci>/information`, "Device Minor") and the capability device of
 //! each MIG GPU and compute instance (`/proc/driver/nvidia-caps/mig-minors`, lines like
 //! `gpu0/gi1/access 21` and `gpu0/gi1/ci0/access 22`, devices `/dev/nvidia-caps/nvidia-cap<N>`).
-//! Parsing is pure; reading is one function. On a node without the driver nothing is found and
+//! The GPU's NUMA node comes from sysfs. Parsing is pure; reading is one function. On a node without the driver nothing is found and
 //! the CDI spec falls back to `/dev/nvidia<index>` without capability devices.
 
 use std::collections::BTreeMap;
@@ -14,6 +14,8 @@ pub struct DeviceNodes {
     pub gpu_minor: BTreeMap<u32, u32>,
     /// `gpu<minor>/gi<id>/access` and `gpu<minor>/gi<id>/ci<id>/access` → capability minor.
     pub mig_caps: BTreeMap<String, u32>,
+    /// GPU index → its NUMA node (`/sys/bus/pci/devices/<pci>/numa_node`, when not -1).
+    pub numa: BTreeMap<u32, i64>,
 }
 
 /// `mig-minors`: one `<path> <minor>` per line; anything else is skipped.
@@ -49,10 +51,22 @@ pub fn proc_pci_id(bus_id: &str) -> String {
 }
 
 impl DeviceNodes {
-    /// Reads the driver's files under `proc` (normally `/proc`) for GPUs `(index, bus id)`.
-    pub fn read(proc: &Path, gpus: &[(u32, String)]) -> DeviceNodes {
+    /// Reads the driver's files under `proc` (normally `/proc`) and the PCI devices' NUMA nodes
+    /// under `sys` (normally `/sys`) for GPUs `(index, bus id)`.
+    pub fn read(proc: &Path, sys: &Path, gpus: &[(u32, String)]) -> DeviceNodes {
         let mut n = DeviceNodes::default();
         for (index, bus) in gpus {
+            let numa = sys
+                .join("bus/pci/devices")
+                .join(proc_pci_id(bus))
+                .join("numa_node");
+            if let Some(v) = std::fs::read_to_string(numa)
+                .ok()
+                .and_then(|t| t.trim().parse::<i64>().ok())
+                .filter(|v| *v >= 0)
+            {
+                n.numa.insert(*index, v);
+            }
             let info = proc
                 .join("driver/nvidia/gpus")
                 .join(proc_pci_id(bus))

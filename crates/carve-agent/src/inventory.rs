@@ -419,8 +419,8 @@ impl Inventory {
 pub const APPLICATION_XIDS: [u64; 6] = [13, 31, 43, 45, 68, 109];
 
 /// `GetPreferredAllocation`: `size` devices out of `available`, always with `must`, packed onto
-/// few GPUs or spread over many. `gpu_of` maps a device ID to its GPU; `in_use` counts devices
-/// per GPU already allocated (not available). Returns fewer only when there are fewer.
+/// few GPUs or spread over many. `gpu_of` maps a device ID to its GPU; a GPU with fewer devices
+/// available counts as more used. Returns fewer only when there are fewer.
 pub fn prefer(
     available: &[String],
     must: &[String],

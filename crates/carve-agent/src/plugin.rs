@@ -2,7 +2,7 @@
 //! socket in the device-plugin directory, and its registration with the kubelet.
 
 use crate::allocate::{self, AllocError};
-use crate::inventory::{self, DeviceKind};
+use crate::inventory;
 use crate::proto::device_plugin_server::{DevicePlugin, DevicePluginServer};
 use crate::proto::registration_client::RegistrationClient;
 use crate::proto::{
@@ -50,6 +50,7 @@ impl Plugin {
     /// The device list of this resource as the kubelet wants it.
     fn devices(&self) -> Vec<Device> {
         let inv = self.state.inventory();
+        let host = self.state.host_paths();
         inv.resource(&self.resource)
             .map(|r| {
                 r.devices
@@ -57,8 +58,8 @@ impl Plugin {
                     .map(|d| Device {
                         id: d.id.clone(),
                         health: if d.healthy { HEALTHY } else { UNHEALTHY }.into(),
-                        topology: self.state.numa_of(d.gpu_index).map(|n| TopologyInfo {
-                            nodes: vec![NumaNode { id: n }],
+                        topology: host.nodes.numa.get(&d.gpu_index).map(|n| TopologyInfo {
+                            nodes: vec![NumaNode { id: *n }],
                         }),
                     })
                     .collect()
@@ -133,12 +134,8 @@ impl DevicePlugin for Plugin {
         let r = inv
             .resource(&self.resource)
             .ok_or_else(|| Status::not_found(format!("no resource {}", self.resource)))?;
-        let gpu_of = |id: &str| {
-            r.devices.iter().find(|d| d.id == id).map(|d| match d.kind {
-                // MIG devices pack within their GPU like whole devices; shares by GPU.
-                DeviceKind::Mig { .. } | DeviceKind::Gpu | DeviceKind::Share { .. } => d.gpu_index,
-            })
-        };
+        // Devices pack onto (or spread over) the GPUs they are on.
+        let gpu_of = |id: &str| r.devices.iter().find(|d| d.id == id).map(|d| d.gpu_index);
         let mut out = Vec::new();
         for c in &req.get_ref().container_requests {
             let size = usize::try_from(c.allocation_size)

@@ -98,11 +98,6 @@ impl State {
         read(&self.labels)
     }
 
-    /// NUMA node of a GPU, where known (not reported by the backends yet).
-    pub fn numa_of(&self, _gpu: u32) -> Option<i64> {
-        None
-    }
-
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }

@@ -391,8 +391,19 @@ fn cdi_uses_the_drivers_minors_and_mig_capabilities() {
         .iter()
         .map(|o| (o.info.index, o.info.pci_bus_id.clone()))
         .collect();
-    let nodes = DeviceNodes::read(proc.path(), &gpus);
+    // NUMA nodes in sysfs: GPU 0 on node 1, GPU 1 without one (-1), GPU 2 not listed.
+    let sys = tempfile::tempdir().unwrap();
+    for (k, v) in [(0usize, "1\n"), (1, "-1\n")] {
+        let d = sys
+            .path()
+            .join("bus/pci/devices")
+            .join(proc_pci_id(&obs[k].info.pci_bus_id));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("numa_node"), v).unwrap();
+    }
+    let nodes = DeviceNodes::read(proc.path(), sys.path(), &gpus);
     assert_eq!(nodes.gpu_minor.len(), 3);
+    assert_eq!(nodes.numa, BTreeMap::from([(0u32, 1i64)]));
     let inv = inventory(&obs, None, &Options::default()).unwrap();
     let host = HostPaths {
         nodes,
