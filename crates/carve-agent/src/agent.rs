@@ -82,7 +82,7 @@ enum Command {
     Apply(
         Box<Plan>,
         String,
-        oneshot::Sender<Result<Reconciled, String>>,
+        oneshot::Sender<Result<Reconciled, ReconcileError>>,
     ),
     Stop,
 }
@@ -95,13 +95,14 @@ pub struct Control {
 
 impl Control {
     /// Applies a new plan (this node's part), then offers the new devices.
-    pub async fn apply(&self, plan: Plan, node: String) -> Result<Reconciled, String> {
+    pub async fn apply(&self, plan: Plan, node: String) -> Result<Reconciled, ReconcileError> {
+        let stopping = || ReconcileError::Failed("the agent is stopping".into());
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::Apply(Box::new(plan), node, tx))
             .await
-            .map_err(|_| "the agent is stopping".to_string())?;
-        rx.await.map_err(|_| "the agent is stopping".to_string())?
+            .map_err(|_| stopping())?;
+        rx.await.map_err(|_| stopping())?
     }
 }
 
@@ -132,19 +133,38 @@ impl Handle {
     }
 }
 
-fn apply_err(e: carve_apply::ApplyError) -> String {
-    e.to_string()
+/// Why a reconcile did not happen (nothing was changed unless it is `Failed`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReconcileError {
+    /// The desired state does not fit these GPUs (wrong node, models, layout).
+    #[error("{0}")]
+    Input(String),
+    /// It fits, but would destroy instances in use, or cannot be realised.
+    #[error("{0}")]
+    Refused(String),
+    /// A GPU or state operation failed part-way (the journal finishes it at the next start).
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn apply_err(e: carve_apply::ApplyError) -> ReconcileError {
+    use carve_apply::ApplyError as E;
+    match &e {
+        E::Input(_) => ReconcileError::Input(e.to_string()),
+        E::Infeasible(_) | E::InUse(_) => ReconcileError::Refused(e.to_string()),
+        E::Backend { .. } | E::State(_) => ReconcileError::Failed(e.to_string()),
+    }
 }
 
 /// Brings the GPUs to `desired`: finishes interrupted applies, then makes the fewest changes.
 pub fn reconcile(
     node: &mut Node,
     desired: &Desired,
-) -> Result<(Vec<Observed>, Reconciled), String> {
+) -> Result<(Vec<Observed>, Reconciled), ReconcileError> {
     let _lock = node
         .store
         .lock_apply(|| tracing::info!("waiting for another apply to finish"))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ReconcileError::Failed(e.to_string()))?;
     let backend = node.backend.as_mut();
     carve_apply::recover(
         backend,
@@ -412,7 +432,7 @@ pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
     let n2 = node.clone();
     let (observed, done) = tokio::task::spawn_blocking(move || {
         let mut n = n2.lock().unwrap_or_else(|p| p.into_inner());
-        reconcile(&mut n, &desired)
+        reconcile(&mut n, &desired).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())??;
@@ -530,11 +550,12 @@ pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
                         let r = tokio::task::spawn_blocking(move || {
                             let mut n = n2.lock().unwrap_or_else(|p| p.into_inner());
                             let (observed, done) = reconcile(&mut n, &desired)?;
-                            install(&st2, &c2, observed, Some((*plan, name)))?;
-                            Ok::<_, String>(done)
+                            install(&st2, &c2, observed, Some((*plan, name)))
+                                .map_err(ReconcileError::Failed)?;
+                            Ok::<_, ReconcileError>(done)
                         })
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| ReconcileError::Failed(e.to_string()))
                         .and_then(|r| r);
                         st.metrics.reconciled(match &r {
                             Ok(d) if d.ops.is_empty() => "unchanged",

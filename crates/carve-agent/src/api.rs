@@ -3,7 +3,8 @@
 //! - `GET /v1/gpus`, `GET /v1/plan`, `GET /v1/tenants`, `GET /metrics`, `GET /healthz`: open.
 //! - `POST /v1/plan` (a plan, as `carve plan` writes it; `?node=` picks the node) and
 //!   `POST /v1/health` (`{"uuid": "...", "xid": 79}`, or `"xid": null` to clear): need
-//!   `Authorization: Bearer <token>`.
+//!   `Authorization: Bearer <token>`. A plan that does not fit this node is 400 (nothing is
+//!   changed), one that would destroy instances in use 409, a failed GPU operation 500.
 
 use crate::agent::Control;
 use crate::state::{State, Xid};
@@ -184,7 +185,15 @@ async fn post_plan(
     };
     match ctx.control.apply(plan, node.clone()).await {
         Ok(done) => Json(json!({"node": node, "applied": done})).into_response(),
-        Err(e) => error(StatusCode::CONFLICT, e),
+        Err(e) => {
+            use crate::agent::ReconcileError as R;
+            let code = match e {
+                R::Input(_) => StatusCode::BAD_REQUEST,
+                R::Refused(_) => StatusCode::CONFLICT,
+                R::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            error(code, e.to_string())
+        }
     }
 }
 

@@ -188,6 +188,26 @@ fn up_serves_allocates_and_enforces() {
     assert_eq!(code, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["applied"]["ops"].as_array().unwrap().len(), 0, "{body}");
+    // Another node's part (three A100s) does not fit these four H100s: bad input, nothing changed.
+    let before = http(&api, "GET", "/v1/gpus", None, "").1;
+    let (code, body) = http(
+        &api,
+        "POST",
+        "/v1/plan?node=node-b",
+        Some(token.trim()),
+        &plan,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(http(&api, "GET", "/v1/gpus", None, "").1, before);
+    let (code, body) = http(
+        &api,
+        "POST",
+        "/v1/plan?node=node-z",
+        Some(token.trim()),
+        &plan,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("did you mean"), "{body}");
 
     // An XID through the simulated node reaches the API.
     let gpus: Value = serde_json::from_str(&http(&api, "GET", "/v1/gpus", None, "").1).unwrap();
