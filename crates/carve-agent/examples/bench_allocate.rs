@@ -80,6 +80,7 @@ async fn main() {
         },
         sim_health: None,
         poll: Duration::from_millis(100),
+        resync: None,
         label_node: None,
         kubeconfig: None,
     };

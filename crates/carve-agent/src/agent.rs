@@ -58,6 +58,9 @@ pub struct Config {
     pub sim_health: Option<PathBuf>,
     /// How often the kubelet directory (and injected health) is looked at.
     pub poll: Duration,
+    /// Reconcile again this often, so that the GPUs stay as desired when something else
+    /// changes them (`None`: only at start and on `POST /v1/plan`).
+    pub resync: Option<Duration>,
     /// Put the labels on this Node object through the Kubernetes API (feature `kube`).
     pub label_node: Option<String>,
     /// The kubeconfig for that; default: in-cluster, `$KUBECONFIG` or `~/.kube/config`.
@@ -539,17 +542,60 @@ pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A resync long enough not to fire when off.
+        let mut resync =
+            tokio::time::interval(cfg.resync.unwrap_or(Duration::from_secs(86_400 * 365)));
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.tick().await;
+        // What the GPUs should look like now: the start's desired state, then each applied plan.
+        let mut desired = cfg.desired.clone();
         loop {
             tokio::select! {
                 _ = tick.tick() => plugins.tend(&st).await,
+                _ = resync.tick(), if cfg.resync.is_some() => {
+                    let (n2, st2, c2, d2) = (node.clone(), st.clone(), cfg.clone(), desired.clone());
+                    let r = tokio::task::spawn_blocking(move || {
+                        let mut n = n2.lock().unwrap_or_else(|p| p.into_inner());
+                        let (observed, done) = reconcile(&mut n, &d2)?;
+                        // Reinstall only when the devices are not what is offered now.
+                        let now: Vec<String> = observed_uuids(&observed);
+                        if now != observed_uuids(&st2.observed()) || !done.ops.is_empty() {
+                            let plan = match &d2 {
+                                Desired::Plan { plan, node } => Some(((**plan).clone(), node.clone())),
+                                _ => None,
+                            };
+                            install(&st2, &c2, observed, plan).map_err(ReconcileError::Failed)?;
+                            return Ok::<_, ReconcileError>(true);
+                        }
+                        Ok(false)
+                    })
+                    .await
+                    .map_err(|e| ReconcileError::Failed(e.to_string()))
+                    .and_then(|r| r);
+                    match r {
+                        Ok(true) => {
+                            st.metrics.reconciled("changed");
+                            tracing::info!("the GPUs had drifted: reconciled");
+                            plugins.start_all(&st).await;
+                            plugins.tend(&st).await;
+                            label_node(st.clone());
+                        }
+                        Ok(false) => st.metrics.reconciled("unchanged"),
+                        Err(e) => {
+                            st.metrics.reconciled("failed");
+                            tracing::warn!("resync: {e}");
+                        }
+                    }
+                }
                 cmd = rx.recv() => match cmd {
                     None | Some(Command::Stop) => break,
                     Some(Command::Apply(plan, name, reply)) => {
-                        let desired = Desired::Plan { plan: plan.clone(), node: name.clone() };
+                        let wanted = Desired::Plan { plan: plan.clone(), node: name.clone() };
+                        let desired_now = wanted.clone();
                         let (n2, st2, c2) = (node.clone(), st.clone(), cfg.clone());
                         let r = tokio::task::spawn_blocking(move || {
                             let mut n = n2.lock().unwrap_or_else(|p| p.into_inner());
-                            let (observed, done) = reconcile(&mut n, &desired)?;
+                            let (observed, done) = reconcile(&mut n, &desired_now)?;
                             install(&st2, &c2, observed, Some((*plan, name)))
                                 .map_err(ReconcileError::Failed)?;
                             Ok::<_, ReconcileError>(done)
@@ -563,6 +609,7 @@ pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
                             Err(_) => "failed",
                         });
                         if r.is_ok() {
+                            desired = wanted;
                             // Resources may have come or gone: serve the new set.
                             plugins.start_all(&st).await;
                             plugins.tend(&st).await;
@@ -590,6 +637,18 @@ pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
         api_stop,
         api_task,
     })
+}
+
+/// Every GPU and MIG device UUID, in order: what changes when the devices do.
+fn observed_uuids(observed: &[Observed]) -> Vec<String> {
+    let mut v = Vec::new();
+    for o in observed {
+        v.push(o.info.uuid.clone());
+        for gi in &o.instances {
+            v.extend(gi.compute_instances.iter().map(|c| c.uuid.clone()));
+        }
+    }
+    v
 }
 
 /// The list of sockets the agent serves (for printing).

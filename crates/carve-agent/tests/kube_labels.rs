@@ -103,6 +103,7 @@ async fn labels_are_applied_to_the_node_object() {
         desired: Desired::MigParted(Box::new(cfg_parsed.resolve("c").unwrap().clone())),
         sim_health: None,
         poll: Duration::from_millis(100),
+        resync: None,
         label_node: Some("gpu-node-7".into()),
         kubeconfig: Some(kubeconfig),
     };

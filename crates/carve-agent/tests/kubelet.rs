@@ -194,6 +194,10 @@ struct Setup {
 }
 
 async fn setup(options: Options) -> Setup {
+    setup_with(options, None).await
+}
+
+async fn setup_with(options: Options, resync: Option<Duration>) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let plugins = dir.join("device-plugins");
@@ -228,6 +232,7 @@ async fn setup(options: Options) -> Setup {
         },
         sim_health: Some(state.clone()),
         poll: Duration::from_millis(100),
+        resync,
         label_node: None,
         kubeconfig: None,
     };
@@ -655,6 +660,7 @@ async fn plugins_wait_for_a_kubelet_that_comes_later() {
         desired: Desired::AsIs,
         sim_health: None,
         poll: Duration::from_millis(100),
+        resync: None,
         label_node: None,
         kubeconfig: None,
     };
@@ -689,4 +695,58 @@ async fn plugins_wait_for_a_kubelet_that_comes_later() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable);
     h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_reconciled_and_shown() {
+    let t0 = Instant::now() - Duration::from_secs(60);
+    let s = setup_with(Options::default(), Some(Duration::from_millis(200))).await;
+    s.kubelet
+        .wait_for(&RESOURCES, t0, Duration::from_secs(3))
+        .await
+        .expect("registered");
+    let regs = s.kubelet.registrations_since(t0);
+    let mut c = client(&s.plugins, &regs["nvidia.com/mig-3g.40gb"].endpoint).await;
+    let (_, first) = first_list(&mut c).await;
+    assert_eq!(first.devices.len(), 1);
+    let old = first.devices[0].id.clone();
+    // Someone destroys the slice behind the agent's back.
+    {
+        let catalog = Catalog::embedded();
+        let (mut sim, _) =
+            SimBackend::open(Store::open(&s.state).unwrap(), catalog.clone(), None).unwrap();
+        let observed = carve_apply::observe(&mut sim, &catalog).unwrap();
+        let (gpu, gi, ci) = observed
+            .iter()
+            .find_map(|o| {
+                o.instances.iter().find_map(|g| {
+                    g.compute_instances
+                        .iter()
+                        .find(|c| c.uuid == old)
+                        .map(|c| (o.info.index, g.id, c.id))
+                })
+            })
+            .unwrap();
+        carve_backend::Backend::destroy_compute_instance(&mut sim, gpu, gi, ci).unwrap();
+        carve_backend::Backend::destroy_gpu_instance(&mut sim, gpu, gi).unwrap();
+    }
+    // The agent puts it back (a new MIG device) and the kubelet sees the new one.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, l) = first_list(&mut c).await;
+        if l.devices.len() == 1 && l.devices[0].id != old {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not reconciled: {:?}", l.devices);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let truth = node_truth(&s.state);
+    let migs: Vec<&(String, String)> = truth.iter().flat_map(|t| t.2.iter()).collect();
+    assert_eq!(migs.iter().filter(|m| m.1 == "3g.40gb").count(), 1);
+    assert!(s
+        .agent
+        .state
+        .render_metrics()
+        .contains("carve_reconciliations_total{result=\"changed\"} 2"));
+    s.agent.shutdown().await;
 }

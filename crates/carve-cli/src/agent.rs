@@ -61,6 +61,10 @@ pub struct AgentArgs {
     /// GetPreferredAllocation: spread over GPUs or pack onto few.
     #[arg(long, value_enum, default_value_t = PreferArg::Spread)]
     pub prefer: PreferArg,
+    /// Reconcile again this often, so the GPUs stay as desired if something else changes them
+    /// (never destroying an instance in use), e.g. 60s; `off`: only at start and on POST /v1/plan.
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub resync: String,
     /// Also put the labels on this Node object through the Kubernetes API (in a cluster: the
     /// node's name, e.g. `--label-node $NODE_NAME` from the downward API).
     #[arg(long, value_name = "NODE")]
@@ -92,6 +96,22 @@ fn options(a: &AgentArgs) -> Result<Options, Failure> {
             PreferArg::Pack => Preference::Pack,
         },
     })
+}
+
+fn resync(a: &AgentArgs) -> Result<Option<Duration>, Failure> {
+    if a.resync == "off" {
+        return Ok(None);
+    }
+    let d = parse_duration(&a.resync).map_err(|_| {
+        Failure::bad(format!(
+            "--resync: '{}' is not a duration like 60s (or off)",
+            a.resync
+        ))
+    })?;
+    if d < Duration::from_millis(100) {
+        return Err(Failure::bad("--resync must be at least 100ms"));
+    }
+    Ok(Some(d))
 }
 
 fn listen(a: &AgentArgs) -> Result<Option<SocketAddr>, Failure> {
@@ -336,6 +356,7 @@ fn run(
     let opts = options(a)?;
     let listen = listen(a)?;
     let run_for = a.run_for.as_deref().map(parse_duration).transpose()?;
+    let resync = resync(a)?;
     let (token, token_file) = api_token(a, &p.state)?;
     let shim = crate::sched::shim_path().ok();
     let cfg = agent::Config {
@@ -350,6 +371,7 @@ fn run(
         desired,
         sim_health,
         poll: Duration::from_millis(100),
+        resync,
         label_node: a.label_node.clone(),
         kubeconfig: a.kubeconfig.clone(),
     };
@@ -400,6 +422,7 @@ pub fn agent_cmd(
     // Input is checked before anything is started or changed.
     options(a)?;
     listen(a)?;
+    resync(a)?;
     let desired = match file {
         None => Desired::Recorded,
         Some(f) => match node::load_desired(&catalog, f, config, node_name)? {
@@ -444,6 +467,7 @@ pub fn up_cmd(
 ) -> Result<Out, Failure> {
     options(a)?;
     listen(a)?;
+    resync(a)?;
     if !tenancy.exists() && tenancy != Path::new("-") {
         return Err(Failure::bad(format!(
             "{}: no such tenancy file (try examples/tenancy.yaml from the repository)",
