@@ -429,6 +429,15 @@ fn watch_sim_health(state: Arc<State>, dir: PathBuf, poll: Duration, stop: Arc<A
 
 /// Starts the agent: reconciles, serves, registers. Returns once everything is up.
 pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
+    // The API's address first: a port in use fails before anything is changed or started.
+    let listener = match cfg.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     let state = Arc::new(State::new(cfg.options.clone()));
     let node = Arc::new(Mutex::new(node));
     let desired = cfg.desired.clone();
@@ -510,11 +519,8 @@ pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
     let (tx, mut rx) = mpsc::channel::<Command>(8);
     let control = Control { tx };
 
-    let (api, api_stop, api_task) = match cfg.listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let (api, api_stop, api_task) = match listener {
+        Some(listener) => {
             let bound = listener.local_addr().map_err(|e| e.to_string())?;
             let (s_tx, mut s_rx) = watch::channel(false);
             let app = api::router(api::Ctx {
