@@ -7,7 +7,6 @@
 //! `cargo run --release -p carve-agent --example bench_allocate [-- CALLERS CALLS_EACH]`
 
 use carve_agent::agent::{self, Desired, Node};
-use carve_agent::inventory::Options;
 use carve_agent::plugin::unix_channel;
 use carve_agent::proto::device_plugin_client::DevicePluginClient;
 use carve_agent::proto::{AllocateRequest, ContainerAllocateRequest, Empty};
@@ -65,24 +64,13 @@ async fn main() {
     .unwrap();
     let shim = dir.join("libcarve_shim.so");
     std::fs::write(&shim, b"").unwrap();
+    let desired = Desired::Plan {
+        plan: Box::new(plan),
+        node: "bench".into(),
+    };
     let cfg = agent::Config {
-        device_plugin_dir: dir.join("dp"),
-        cdi_dir: None,
-        labels_file: None,
-        run_dir: dir.join("run"),
-        listen: None,
-        api_token: "z".repeat(32),
         shim: Some(shim),
-        options: Options::default(),
-        desired: Desired::Plan {
-            plan: Box::new(plan),
-            node: "bench".into(),
-        },
-        sim_health: None,
-        poll: Duration::from_millis(100),
-        resync: None,
-        label_node: None,
-        kubeconfig: None,
+        ..agent::Config::new(dir.join("dp"), dir.join("run"), desired)
     };
     let node = Node {
         backend: Box::new(sim),

@@ -67,6 +67,30 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
 }
 
+impl Config {
+    /// Plugins in `device_plugin_dir`, schedulers and tokens in `run_dir`, and everything
+    /// optional off: no CDI spec, labels file, API (and an empty token, which no request
+    /// matches), shim, injected health, resync or node labelling; default options; 100 ms poll.
+    pub fn new(device_plugin_dir: PathBuf, run_dir: PathBuf, desired: Desired) -> Config {
+        Config {
+            device_plugin_dir,
+            cdi_dir: None,
+            labels_file: None,
+            run_dir,
+            listen: None,
+            api_token: String::new(),
+            shim: None,
+            options: Options::default(),
+            desired,
+            sim_health: None,
+            poll: Duration::from_millis(100),
+            resync: None,
+            label_node: None,
+            kubeconfig: None,
+        }
+    }
+}
+
 /// A backend and the store its applies are journaled in, owned by the control task.
 pub struct Node {
     pub backend: Box<dyn Backend + Send>,
@@ -269,7 +293,6 @@ fn start_schedulers(state: &State, cfg: &Config, inv: &Inventory) -> Result<Host
         scheds.push(Sched {
             gpu_index: g.gpu_index,
             gpu_uuid: g.gpu_uuid.clone(),
-            socket,
             server,
         });
     }
@@ -427,6 +450,48 @@ fn watch_sim_health(state: Arc<State>, dir: PathBuf, poll: Duration, stop: Arc<A
     });
 }
 
+impl Desired {
+    /// The plan and this node's name in it, when the desired state is a plan.
+    fn plan(&self) -> Option<(Plan, String)> {
+        match self {
+            Desired::Plan { plan, node } => Some(((**plan).clone(), node.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// Reconciles to `desired`, then installs what the node offers when `always` or when the
+/// devices differ from what is offered now. Returns what was done and whether it installed.
+/// Runs on a blocking thread (it talks to the GPUs).
+async fn reconcile_install(
+    node: &Arc<Mutex<Node>>,
+    state: &Arc<State>,
+    cfg: &Config,
+    desired: &Desired,
+    always: bool,
+) -> Result<(Reconciled, bool), ReconcileError> {
+    let (node, st, cfg, desired) = (node.clone(), state.clone(), cfg.clone(), desired.clone());
+    let r = tokio::task::spawn_blocking(move || {
+        let mut n = node.lock().unwrap_or_else(|p| p.into_inner());
+        let (observed, done) = reconcile(&mut n, &desired)?;
+        let changed =
+            !done.ops.is_empty() || observed_uuids(&observed) != observed_uuids(&st.observed());
+        if always || changed {
+            install(&st, &cfg, observed, desired.plan()).map_err(ReconcileError::Failed)?;
+        }
+        Ok((done, always || changed))
+    })
+    .await
+    .map_err(|e| ReconcileError::Failed(e.to_string()))
+    .and_then(|r| r);
+    state.metrics.reconciled(match &r {
+        Ok((d, _)) if d.ops.is_empty() => "unchanged",
+        Ok(_) => "changed",
+        Err(_) => "failed",
+    });
+    r
+}
+
 /// Starts the agent: reconciles, serves, registers. Returns once everything is up.
 pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
     // The API's address first: a port in use fails before anything is changed or started.
@@ -440,27 +505,9 @@ pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
     };
     let state = Arc::new(State::new(cfg.options.clone()));
     let node = Arc::new(Mutex::new(node));
-    let desired = cfg.desired.clone();
-    let n2 = node.clone();
-    let (observed, done) = tokio::task::spawn_blocking(move || {
-        let mut n = n2.lock().unwrap_or_else(|p| p.into_inner());
-        reconcile(&mut n, &desired).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    state.metrics.reconciled(if done.ops.is_empty() {
-        "unchanged"
-    } else {
-        "changed"
-    });
-    let plan = match &cfg.desired {
-        Desired::Plan { plan, node } => Some(((**plan).clone(), node.clone())),
-        _ => None,
-    };
-    let (st, c2) = (state.clone(), cfg.clone());
-    tokio::task::spawn_blocking(move || install(&st, &c2, observed, plan))
+    reconcile_install(&node, &state, &cfg, &cfg.desired, true)
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| e.to_string())?;
 
     #[cfg(not(feature = "kube"))]
     if cfg.label_node.is_some() {
@@ -559,61 +606,24 @@ pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
             tokio::select! {
                 _ = tick.tick() => plugins.tend(&st).await,
                 _ = resync.tick(), if cfg.resync.is_some() => {
-                    let (n2, st2, c2, d2) = (node.clone(), st.clone(), cfg.clone(), desired.clone());
-                    let r = tokio::task::spawn_blocking(move || {
-                        let mut n = n2.lock().unwrap_or_else(|p| p.into_inner());
-                        let (observed, done) = reconcile(&mut n, &d2)?;
-                        // Reinstall only when the devices are not what is offered now.
-                        let now: Vec<String> = observed_uuids(&observed);
-                        if now != observed_uuids(&st2.observed()) || !done.ops.is_empty() {
-                            let plan = match &d2 {
-                                Desired::Plan { plan, node } => Some(((**plan).clone(), node.clone())),
-                                _ => None,
-                            };
-                            install(&st2, &c2, observed, plan).map_err(ReconcileError::Failed)?;
-                            return Ok::<_, ReconcileError>(true);
-                        }
-                        Ok(false)
-                    })
-                    .await
-                    .map_err(|e| ReconcileError::Failed(e.to_string()))
-                    .and_then(|r| r);
-                    match r {
-                        Ok(true) => {
-                            st.metrics.reconciled("changed");
+                    match reconcile_install(&node, &st, &cfg, &desired, false).await {
+                        Ok((_, true)) => {
                             tracing::info!("the GPUs had drifted: reconciled");
                             plugins.start_all(&st).await;
                             plugins.tend(&st).await;
                             label_node(st.clone());
                         }
-                        Ok(false) => st.metrics.reconciled("unchanged"),
-                        Err(e) => {
-                            st.metrics.reconciled("failed");
-                            tracing::warn!("resync: {e}");
-                        }
+                        Ok((_, false)) => {}
+                        Err(e) => tracing::warn!("resync: {e}"),
                     }
                 }
                 cmd = rx.recv() => match cmd {
                     None | Some(Command::Stop) => break,
                     Some(Command::Apply(plan, name, reply)) => {
-                        let wanted = Desired::Plan { plan: plan.clone(), node: name.clone() };
-                        let desired_now = wanted.clone();
-                        let (n2, st2, c2) = (node.clone(), st.clone(), cfg.clone());
-                        let r = tokio::task::spawn_blocking(move || {
-                            let mut n = n2.lock().unwrap_or_else(|p| p.into_inner());
-                            let (observed, done) = reconcile(&mut n, &desired_now)?;
-                            install(&st2, &c2, observed, Some((*plan, name)))
-                                .map_err(ReconcileError::Failed)?;
-                            Ok::<_, ReconcileError>(done)
-                        })
-                        .await
-                        .map_err(|e| ReconcileError::Failed(e.to_string()))
-                        .and_then(|r| r);
-                        st.metrics.reconciled(match &r {
-                            Ok(d) if d.ops.is_empty() => "unchanged",
-                            Ok(_) => "changed",
-                            Err(_) => "failed",
-                        });
+                        let wanted = Desired::Plan { plan, node: name };
+                        let r = reconcile_install(&node, &st, &cfg, &wanted, true)
+                            .await
+                            .map(|(done, _)| done);
                         if r.is_ok() {
                             desired = wanted;
                             // Resources may have come or gone: serve the new set.

@@ -178,7 +178,7 @@ async fn post_plan(
     };
     let current = ctx.state.plan().map(|p| p.1.clone());
     let requested = q.get("node").map(String::as_str).or(current.as_deref());
-    let host = std::fs::read_to_string("/etc/hostname").ok();
+    let host = carve_apply::hostname();
     let node = match carve_apply::plan_node(&plan, requested, host.as_deref()) {
         Ok(n) => n.to_string(),
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),

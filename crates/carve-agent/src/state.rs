@@ -32,7 +32,6 @@ fn write<T>(l: &RwLock<T>, v: T) {
 pub struct Sched {
     pub gpu_index: u32,
     pub gpu_uuid: String,
-    pub socket: std::path::PathBuf,
     pub server: Server,
 }
 

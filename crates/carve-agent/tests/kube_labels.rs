@@ -8,7 +8,6 @@ use axum::response::IntoResponse;
 use axum::routing::patch;
 use axum::{Json, Router};
 use carve_agent::agent::{self, Desired, Node};
-use carve_agent::inventory::Options;
 use carve_model::Catalog;
 use carve_sim::SimBackend;
 use carve_state::Store;
@@ -91,21 +90,11 @@ async fn labels_are_applied_to_the_node_object() {
     .unwrap();
     let yaml = "version: v1\nmig-configs:\n  c:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {\"1g.10gb\": 7}\n";
     let (cfg_parsed, _) = carve_migparted::parse(yaml).unwrap();
+    let desired = Desired::MigParted(Box::new(cfg_parsed.resolve("c").unwrap().clone()));
     let cfg = agent::Config {
-        device_plugin_dir: tmp.path().join("dp"),
-        cdi_dir: None,
-        labels_file: None,
-        run_dir: tmp.path().join("run"),
-        listen: None,
-        api_token: "k".repeat(32),
-        shim: None,
-        options: Options::default(),
-        desired: Desired::MigParted(Box::new(cfg_parsed.resolve("c").unwrap().clone())),
-        sim_health: None,
-        poll: Duration::from_millis(100),
-        resync: None,
         label_node: Some("gpu-node-7".into()),
         kubeconfig: Some(kubeconfig),
+        ..agent::Config::new(tmp.path().join("dp"), tmp.path().join("run"), desired)
     };
     let node = Node {
         backend: Box::new(sim),

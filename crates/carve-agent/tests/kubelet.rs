@@ -217,24 +217,18 @@ async fn setup_with(options: Options, resync: Option<Duration>) -> Setup {
     // A stand-in shim: Allocate only hands out its path.
     let shim = dir.join("libcarve_shim.so");
     std::fs::write(&shim, b"").unwrap();
+    let desired = Desired::Plan {
+        plan: Box::new(plan.clone()),
+        node: "k1".into(),
+    };
     let cfg = agent::Config {
-        device_plugin_dir: plugins.clone(),
         cdi_dir: Some(dir.join("cdi")),
         labels_file: Some(dir.join("labels")),
-        run_dir: dir.join("run"),
-        listen: None,
-        api_token: "x".repeat(32),
         shim: Some(shim),
         options,
-        desired: Desired::Plan {
-            plan: Box::new(plan.clone()),
-            node: "k1".into(),
-        },
         sim_health: Some(state.clone()),
-        poll: Duration::from_millis(100),
         resync,
-        label_node: None,
-        kubeconfig: None,
+        ..agent::Config::new(plugins.clone(), dir.join("run"), desired)
     };
     let node = Node {
         backend: Box::new(sim),
@@ -645,24 +639,12 @@ async fn plugins_wait_for_a_kubelet_that_comes_later() {
         sim.reset(g).unwrap();
     }
     let cfg = agent::Config {
-        device_plugin_dir: plugins.clone(),
-        cdi_dir: None,
-        labels_file: None,
-        run_dir: tmp.path().join("run"),
-        listen: None,
-        api_token: "y".repeat(32),
-        shim: None,
         options: Options {
             replicas: 3,
             rename_shared: true,
             ..Options::default()
         },
-        desired: Desired::AsIs,
-        sim_health: None,
-        poll: Duration::from_millis(100),
-        resync: None,
-        label_node: None,
-        kubeconfig: None,
+        ..agent::Config::new(plugins.clone(), tmp.path().join("run"), Desired::AsIs)
     };
     let node = Node {
         backend: Box::new(sim),

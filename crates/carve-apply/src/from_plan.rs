@@ -28,6 +28,15 @@ pub fn plan_node_names(plan: &Plan) -> Vec<&str> {
     names
 }
 
+/// This machine's hostname, for choosing its node of a plan.
+pub fn hostname() -> Option<String> {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
 /// Chooses the node of `plan` to apply: `requested` (`--node`) when given; else the plan's only
 /// node; else the node named like this machine (`hostname`, or its first label).
 pub fn plan_node<'p>(

@@ -15,7 +15,7 @@
 pub mod export;
 mod from_plan;
 
-pub use from_plan::{plan_node, plan_node_names, targets_from_plan};
+pub use from_plan::{hostname, plan_node, plan_node_names, targets_from_plan};
 
 use carve_backend::{Backend, BackendError, GpuInfo, GpuInstance, Process};
 use carve_migparted::{Devices, NamedConfig};

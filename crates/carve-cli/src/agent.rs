@@ -102,12 +102,7 @@ fn resync(a: &AgentArgs) -> Result<Option<Duration>, Failure> {
     if a.resync == "off" {
         return Ok(None);
     }
-    let d = parse_duration(&a.resync).map_err(|_| {
-        Failure::bad(format!(
-            "--resync: '{}' is not a duration like 60s (or off)",
-            a.resync
-        ))
-    })?;
+    let d = output::parse_duration(&a.resync, "--resync", 86400.0)?;
     if d < Duration::from_millis(100) {
         return Err(Failure::bad("--resync must be at least 100ms"));
     }
@@ -144,25 +139,6 @@ fn api_token(a: &AgentArgs, state: &Path) -> Result<(String, PathBuf), Failure> 
         )));
     }
     Ok((t, path))
-}
-
-fn parse_duration(s: &str) -> Result<Duration, Failure> {
-    let (n, unit) = s.trim().split_at(
-        s.trim()
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.trim().len()),
-    );
-    let n: f64 = n
-        .parse()
-        .map_err(|_| Failure::bad(format!("'{s}' is not a duration like 30s")))?;
-    let k = match unit {
-        "ms" => 1e-3,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(Failure::bad(format!("'{s}' is not a duration like 30s"))),
-    };
-    Ok(Duration::from_secs_f64(n * k))
 }
 
 /// Paths the agent uses, resolved.
@@ -236,13 +212,10 @@ fn summary(h: &Handle, p: &Paths, token_file: &Path, backend_note: &str) -> Stri
             .to_string(),
     ]);
     rows.push(vec!["node labels".into(), p.labels.display().to_string()]);
-    for s in h.state.sched_status() {
+    for (gpu, sock) in &h.state.host_paths().sched_sockets {
         rows.push(vec![
-            format!("scheduler GPU {}", s.0),
-            p.run
-                .join(format!("sched-gpu{}.sock", s.0))
-                .display()
-                .to_string(),
+            format!("scheduler GPU {gpu}"),
+            sock.display().to_string(),
         ]);
     }
     if let Some(a) = h.api {
@@ -355,7 +328,11 @@ fn run(
     let nvml = node.backend.kind() == "nvml";
     let opts = options(a)?;
     let listen = listen(a)?;
-    let run_for = a.run_for.as_deref().map(parse_duration).transpose()?;
+    let run_for = a
+        .run_for
+        .as_deref()
+        .map(|d| output::parse_duration(d, "--run-for", 365.0 * 86400.0))
+        .transpose()?;
     let resync = resync(a)?;
     let (token, token_file) = api_token(a, &p.state)?;
     let shim = crate::sched::shim_path().ok();
@@ -484,7 +461,7 @@ pub fn up_cmd(
         )));
     }
     // The node: --node, this machine's name, or the first Kubernetes node with GPUs in use.
-    let host = node::hostname();
+    let host = carve_apply::hostname();
     let chosen = match node_name {
         Some(n) => carve_apply::plan_node(&plan, Some(n), None)
             .map_err(|e| Failure::bad(format!("{}: {e}", tenancy.display())))?

@@ -177,15 +177,6 @@ pub(crate) enum Desired {
     },
 }
 
-/// This machine's hostname, for choosing its node of a plan.
-pub(crate) fn hostname() -> Option<String> {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
 /// A carve plan, when `text` is one (a JSON object with "version" and "gpus"); `None` for anything
 /// else, which is read as a mig-parted config.
 fn read_plan(text: &str, name: &str) -> Result<Option<carve_plan::Plan>, Failure> {
@@ -240,7 +231,11 @@ pub(crate) fn load_desired(
                 "{name} is a carve plan: -c/--config picks a config of a mig-parted file (use --node to pick a node of the plan)"
             )));
         }
-        let host = if node.is_none() { hostname() } else { None };
+        let host = if node.is_none() {
+            carve_apply::hostname()
+        } else {
+            None
+        };
         let chosen = carve_apply::plan_node(&plan, node, host.as_deref())
             .map_err(|e| Failure::bad(format!("{name}: {e}")))?
             .to_string();

@@ -7,23 +7,6 @@ use carve_simulate::scenario::{self, Report, MODES};
 use std::fmt::Write;
 use std::path::Path;
 
-/// `90s`, `30m`, `1h`, `3600` (seconds).
-pub fn parse_duration(s: &str) -> Result<f64, Failure> {
-    let t = s.trim();
-    let (num, mult) = match t.chars().last() {
-        Some('h') => (&t[..t.len() - 1], 3600.0),
-        Some('m') => (&t[..t.len() - 1], 60.0),
-        Some('s') => (&t[..t.len() - 1], 1.0),
-        _ => (t, 1.0),
-    };
-    match num.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v * mult <= 7.0 * 86400.0 => Ok(v * mult),
-        _ => Err(Failure::bad(format!(
-            "--duration {s}: give a positive time up to 7 days, like 90s, 30m or 1h"
-        ))),
-    }
-}
-
 pub fn simulate_cmd(
     catalog: &Catalog,
     file: &Path,
@@ -33,7 +16,8 @@ pub fn simulate_cmd(
     out: Option<&Path>,
     json: bool,
 ) -> Result<Out, Failure> {
-    let duration_s = parse_duration(duration)?;
+    let duration_s =
+        crate::output::parse_duration(duration, "--duration", 7.0 * 86400.0)?.as_secs_f64();
     let tenancy = crate::plan::load_tenancy(catalog, file)?;
     let plan = match plan_file {
         Some(p) => carve_plan::Plan::from_json(&read_input(p)?)

@@ -460,6 +460,21 @@ enum Phase {
     },
 }
 
+/// The daemon's policy core for `slicing`, with the tenants `ts` (ids by position).
+fn policy_core(slicing: &Slicing, ts: &[&Tenant]) -> Scheduler {
+    let mut core = Scheduler::new(CoreConfig {
+        policy: slicing.policy,
+        slice_ns: slicing.slice_ms.map(|ms| (ms * 1e6) as u64),
+        work_conserving: false,
+        averaging_factor: 33,
+    })
+    .expect("valid slicing");
+    for (i, t) in ts.iter().enumerate() {
+        let _ = core.add_tenant(TenantId(i as u32), t.share, 0);
+    }
+    core
+}
+
 /// How many recent turns the daemon remembers to charge late reports (its ledger).
 const LEDGER_TURNS: u64 = 256;
 
@@ -838,16 +853,7 @@ fn run_gated(
     };
     let n = ts.len();
     let end = (duration_s * 1e9) as u64;
-    let mut core = Scheduler::new(CoreConfig {
-        policy: slicing.policy,
-        slice_ns: slicing.slice_ms.map(|ms| (ms * 1e6) as u64),
-        work_conserving: false,
-        averaging_factor: 33,
-    })
-    .expect("valid slicing");
-    for (i, t) in ts.iter().enumerate() {
-        let _ = core.add_tenant(TenantId(i as u32), t.share, 0);
-    }
+    let core = policy_core(slicing, ts);
     let mut g = Gated {
         ts,
         stretches: ts
@@ -975,16 +981,7 @@ fn run_preempt(
         })
         .collect();
     let end = (duration_s * 1e9) as u64;
-    let mut core = Scheduler::new(CoreConfig {
-        policy: slicing.policy,
-        slice_ns: slicing.slice_ms.map(|ms| (ms * 1e6) as u64),
-        work_conserving: false,
-        averaging_factor: 33,
-    })
-    .expect("valid slicing");
-    for (i, t) in ts.iter().enumerate() {
-        let _ = core.add_tenant(TenantId(i as u32), t.share, 0);
-    }
+    let mut core = policy_core(slicing, ts);
     let switch = (slicing.switch_us * 1e3) as u64;
     // Per tenant: FIFO of (arrival ns, remaining work ns, started?), next open arrival.
     let mut q: Vec<VecDeque<(u64, u64, Option<u64>)>> = vec![VecDeque::new(); n];
