@@ -1,5 +1,5 @@
 //! For tests and benchmarks that need other workspace artifacts (the stand-in drivers, the shim,
-//! `carve-spin`): build them with the running binary's own profile and target directory, and say
+//! `carve-workload`): build them with the running binary's own profile and target directory, and say
 //! where they are. Included by source (`#[path = ".../support/cargo_build.rs"] mod cargo_build;`)
 //! so that nothing links the stand-ins' symbols into the caller.
 

@@ -11,7 +11,7 @@ use carve_agent::plugin::unix_channel;
 use carve_agent::proto::device_plugin_client::DevicePluginClient;
 use carve_agent::proto::{AllocateRequest, ContainerAllocateRequest, Empty};
 use carve_model::Catalog;
-use carve_sim::SimBackend;
+use carve_simnode::SimBackend;
 use carve_state::Store;
 use std::time::{Duration, Instant};
 

@@ -9,7 +9,7 @@ use axum::routing::patch;
 use axum::{Json, Router};
 use carve_agent::agent::{self, Desired, Node};
 use carve_model::Catalog;
-use carve_sim::SimBackend;
+use carve_simnode::SimBackend;
 use carve_state::Store;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};

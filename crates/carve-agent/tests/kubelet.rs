@@ -12,7 +12,7 @@ use carve_agent::proto::{
     ListAndWatchResponse, PreferredAllocationRequest, RegisterRequest,
 };
 use carve_model::Catalog;
-use carve_sim::SimBackend;
+use carve_simnode::SimBackend;
 use carve_state::Store;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

@@ -8,7 +8,7 @@ use carve_agent::inventory::{
 };
 use carve_apply::Observed;
 use carve_model::Catalog;
-use carve_sim::SimBackend;
+use carve_simnode::SimBackend;
 use carve_state::Store;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};

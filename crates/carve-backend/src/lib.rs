@@ -2,7 +2,7 @@
 //! explicit placements, compute instances (CIs), and the processes that use them. Errors mirror
 //! NVML's return codes.
 //!
-//! Two implementations exist: the simulated node (`carve-sim`, the default where no GPU is) and
+//! Two implementations exist: the simulated node (`carve-simnode`, the default where no GPU is) and
 //! NVML (`carve-nvml`). Both describe profiles by their NVML constant; the catalog names them.
 //! [`engine`] is the pure simulated-GPU state machine shared by the simulated node and by the
 //! stand-in `libnvidia-ml.so` used to test the NVML backend without a GPU.

@@ -6,7 +6,7 @@ use crate::output::{self, Failure, Out};
 use carve_agent::agent::{self, Desired, Handle, Node};
 use carve_agent::inventory::{MigStrategy, Options, Preference};
 use carve_model::Catalog;
-use carve_sim::SimBackend;
+use carve_simnode::SimBackend;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use std::net::SocketAddr;

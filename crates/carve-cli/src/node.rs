@@ -7,7 +7,7 @@ use carve_apply::{ApplyError, GpuTarget, Observed, Op};
 use carve_backend::{Backend, Process};
 use carve_model::geometry::{self, Instance};
 use carve_model::Catalog;
-use carve_sim::SimBackend;
+use carve_simnode::SimBackend;
 use carve_state::Store;
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;

@@ -1,5 +1,5 @@
 //! Software time-slicing end to end, without a GPU: `carve sched serve`, tenants running
-//! `carve-spin` under `carve run` (the shim preloaded) against the stand-in `libcuda.so.1` on the
+//! `carve-workload` under `carve run` (the shim preloaded) against the stand-in `libcuda.so.1` on the
 //! library path. Shares, memory limits, identity refusal, fail-open and fail-closed.
 
 use serde_json::Value;
@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 #[path = "../../../support/cargo_build.rs"]
 mod cargo_build;
 
-/// The stand-in driver, the shim and carve-spin, built (when stale) beside this test's carve.
+/// The stand-in driver, the shim and carve-workload, built (when stale) beside this test's carve.
 fn artifacts() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         cargo_build::build(
-            &["carve-fake-cuda", "carve-shim", "carve-spin"],
-            &["libcarve_fake_cuda.so", "libcarve_shim.so", "carve-spin"],
+            &["carve-fake-cuda", "carve-shim", "carve-workload"],
+            &["libcarve_fake_cuda.so", "libcarve_shim.so", "carve-workload"],
         )
     })
 }
@@ -102,7 +102,7 @@ impl Node {
         }
     }
 
-    /// `carve run --tenant T -- carve-spin ...`, started.
+    /// `carve run --tenant T -- carve-workload ...`, started.
     fn spin(&self, tenant: &str, token: &str, fail: &str, spin_args: &[&str]) -> Child {
         self.carve()
             .args(["run", "--tenant", tenant, "--fail", fail, "--socket"])
@@ -110,7 +110,7 @@ impl Node {
             .arg("--token-file")
             .arg(self.dir.join(format!("{token}.tok")))
             .arg("--")
-            .arg(artifacts().join("carve-spin"))
+            .arg(artifacts().join("carve-workload"))
             .args(spin_args)
             .arg("--json")
             .stdout(Stdio::piped())
@@ -195,7 +195,7 @@ fn baseline_without_carve_splits_evenly() {
     let _one = TIMING.lock().unwrap_or_else(|p| p.into_inner());
     let n = Node::new("baseline");
     let run = || {
-        n.cmd(&artifacts().join("carve-spin"))
+        n.cmd(&artifacts().join("carve-workload"))
             .args(["--kernel-us", "500", "--seconds", "2", "--json"])
             .stdout(Stdio::piped())
             .spawn()

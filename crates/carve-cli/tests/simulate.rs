@@ -14,7 +14,7 @@ fn carve() -> Command {
 }
 
 fn temp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("carve-sim-cli-{tag}-{}", std::process::id()));
+    let d = std::env::temp_dir().join(format!("carve-simulate-cli-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d

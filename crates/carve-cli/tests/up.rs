@@ -31,8 +31,8 @@ fn repo() -> PathBuf {
 #[test]
 fn up_serves_allocates_and_enforces() {
     let a = cargo_build::build(
-        &["carve-fake-cuda", "carve-shim", "carve-spin"],
-        &["libcarve_fake_cuda.so", "libcarve_shim.so", "carve-spin"],
+        &["carve-fake-cuda", "carve-shim", "carve-workload"],
+        &["libcarve_fake_cuda.so", "libcarve_shim.so", "carve-workload"],
     );
     let dir = std::env::temp_dir().join(format!("carve-up-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -90,7 +90,7 @@ fn up_serves_allocates_and_enforces() {
     });
     let r = &resp.container_responses[0];
     assert_eq!(r.envs["CARVE_TENANT"], "notebooks");
-    // The "container": carve-spin with Allocate's environment, container paths mapped to the
+    // The "container": carve-workload with Allocate's environment, container paths mapped to the
     // host paths Allocate mounts there.
     let host = |container: &str| -> String {
         r.mounts
@@ -99,7 +99,7 @@ fn up_serves_allocates_and_enforces() {
             .map(|m| m.host_path.clone())
             .unwrap_or_else(|| panic!("no mount for {container}"))
     };
-    let spin = Command::new(a.join("carve-spin"))
+    let spin = Command::new(a.join("carve-workload"))
         .args(["--kernel-us", "300", "--seconds", "0.5", "--json"])
         .env("LD_LIBRARY_PATH", dir.join("lib"))
         .env("LD_PRELOAD", host(&r.envs["LD_PRELOAD"]))
@@ -112,7 +112,7 @@ fn up_serves_allocates_and_enforces() {
         .unwrap();
     assert!(
         spin.status.success(),
-        "carve-spin under the shim: {}",
+        "carve-workload under the shim: {}",
         String::from_utf8_lossy(&spin.stderr)
     );
     let (code, body) = http(&api, "GET", "/v1/tenants", None, "");

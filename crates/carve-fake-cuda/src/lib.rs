@@ -10,7 +10,7 @@
 //!   a page every process maps (`$CARVE_FAKE_CUDA_DIR/gpu.tickets`), so kernels from all
 //!   processes run one at a time, in arrival order, as with context switching on a real GPU.
 //! - The only kernel is `spin` (`cuModuleGetFunction(.., "spin")`, any module image): its first
-//!   parameter is a `u64` of nanoseconds (`carve-spin`'s PTX kernel takes the same parameter).
+//!   parameter is a `u64` of nanoseconds (`carve-workload`'s PTX kernel takes the same parameter).
 //! - Device memory (`$CARVE_FAKE_CUDA_MEM_MIB`, default 81920) is accounted node-wide: each
 //!   process publishes what it holds in `mem/<pid>` under `mem.lock`, so `cuMemGetInfo` sees
 //!   other processes and an allocation beyond the free memory fails with

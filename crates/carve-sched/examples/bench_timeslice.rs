@@ -1,7 +1,7 @@
 //! Time-slicing benchmark on the stand-in GPU (or a real one: put the real libcuda first on the
 //! library path with CARVE_BENCH_REAL_GPU=1). Prints figures, asserts nothing.
 //!
-//! - Fairness: 2, 4 and 8 tenants running `carve-spin` with kernels of 50 µs – 5 ms mixed, under
+//! - Fairness: 2, 4 and 8 tenants running `carve-workload` with kernels of 50 µs – 5 ms mixed, under
 //!   `carve sched` with fixed shares and with equal share, against the same tenants with no carve.
 //! - Overhead: time per intercepted launch when uncontended, and single-tenant throughput.
 //!
@@ -48,11 +48,11 @@ impl Env {
     }
 
     fn bare(&self, args: &[String]) -> Child {
-        self.cmd(&self.bin.join("carve-spin"))
+        self.cmd(&self.bin.join("carve-workload"))
             .args(args)
             .stdout(Stdio::piped())
             .spawn()
-            .expect("carve-spin")
+            .expect("carve-workload")
     }
 
     fn under(&self, socket: &Path, tenant: &str, args: &[String]) -> Child {
@@ -62,7 +62,7 @@ impl Env {
             .arg("--token-file")
             .arg(self.tmp.join(format!("{tenant}.tok")))
             .arg("--")
-            .arg(self.bin.join("carve-spin"))
+            .arg(self.bin.join("carve-workload"))
             .args(args)
             .stdout(Stdio::piped())
             .spawn()
@@ -109,12 +109,12 @@ fn main() {
         seconds = a.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(seconds);
     }
     let bin = cargo_build::build(
-        &["carve-cli", "carve-shim", "carve-fake-cuda", "carve-spin"],
+        &["carve-cli", "carve-shim", "carve-fake-cuda", "carve-workload"],
         &[
             "carve",
             "libcarve_shim.so",
             "libcarve_fake_cuda.so",
-            "carve-spin",
+            "carve-workload",
         ],
     );
     let real = std::env::var_os("CARVE_BENCH_REAL_GPU").is_some();

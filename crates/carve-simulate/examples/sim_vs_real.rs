@@ -1,5 +1,5 @@
 //! The simulator checked against reality: each scenario runs on the stand-in GPU under the real
-//! scheduler daemon with `carve-spin` tenants under the shim, then through the simulator, and the
+//! scheduler daemon with `carve-workload` tenants under the shim, then through the simulator, and the
 //! table compares per-tenant kernel latency (launch to completion) p50/p95/p99 and throughput.
 //!
 //! ```text
@@ -36,7 +36,7 @@ fn main() {
     }
     let stand = real::Stand::new("carve-sim-vs-real");
     println!(
-        "stand-in GPU, carve sched (default slice) + shim, carve-spin: one stream, {} kernels in \
+        "stand-in GPU, carve sched (default slice) + shim, carve-workload: one stream, {} kernels in \
          flight; {seconds} s real per scenario, {} s simulated",
         real::IN_FLIGHT,
         real::SIM_SECONDS

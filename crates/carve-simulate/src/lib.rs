@@ -27,7 +27,7 @@ pub enum Arrivals {
     /// `clients` each sending a request, waiting for the answer, thinking `think_ms`, again.
     Closed { clients: u32, think_ms: f64 },
     /// One thread keeping up to `depth` requests in flight, back to back: it waits for the oldest
-    /// to finish, then launches the next (how `carve-spin`, and a typical loop of asynchronous
+    /// to finish, then launches the next (how `carve-workload`, and a typical loop of asynchronous
     /// launches on a CUDA stream, drive the GPU). Latency is from the launch call to when the
     /// thread sees the request finished. Where launches are held back (time-slicing under
     /// `carve sched`), a thread blocked in a launch sees nothing finish until it gets through;

@@ -1,11 +1,11 @@
 //! The simulator against the real thing: a workload run on the stand-in GPU
 //! (`crates/carve-fake-cuda`) under the real scheduler daemon (`carve_sched::server::Server`, the
-//! code `carve sched serve` runs) with `carve-spin` tenants under the shim (`LD_PRELOAD` of
+//! code `carve sched serve` runs) with `carve-workload` tenants under the shim (`LD_PRELOAD` of
 //! `libcarve_shim.so`, as `carve run` sets it up), then the same workload through
 //! [`carve_simulate::simulate`]. Shared by `examples/sim_vs_real.rs` and `tests/sim_vs_real.rs`
 //! (`#[path = "../support/real.rs"] mod real;`).
 //!
-//! The workload: per tenant one `carve-spin` process, one stream, kernels of a fixed length back
+//! The workload: per tenant one `carve-workload` process, one stream, kernels of a fixed length back
 //! to back with at most two in flight (it waits for the older one, then launches). Its latency is
 //! from the launch call to the completion it observes. In the simulator that is
 //! a pipeline of depth two (`Arrivals::Pipeline`) with deterministic service of the same length.
@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 #[path = "../../../support/cargo_build.rs"]
 mod cargo_build;
 
-/// Kernels in flight per `carve-spin` stream.
+/// Kernels in flight per `carve-workload` stream.
 pub const IN_FLIGHT: u32 = 2;
 
 /// Simulated seconds per scenario (the simulator is deterministic; a long run settles its
@@ -106,11 +106,11 @@ pub struct Stand {
 }
 
 impl Stand {
-    /// Builds the shim, the stand-in libcuda and `carve-spin` (with the caller's profile).
+    /// Builds the shim, the stand-in libcuda and `carve-workload` (with the caller's profile).
     pub fn new(tag: &str) -> Stand {
         let bin = cargo_build::build(
-            &["carve-shim", "carve-fake-cuda", "carve-spin"],
-            &["libcarve_shim.so", "libcarve_fake_cuda.so", "carve-spin"],
+            &["carve-shim", "carve-fake-cuda", "carve-workload"],
+            &["libcarve_shim.so", "libcarve_fake_cuda.so", "carve-workload"],
         );
         let root = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
@@ -139,7 +139,7 @@ impl Stand {
         format!("t{i}-sim-vs-real-0123456789abcdef")
     }
 
-    /// Runs the scenario for real: the daemon, one `carve-spin` per tenant under the shim.
+    /// Runs the scenario for real: the daemon, one `carve-workload` per tenant under the shim.
     pub fn real(&self, s: &Scenario, seconds: f64) -> Vec<Figures> {
         let run = self.runs.get() + 1;
         self.runs.set(run);
@@ -174,7 +174,7 @@ impl Stand {
             .map(|(i, (_, us))| {
                 let tok = self.root.join(format!("t{i}.tok"));
                 std::fs::write(&tok, format!("{}\n", Stand::token(i))).expect("token file");
-                Command::new(self.bin.join("carve-spin"))
+                Command::new(self.bin.join("carve-workload"))
                     .args(["--kernel-us", &us.to_string(), "--seconds"])
                     .arg(seconds.to_string())
                     .arg("--json")
@@ -187,17 +187,17 @@ impl Stand {
                     .env("CARVE_FAIL", "closed")
                     .stdout(Stdio::piped())
                     .spawn()
-                    .expect("carve-spin")
+                    .expect("carve-workload")
             })
             .collect();
         let out: Vec<Figures> = kids
             .into_iter()
             .enumerate()
             .map(|(i, k)| {
-                let o = k.wait_with_output().expect("wait for carve-spin");
-                assert!(o.status.success(), "tenant t{i}: carve-spin {}", o.status);
+                let o = k.wait_with_output().expect("wait for carve-workload");
+                assert!(o.status.success(), "tenant t{i}: carve-workload {}", o.status);
                 let v: serde_json::Value =
-                    serde_json::from_slice(&o.stdout).expect("carve-spin --json");
+                    serde_json::from_slice(&o.stdout).expect("carve-workload --json");
                 let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
                 Figures {
                     per_s: f("kernels") / f("wall_s"),

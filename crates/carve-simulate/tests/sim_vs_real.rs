@@ -1,5 +1,5 @@
 //! The simulator against reality (issue 7): two scenarios run for real, on the stand-in GPU
-//! under the scheduler daemon with `carve-spin` tenants under the shim, and through the
+//! under the scheduler daemon with `carve-workload` tenants under the shim, and through the
 //! simulator; each tenant's simulated p95 must be within 10% of the real one. The figures are
 //! printed (`cargo test -p carve-simulate --test sim_vs_real -- --nocapture`).
 //!

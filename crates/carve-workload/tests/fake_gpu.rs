@@ -1,4 +1,4 @@
-//! `carve-spin` against the stand-in `libcuda.so.1` (carve-fake-cuda), found on
+//! `carve-workload` against the stand-in `libcuda.so.1` (carve-fake-cuda), found on
 //! `LD_LIBRARY_PATH` as the real driver would be: kernels of all processes share one GPU, memory
 //! is accounted across processes.
 
@@ -21,7 +21,7 @@ struct Node {
 impl Node {
     fn new(tag: &str) -> Node {
         Node {
-            root: locate::driver_dir(&format!("carve-spin-{tag}")),
+            root: locate::driver_dir(&format!("carve-workload-{tag}")),
         }
     }
 
@@ -30,7 +30,7 @@ impl Node {
     }
 
     fn spin(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_carve-spin"));
+        let mut c = Command::new(env!("CARGO_BIN_EXE_carve-workload"));
         c.args(args)
             .env("LD_LIBRARY_PATH", self.root.join("lib"))
             .env("CARVE_FAKE_CUDA_DIR", self.gpu())
@@ -42,7 +42,7 @@ impl Node {
     }
 
     fn start(&self, args: &[&str]) -> Child {
-        self.spin(args).spawn().expect("start carve-spin")
+        self.spin(args).spawn().expect("start carve-workload")
     }
 
     /// The fake's record of a process: `{"kernels", "busy_ns", ...}`.
@@ -65,7 +65,7 @@ fn finish(c: Child) -> (i32, Value, String) {
         status,
         stdout,
         stderr,
-    } = c.wait_with_output().expect("wait for carve-spin");
+    } = c.wait_with_output().expect("wait for carve-workload");
     let v = serde_json::from_slice(&stdout).unwrap_or(Value::Null);
     (
         status.code().unwrap_or(-1),

@@ -295,7 +295,7 @@ mod tests {
     use super::*;
 
     fn open(tag: &str, spec: Option<&str>) -> SimBackend {
-        let dir = std::env::temp_dir().join(format!("carve-sim-{tag}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("carve-simnode-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         SimBackend::open(Store::open(&dir).unwrap(), Catalog::embedded(), spec)
             .unwrap()

@@ -1,12 +1,12 @@
-//! `carve-spin`: a CUDA workload for tests and benchmarks. It launches spin kernels of a chosen
+//! `carve-workload`: a CUDA workload for tests and benchmarks. It launches spin kernels of a chosen
 //! length through the CUDA driver API only, loaded at run time from `libcuda.so.1` (the real
 //! driver, or carve's stand-in on the library path), with entry points resolved through
 //! `cuGetProcAddress` as the CUDA runtime does (falling back to `dlsym`). On a real GPU the kernel
 //! is the PTX below: a loop on `%globaltimer` until its `u64` parameter of nanoseconds has passed.
 //!
 //! ```text
-//! carve-spin --kernel-us N [--kernel-us-max M] --seconds S [--alloc-mib M] [--streams K] [--gap-us G] [--json]
-//! carve-spin --launch-bench COUNT [--json]
+//! carve-workload --kernel-us N [--kernel-us-max M] --seconds S [--alloc-mib M] [--streams K] [--gap-us G] [--json]
+//! carve-workload --launch-bench COUNT [--json]
 //! ```
 //!
 //! Each stream is worked by a thread of its own, with at most two kernels in flight (it waits on
@@ -64,10 +64,10 @@ struct Args {
     json: bool,
 }
 
-const USAGE: &str = "usage: carve-spin --kernel-us N [--kernel-us-max M] --seconds S [--alloc-mib M] [--streams K] [--gap-us G] [--json]\n       carve-spin --launch-bench COUNT [--json]";
+const USAGE: &str = "usage: carve-workload --kernel-us N [--kernel-us-max M] --seconds S [--alloc-mib M] [--streams K] [--gap-us G] [--json]\n       carve-workload --launch-bench COUNT [--json]";
 
 fn usage(msg: &str) -> ! {
-    eprintln!("carve-spin: {msg}\n{USAGE}");
+    eprintln!("carve-workload: {msg}\n{USAGE}");
     std::process::exit(2)
 }
 
@@ -149,7 +149,7 @@ struct Cuda {
 }
 
 fn fail(msg: &str) -> ! {
-    eprintln!("carve-spin: {msg}");
+    eprintln!("carve-workload: {msg}");
     std::process::exit(4)
 }
 
@@ -292,7 +292,7 @@ impl Api {
             }
         };
         if r == CUDA_ERROR_OUT_OF_MEMORY {
-            eprintln!("carve-spin: {what}: out of device memory ({name})");
+            eprintln!("carve-workload: {what}: out of device memory ({name})");
             std::process::exit(3)
         }
         fail(&format!("{what} failed: {name} ({r})"))
