@@ -6,10 +6,11 @@
 //!
 //! `cargo run --release -p carve-agent --example bench_allocate [-- CALLERS CALLS_EACH]`
 
-use carve_agent::agent::{self, Desired, Node};
+use carve_agent::agent::{self, Node};
 use carve_agent::plugin::unix_channel;
 use carve_agent::proto::device_plugin_client::DevicePluginClient;
 use carve_agent::proto::{AllocateRequest, ContainerAllocateRequest, Empty};
+use carve_apply::Desired;
 use carve_model::Catalog;
 use carve_simnode::SimBackend;
 use carve_state::Store;
@@ -67,6 +68,7 @@ async fn main() {
     let desired = Desired::Plan {
         plan: Box::new(plan),
         node: "bench".into(),
+        source: "plan.json".into(),
     };
     let cfg = agent::Config {
         shim: Some(shim),

@@ -12,7 +12,7 @@ use crate::inventory::{self, Inventory, Options};
 use crate::plugin::{self, Running, KUBELET_SOCKET};
 use crate::state::{Sched, State, Xid};
 use crate::{api, cdi, labels};
-use carve_apply::Observed;
+use carve_apply::{Desired, NodePlan, Observed};
 use carve_backend::Backend;
 use carve_model::Catalog;
 use carve_plan::plan::Plan;
@@ -25,19 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
-
-/// What the GPUs should look like.
-#[derive(Debug, Clone)]
-pub enum Desired {
-    /// This node's part of a plan.
-    Plan { plan: Box<Plan>, node: String },
-    /// A config of a mig-parted file.
-    MigParted(Box<carve_migparted::NamedConfig>),
-    /// The desired state recorded by the last `carve apply` (re-applied after a reboot).
-    Recorded,
-    /// Leave the GPUs as they are.
-    AsIs,
-}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -175,78 +162,50 @@ pub enum ReconcileError {
 }
 
 fn apply_err(e: carve_apply::ApplyError) -> ReconcileError {
-    use carve_apply::ApplyError as E;
-    match &e {
-        E::Input(_) => ReconcileError::Input(e.to_string()),
-        E::Infeasible(_) | E::InUse(_) => ReconcileError::Refused(e.to_string()),
-        E::Backend { .. } | E::State(_) => ReconcileError::Failed(e.to_string()),
+    use carve_apply::ErrorKind;
+    match e.kind() {
+        ErrorKind::Input => ReconcileError::Input(e.to_string()),
+        ErrorKind::Refused => ReconcileError::Refused(e.to_string()),
+        ErrorKind::Failed => ReconcileError::Failed(e.to_string()),
     }
 }
 
-/// Brings the GPUs to `desired`: finishes interrupted applies, then makes the fewest changes.
+/// Brings the GPUs to `desired` (`carve apply`'s pipeline: finishes interrupted applies, then
+/// makes the fewest changes, recording the plan the node follows). Returns the GPUs afterwards,
+/// that plan, and what was done.
 pub fn reconcile(
     node: &mut Node,
     desired: &Desired,
-) -> Result<(Vec<Observed>, Reconciled), ReconcileError> {
-    let _lock = node
-        .store
-        .lock_apply(|| tracing::info!("waiting for another apply to finish"))
-        .map_err(|e| ReconcileError::Failed(e.to_string()))?;
-    let backend = node.backend.as_mut();
-    carve_apply::recover(
-        backend,
+) -> Result<(Vec<Observed>, Option<NodePlan>, Reconciled), ReconcileError> {
+    let r = carve_apply::reconcile(
+        node.backend.as_mut(),
         &node.catalog,
         &node.store,
-        false,
-        &mut |_, _, _| {},
+        desired,
+        carve_apply::Options::default(),
+        &mut |e| match e {
+            carve_apply::Event::Waiting => tracing::info!("waiting for another apply to finish"),
+            carve_apply::Event::Recovering { ops } => {
+                tracing::info!("finished an interrupted apply: {ops} operation(s)")
+            }
+            _ => {}
+        },
     )
     .map_err(apply_err)?;
-    let observed = carve_apply::observe(backend, &node.catalog).map_err(apply_err)?;
-    let targets = match desired {
-        Desired::Plan { plan, node: name } => {
-            carve_apply::targets_from_plan(plan, name, &observed, &node.catalog)
-                .map_err(apply_err)?
-        }
-        Desired::MigParted(c) => {
-            carve_apply::targets_from_migparted(&node.catalog, c, &observed).map_err(apply_err)?
-        }
-        Desired::Recorded => {
-            carve_apply::desired_targets(&node.store, &observed).map_err(apply_err)?
-        }
-        Desired::AsIs => Vec::new(),
+    let done = Reconciled {
+        ops: r
+            .outcome
+            .iter()
+            .flat_map(|o| o.ops.iter().map(|op| op.to_string()))
+            .collect(),
+        kept: r.changes.kept,
     };
-    let mut done = Reconciled {
-        ops: Vec::new(),
-        kept: Vec::new(),
-    };
-    if targets.is_empty() {
-        return Ok((observed, done));
-    }
-    let p = carve_apply::diff(&observed, &targets).map_err(apply_err)?;
-    done.kept = p.kept.clone();
-    if p.ops.is_empty() {
-        return Ok((observed, done));
-    }
-    let out = carve_apply::execute(backend, &node.store, &targets, &p, false, &mut |_, _, _| {})
-        .map_err(apply_err)?;
-    done.ops = out.ops.iter().map(|o| o.to_string()).collect();
-    let observed = carve_apply::observe(backend, &node.catalog).map_err(apply_err)?;
-    Ok((observed, done))
-}
-
-fn policy_of(s: &str) -> carve_sched::config::PolicyName {
-    use carve_sched::config::PolicyName;
-    match s {
-        "fixed-share" => PolicyName::FixedShare,
-        "best-effort" => PolicyName::BestEffort,
-        _ => PolicyName::EqualShare,
-    }
+    Ok((r.observed, r.plan, done))
 }
 
 /// Starts a scheduler per time-sliced GPU of `inv` (stopping the previous ones) and returns the
 /// host paths Allocate hands out.
 fn start_schedulers(state: &State, cfg: &Config, inv: &Inventory) -> Result<HostPaths, String> {
-    use carve_sched::config::{Config as SchedConfig, Identity, TenantConfig};
     let old: Vec<Sched> =
         std::mem::take(&mut *state.scheds.lock().unwrap_or_else(|p| p.into_inner()));
     for s in old {
@@ -259,31 +218,14 @@ fn start_schedulers(state: &State, cfg: &Config, inv: &Inventory) -> Result<Host
     };
     let mut scheds = Vec::new();
     for g in &inv.shared {
-        let mut tenants = Vec::new();
-        for (name, share, mem) in &g.tenants {
-            let token = carve_sched::plan::token_for(&tokens_dir, name)?;
+        for t in &g.schedule.tenants {
             host.tokens.insert(
-                name.clone(),
-                carve_sched::plan::token_path(&tokens_dir, name),
+                t.name.clone(),
+                carve_sched::tokens::token_path(&tokens_dir, &t.name),
             );
-            let fixed = g.policy == "fixed-share";
-            tenants.push(TenantConfig {
-                name: name.clone(),
-                share: if fixed { *share } else { None },
-                memory_limit_bytes: *mem,
-                identity: Identity {
-                    token: Some(token),
-                    ..Identity::default()
-                },
-            });
         }
-        let config = SchedConfig {
-            policy: policy_of(&g.policy),
-            slice_ms: g.slice_ms,
-            work_conserving: true,
-            averaging_factor: 33,
-            tenants,
-        };
+        let config = carve_sched::tokens::identities(g.schedule.clone(), &tokens_dir)
+            .map_err(|e| e.to_string())?;
         config
             .validate()
             .map_err(|e| format!("the scheduler of GPU {} cannot start: {e}", g.gpu_index))?;
@@ -305,11 +247,11 @@ fn install(
     state: &State,
     cfg: &Config,
     observed: Vec<Observed>,
-    plan: Option<(Plan, String)>,
+    plan: Option<NodePlan>,
 ) -> Result<(), String> {
     let inv = inventory::inventory(
         &observed,
-        plan.as_ref().map(|(p, n)| (p, n.as_str())),
+        plan.as_ref().map(|p| (&p.plan, p.node.as_str())),
         state.options(),
     )?;
     for w in &inv.warnings {
@@ -325,7 +267,7 @@ fn install(
         &observed,
         &inv,
         state.options(),
-        plan.as_ref().map(|(_, n)| n.as_str()),
+        plan.as_ref().map(|p| p.node.as_str()),
     );
     if let Some(dir) = &cfg.cdi_dir {
         cdi::write(dir, &cdi::spec(&inv, &host))
@@ -450,16 +392,6 @@ fn watch_sim_health(state: Arc<State>, dir: PathBuf, poll: Duration, stop: Arc<A
     });
 }
 
-impl Desired {
-    /// The plan and this node's name in it, when the desired state is a plan.
-    fn plan(&self) -> Option<(Plan, String)> {
-        match self {
-            Desired::Plan { plan, node } => Some(((**plan).clone(), node.clone())),
-            _ => None,
-        }
-    }
-}
-
 /// Reconciles to `desired`, then installs what the node offers when `always` or when the
 /// devices differ from what is offered now. Returns what was done and whether it installed.
 /// Runs on a blocking thread (it talks to the GPUs).
@@ -473,11 +405,11 @@ async fn reconcile_install(
     let (node, st, cfg, desired) = (node.clone(), state.clone(), cfg.clone(), desired.clone());
     let r = tokio::task::spawn_blocking(move || {
         let mut n = node.lock().unwrap_or_else(|p| p.into_inner());
-        let (observed, done) = reconcile(&mut n, &desired)?;
+        let (observed, plan, done) = reconcile(&mut n, &desired)?;
         let changed =
             !done.ops.is_empty() || observed_uuids(&observed) != observed_uuids(&st.observed());
         if always || changed {
-            install(&st, &cfg, observed, desired.plan()).map_err(ReconcileError::Failed)?;
+            install(&st, &cfg, observed, plan).map_err(ReconcileError::Failed)?;
         }
         Ok((done, always || changed))
     })
@@ -620,7 +552,11 @@ pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
                 cmd = rx.recv() => match cmd {
                     None | Some(Command::Stop) => break,
                     Some(Command::Apply(plan, name, reply)) => {
-                        let wanted = Desired::Plan { plan, node: name };
+                        let wanted = Desired::Plan {
+                            plan,
+                            node: name,
+                            source: "POST /v1/plan".into(),
+                        };
                         let r = reconcile_install(&node, &st, &cfg, &wanted, true)
                             .await
                             .map(|(done, _)| done);

@@ -111,7 +111,7 @@ async fn gpus(AxState(ctx): AxState<Ctx>) -> Response {
 
 async fn get_plan(AxState(ctx): AxState<Ctx>) -> Response {
     match ctx.state.plan() {
-        Some(p) => Json(json!({"node": p.1, "plan": p.0})).into_response(),
+        Some(p) => Json(json!({"node": p.node, "plan": p.plan})).into_response(),
         None => error(StatusCode::NOT_FOUND, "this agent runs without a plan"),
     }
 }
@@ -131,7 +131,7 @@ pub fn tenants_json(state: &State) -> Value {
     let out: Vec<Value> = names
         .iter()
         .map(|n| {
-            let planned = plan.as_ref().and_then(|p| p.0.tenant(n));
+            let planned = plan.as_ref().and_then(|p| p.plan.tenant(n));
             let devices: Vec<Value> = inv
                 .devices()
                 .filter(|(_, d)| d.tenant.as_deref() == Some(n))
@@ -176,7 +176,7 @@ async fn post_plan(
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a plan: {e}")),
     };
-    let current = ctx.state.plan().map(|p| p.1.clone());
+    let current = ctx.state.plan().map(|p| p.node.clone());
     let requested = q.get("node").map(String::as_str).or(current.as_deref());
     let host = carve_apply::hostname();
     let node = match carve_apply::plan_node(&plan, requested, host.as_deref()) {

@@ -65,7 +65,7 @@ pub fn spec(inv: &Inventory, host: &HostPaths) -> Value {
             let Some(sock) = host.sched_sockets.get(&g.gpu_index) else {
                 continue;
             };
-            for (t, _, _) in &g.tenants {
+            for t in g.schedule.tenants.iter().map(|t| &t.name) {
                 let Some(token) = host.tokens.get(t) else {
                     continue;
                 };

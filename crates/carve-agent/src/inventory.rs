@@ -13,6 +13,7 @@
 
 use carve_apply::Observed;
 use carve_plan::plan::{GpuMode, Plan};
+use carve_timeslice::Schedule;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -112,16 +113,13 @@ pub struct Resource {
     pub devices: Vec<Device>,
 }
 
-/// A time-sliced GPU: the scheduler its shares run under.
+/// A time-sliced GPU: the schedule its shares run under (a planned GPU's is
+/// `carve_plan::schedule::gpu_schedule`; `--replicas` GPUs get `carve_plan::schedule::replicas`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SharedGpu {
     pub gpu_index: u32,
     pub gpu_uuid: String,
-    /// Tenants in scheduler order, with their share (fixed share) and memory limit.
-    pub tenants: Vec<(String, Option<f64>, Option<u64>)>,
-    /// `fixed-share`, `equal-share`, `best-effort`.
-    pub policy: String,
-    pub slice_ms: Option<u32>,
+    pub schedule: Schedule,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
@@ -259,7 +257,15 @@ pub fn inventory(
         }
         match planned.map(|(p, g)| (p, g, g.mode)) {
             Some((p, g, GpuMode::TimeSliced)) => {
-                let mut tenants: Vec<(String, Option<f64>, Option<u64>)> = Vec::new();
+                let schedule = match carve_plan::schedule::gpu_schedule(g) {
+                    Ok(Some(schedule)) => schedule,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        // No scheduler can run it, so no share can be enforced: none is offered.
+                        warnings.push(format!("{e}: its shares are not offered"));
+                        continue;
+                    }
+                };
                 for (i, s) in g.shares.iter().enumerate() {
                     let own = p
                         .tenant(&s.tenant)
@@ -275,24 +281,11 @@ pub fn inventory(
                             Some(s.tenant.clone()),
                         ),
                     );
-                    let mib = s.memory_mib * 1024 * 1024;
-                    match tenants.iter_mut().find(|t| t.0 == s.tenant) {
-                        Some(t) => {
-                            t.1 = t.1.map(|x| x + s.share);
-                            t.2 = t.2.map(|m| m + mib);
-                        }
-                        None => tenants.push((s.tenant.clone(), Some(s.share), Some(mib))),
-                    }
                 }
-                let sch = g.scheduler.as_ref();
                 shared.push(SharedGpu {
                     gpu_index: o.info.index,
                     gpu_uuid: o.info.uuid.clone(),
-                    tenants,
-                    policy: sch
-                        .map(|s| s.policy.as_str().to_string())
-                        .unwrap_or_else(|| "equal-share".into()),
-                    slice_ms: sch.map(|s| s.slice_ms),
+                    schedule,
                 });
             }
             Some((_, _, GpuMode::VgpuTimeSliced | GpuMode::VgpuMig)) => {
@@ -321,7 +314,7 @@ pub fn inventory(
                 );
             }
             _ if opts.replicas >= 2 => {
-                let mut tenants = Vec::new();
+                let mut names = Vec::new();
                 for i in 0..opts.replicas {
                     push(
                         &mut res,
@@ -332,14 +325,12 @@ pub fn inventory(
                             Some(format!("gpu{}-r{i}", o.info.index)),
                         ),
                     );
-                    tenants.push((format!("gpu{}-r{i}", o.info.index), None, None));
+                    names.push(format!("gpu{}-r{i}", o.info.index));
                 }
                 shared.push(SharedGpu {
                     gpu_index: o.info.index,
                     gpu_uuid: o.info.uuid.clone(),
-                    tenants,
-                    policy: "equal-share".into(),
-                    slice_ms: None,
+                    schedule: carve_plan::schedule::replicas(names),
                 });
             }
             _ => push(

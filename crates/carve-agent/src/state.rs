@@ -3,8 +3,8 @@
 
 use crate::allocate::HostPaths;
 use crate::inventory::{Inventory, Options, APPLICATION_XIDS};
+use carve_apply::NodePlan;
 use carve_apply::Observed;
-use carve_plan::plan::Plan;
 use carve_sched::proto::StatusReport;
 use carve_sched::server::Server;
 use prometheus_client::collector::Collector;
@@ -48,7 +48,7 @@ pub struct State {
     inventory: RwLock<Arc<Inventory>>,
     observed: RwLock<Arc<Vec<Observed>>>,
     host: RwLock<Arc<HostPaths>>,
-    plan: RwLock<Option<Arc<(Plan, String)>>>,
+    plan: RwLock<Option<Arc<NodePlan>>>,
     labels: RwLock<Arc<BTreeMap<String, String>>>,
     /// Unhealthy device or GPU UUIDs with the XID that made them so.
     unhealthy: Mutex<BTreeMap<String, u64>>,
@@ -89,7 +89,7 @@ impl State {
         read(&self.host)
     }
 
-    pub fn plan(&self) -> Option<Arc<(Plan, String)>> {
+    pub fn plan(&self) -> Option<Arc<NodePlan>> {
         read(&self.plan)
     }
 
@@ -111,7 +111,7 @@ impl State {
         observed: Vec<Observed>,
         mut inv: Inventory,
         host: HostPaths,
-        plan: Option<(Plan, String)>,
+        plan: Option<NodePlan>,
         labels: BTreeMap<String, String>,
     ) {
         let bad = self

@@ -7,7 +7,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::patch;
 use axum::{Json, Router};
-use carve_agent::agent::{self, Desired, Node};
+use carve_agent::agent::{self, Node};
+use carve_apply::Desired;
 use carve_model::Catalog;
 use carve_simnode::SimBackend;
 use carve_state::Store;
@@ -90,7 +91,10 @@ async fn labels_are_applied_to_the_node_object() {
     .unwrap();
     let yaml = "version: v1\nmig-configs:\n  c:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {\"1g.10gb\": 7}\n";
     let (cfg_parsed, _) = carve_migparted::parse(yaml).unwrap();
-    let desired = Desired::MigParted(Box::new(cfg_parsed.resolve("c").unwrap().clone()));
+    let desired = Desired::MigParted {
+        config: Box::new(cfg_parsed.resolve("c").unwrap().clone()),
+        source: "inline".into(),
+    };
     let cfg = agent::Config {
         label_node: Some("gpu-node-7".into()),
         kubeconfig: Some(kubeconfig),

@@ -2,7 +2,7 @@
 //! what registers, then dials each plugin as the kubelet does. The node is a simulated one,
 //! planned from a tenancy; health is injected the way `carve sim xid` does.
 
-use carve_agent::agent::{self, Desired, Handle, Node};
+use carve_agent::agent::{self, Handle, Node};
 use carve_agent::inventory::Options;
 use carve_agent::plugin::unix_channel;
 use carve_agent::proto::device_plugin_client::DevicePluginClient;
@@ -11,6 +11,7 @@ use carve_agent::proto::{
     AllocateRequest, ContainerAllocateRequest, ContainerPreferredAllocationRequest, Empty,
     ListAndWatchResponse, PreferredAllocationRequest, RegisterRequest,
 };
+use carve_apply::Desired;
 use carve_model::Catalog;
 use carve_simnode::SimBackend;
 use carve_state::Store;
@@ -220,6 +221,7 @@ async fn setup_with(options: Options, resync: Option<Duration>) -> Setup {
     let desired = Desired::Plan {
         plan: Box::new(plan.clone()),
         node: "k1".into(),
+        source: "plan.json".into(),
     };
     let cfg = agent::Config {
         cdi_dir: Some(dir.join("cdi")),

@@ -24,20 +24,26 @@ fn node(spec: &str, yaml: &str) -> Vec<Observed> {
         Some(spec),
     )
     .unwrap();
-    let (cfg, _) = carve_migparted::parse(yaml).unwrap();
-    let c = cfg.resolve("c").unwrap().clone();
-    let observed = carve_apply::observe(&mut sim, &catalog).unwrap();
-    let targets = carve_apply::targets_from_migparted(&catalog, &c, &observed).unwrap();
-    let p = carve_apply::diff(&observed, &targets).unwrap();
-    carve_apply::execute(&mut sim, &store, &targets, &p, false, &mut |_, _, _| {}).unwrap();
-    for g in 0..observed.len() as u32 {
-        // MIG mode changes on Ampere wait for a reset.
+    let desired = carve_apply::Desired::read(yaml, "inline", Some("c"), None).unwrap();
+    let apply = |sim: &mut SimBackend| {
+        carve_apply::reconcile(
+            sim,
+            &catalog,
+            &store,
+            &desired,
+            carve_apply::Options::default(),
+            &mut |_| {},
+        )
+    };
+    // MIG mode changes on Ampere wait for a reset: the first apply may stop there.
+    let gpus = match apply(&mut sim) {
+        Ok(r) => r.observed.len(),
+        Err(_) => carve_apply::observe(&mut sim, &catalog).unwrap().len(),
+    };
+    for g in 0..gpus as u32 {
         let _ = sim.reset(g);
     }
-    let p =
-        carve_apply::diff(&carve_apply::observe(&mut sim, &catalog).unwrap(), &targets).unwrap();
-    carve_apply::execute(&mut sim, &store, &targets, &p, false, &mut |_, _, _| {}).unwrap();
-    carve_apply::observe(&mut sim, &catalog).unwrap()
+    apply(&mut sim).unwrap().observed
 }
 
 const MIXED: &str = r#"
@@ -148,8 +154,50 @@ fn replicas_of_whole_gpus_are_equal_share_tenants() {
     );
     assert!(inv.resource("nvidia.com/gpu").is_none());
     assert_eq!(inv.shared.len(), 1);
-    assert_eq!(inv.shared[0].tenants.len(), 4);
-    assert_eq!(inv.shared[0].policy, "equal-share");
+    let schedule = &inv.shared[0].schedule;
+    assert_eq!(schedule.tenants.len(), 4);
+    assert_eq!(
+        schedule.settings.policy,
+        carve_timeslice::Policy::EqualShare
+    );
+    assert!(schedule.settings.work_conserving, "replicas conserve work");
+}
+
+/// A planned time-sliced GPU runs exactly the schedule the plan gives it (the same function the
+/// simulator and `carve sched serve plan.json` use): policy, slice, work-conserving, tenants.
+#[test]
+fn planned_time_sliced_gpus_run_the_plans_schedule() {
+    let catalog = Catalog::embedded();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/tenancy.yaml"
+    ))
+    .unwrap();
+    let plan = carve_plan::plan(&carve_plan::parse(&text, &catalog).unwrap(), &catalog);
+    let gpus: Vec<&carve_plan::plan::PlannedGpu> = plan.node_gpus("node-a").collect();
+    let spec: Vec<&str> = gpus.iter().map(|g| g.model.as_str()).collect();
+    let off = "version: v1\nmig-configs:\n  c:\n    - devices: all\n      mig-enabled: false\n";
+    let observed = node(&spec.join(","), off);
+    let inv = inventory(&observed, Some((&plan, "node-a")), &Options::default()).unwrap();
+    let sliced: Vec<_> = gpus
+        .iter()
+        .filter(|g| g.mode == carve_plan::plan::GpuMode::TimeSliced)
+        .collect();
+    assert!(!sliced.is_empty());
+    assert_eq!(inv.shared.len(), sliced.len());
+    for g in sliced {
+        let want = carve_plan::schedule::gpu_schedule(g).unwrap().unwrap();
+        let got = inv
+            .shared
+            .iter()
+            .find(|s| s.gpu_index == g.index)
+            .expect("served");
+        assert_eq!(got.schedule, want);
+        assert_eq!(
+            got.schedule.settings.work_conserving,
+            carve_plan::schedule::WORK_CONSERVING
+        );
+    }
 }
 
 fn host_for(inv: &carve_agent::inventory::Inventory) -> HostPaths {
@@ -162,7 +210,7 @@ fn host_for(inv: &carve_agent::inventory::Inventory) -> HostPaths {
             g.gpu_index,
             format!("/run/carve/sched-gpu{}.sock", g.gpu_index).into(),
         );
-        for (t, _, _) in &g.tenants {
+        for t in g.schedule.tenants.iter().map(|t| &t.name) {
             h.tokens
                 .insert(t.clone(), format!("/run/carve/tokens/{t}").into());
         }

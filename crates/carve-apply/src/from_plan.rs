@@ -318,7 +318,7 @@ mod tests {
                 enabled: false
             }
         )));
-        execute(&mut b, &store, &t, &d, false, &mut |_, _, _| {}).unwrap();
+        execute(&mut b, &store, &t, &d, false, &[], &mut |_, _, _| {}).unwrap();
         assert!(recover(&mut b, &catalog, &store, false, &mut |_, _, _| {})
             .unwrap()
             .is_empty());

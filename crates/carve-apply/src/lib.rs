@@ -11,11 +11,20 @@
 //!    recording progress after each. [`recover`] finds an apply that never finished (a crash) and
 //!    converges to its targets; it is idempotent, since it recomputes the operations from what
 //!    the GPUs really hold.
+//!
+//! [`reconcile`] is the whole pipeline for a [`Desired`] state (a mig-parted config, a plan's
+//! node, the recorded state); every command and the agent go through it ([`compare`] for
+//! read-only checks). The plan the node follows is recorded with the desired state and read back
+//! by [`recorded_plan`].
 
+mod desired;
 pub mod export;
 mod from_plan;
+mod reconcile;
 
+pub use desired::{recorded_plan, Desired, NodePlan};
 pub use from_plan::{hostname, plan_node, plan_node_names, targets_from_plan};
+pub use reconcile::{compare, reconcile, Event, Options, Reconciled};
 
 use carve_backend::{Backend, BackendError, GpuInfo, GpuInstance, Process};
 use carve_migparted::{Devices, NamedConfig};
@@ -158,7 +167,7 @@ impl fmt::Display for Op {
     }
 }
 
-/// An instance the plan would destroy although processes use it.
+/// An instance the changes would destroy although processes use it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Blocker {
     pub gpu: u32,
@@ -203,6 +212,28 @@ pub enum ApplyError {
     Backend { op: String, error: BackendError },
     #[error("{0}")]
     State(#[from] carve_state::StateError),
+}
+
+/// What kind of failure an [`ApplyError`] is, for exit codes and HTTP statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The desired state does not fit these GPUs (wrong node, models, layout, syntax): nothing
+    /// was changed.
+    Input,
+    /// It fits, but cannot be realised, or would destroy instances in use: nothing was changed.
+    Refused,
+    /// A GPU or state operation failed part-way (the journal finishes it at the next apply).
+    Failed,
+}
+
+impl ApplyError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ApplyError::Input(_) => ErrorKind::Input,
+            ApplyError::Infeasible(_) | ApplyError::InUse(_) => ErrorKind::Refused,
+            ApplyError::Backend { .. } | ApplyError::State(_) => ErrorKind::Failed,
+        }
+    }
 }
 
 fn backend_err(op: &str) -> impl Fn(BackendError) -> ApplyError + '_ {
@@ -453,9 +484,10 @@ fn same_gi(gi: &GpuInstance, t: &TargetInstance) -> bool {
     gi.profile == t.nvml && gi.start == t.start && (cis.is_empty() || cis == t.compute_instances)
 }
 
-/// The plan: operations in order, what stays, and what blocks it.
+/// The changes from the observed state to the targets: operations in order, what stays, and what
+/// blocks them.
 #[derive(Debug, Clone, Serialize)]
-pub struct Plan {
+pub struct Changes {
     pub ops: Vec<Op>,
     /// MIG UUIDs (or GI descriptions) kept untouched.
     pub kept: Vec<String>,
@@ -463,8 +495,8 @@ pub struct Plan {
 }
 
 /// Operations from `observed` to `targets`.
-pub fn diff(observed: &[Observed], targets: &[GpuTarget]) -> Result<Plan, ApplyError> {
-    let mut plan = Plan {
+pub fn diff(observed: &[Observed], targets: &[GpuTarget]) -> Result<Changes, ApplyError> {
+    let mut changes = Changes {
         ops: Vec::new(),
         kept: Vec::new(),
         blockers: Vec::new(),
@@ -485,7 +517,7 @@ pub fn diff(observed: &[Observed], targets: &[GpuTarget]) -> Result<Plan, ApplyE
             pending: false,
         });
         if t.mig_enabled && !mode.current {
-            plan.ops.push(Op::SetMigMode { gpu, enabled: true });
+            changes.ops.push(Op::SetMigMode { gpu, enabled: true });
         }
         let mut matched = vec![false; t.instances.len()];
         let mut to_destroy = Vec::new();
@@ -500,7 +532,7 @@ pub fn diff(observed: &[Observed], targets: &[GpuTarget]) -> Result<Plan, ApplyE
                     matched[i] = true;
                     if gi.compute_instances.is_empty() {
                         for &slices in &ti.compute_instances {
-                            plan.ops.push(Op::CreateComputeInstance {
+                            changes.ops.push(Op::CreateComputeInstance {
                                 gpu,
                                 start: ti.start,
                                 slices,
@@ -508,7 +540,8 @@ pub fn diff(observed: &[Observed], targets: &[GpuTarget]) -> Result<Plan, ApplyE
                             });
                         }
                     } else {
-                        plan.kept
+                        changes
+                            .kept
                             .extend(gi.compute_instances.iter().map(|c| c.uuid.clone()));
                     }
                 }
@@ -519,7 +552,7 @@ pub fn diff(observed: &[Observed], targets: &[GpuTarget]) -> Result<Plan, ApplyE
         for (gi, name) in to_destroy {
             for c in &gi.compute_instances {
                 if !c.processes.is_empty() {
-                    plan.blockers.push(Blocker {
+                    changes.blockers.push(Blocker {
                         gpu,
                         profile: name.clone(),
                         start: gi.start,
@@ -543,20 +576,20 @@ pub fn diff(observed: &[Observed], targets: &[GpuTarget]) -> Result<Plan, ApplyE
                 start: gi.start,
             });
         }
-        plan.ops.extend(destroys);
+        changes.ops.extend(destroys);
         if t.mig_enabled {
             for (i, ti) in t.instances.iter().enumerate() {
                 if matched[i] {
                     continue;
                 }
-                plan.ops.push(Op::CreateGpuInstance {
+                changes.ops.push(Op::CreateGpuInstance {
                     gpu,
                     profile: ti.profile.clone(),
                     nvml: ti.nvml,
                     start: ti.start,
                 });
                 for &slices in &ti.compute_instances {
-                    plan.ops.push(Op::CreateComputeInstance {
+                    changes.ops.push(Op::CreateComputeInstance {
                         gpu,
                         start: ti.start,
                         slices,
@@ -565,13 +598,13 @@ pub fn diff(observed: &[Observed], targets: &[GpuTarget]) -> Result<Plan, ApplyE
                 }
             }
         } else if mode.current || mode.pending {
-            plan.ops.push(Op::SetMigMode {
+            changes.ops.push(Op::SetMigMode {
                 gpu,
                 enabled: false,
             });
         }
     }
-    Ok(plan)
+    Ok(changes)
 }
 
 /// Runs one operation.
@@ -610,40 +643,45 @@ pub fn run_op(backend: &mut dyn Backend, op: &Op) -> Result<(), BackendError> {
 /// What an apply did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
-    pub journal_id: i64,
+    /// Its journal entry (`None`: there was nothing to do, so nothing was journaled).
+    pub journal_id: Option<i64>,
     pub ops: Vec<Op>,
     pub kept: Vec<String>,
 }
 
-/// Runs a plan crash-safely: records targets and operations first, then each operation with its
-/// progress. `progress(i, n, op)` is called before each operation.
+/// Runs `changes` crash-safely: records the targets as the desired state (and, in the same
+/// transaction, the documents in `record`: the plan the node follows), then, when there is
+/// anything to do, the operations in the journal before the first, and each one's progress after
+/// it. `progress(i, n, op)` is called before each operation.
 pub fn execute(
     backend: &mut dyn Backend,
     store: &Store,
     targets: &[GpuTarget],
-    plan: &Plan,
+    changes: &Changes,
     force: bool,
+    record: &[(&str, Option<serde_json::Value>)],
     progress: &mut dyn FnMut(usize, usize, &Op),
 ) -> Result<Outcome, ApplyError> {
-    if !plan.blockers.is_empty() && !force {
-        return Err(ApplyError::InUse(plan.blockers.clone()));
+    if !changes.blockers.is_empty() && !force {
+        return Err(ApplyError::InUse(changes.blockers.clone()));
     }
-    let target_json = serde_json::to_value(targets).expect("serialisable");
-    let ops_json = serde_json::to_value(&plan.ops).expect("serialisable");
-    store.set_desired(
-        &targets
-            .iter()
-            .map(|t| {
-                (
-                    t.gpu_uuid.clone(),
-                    serde_json::to_value(t).expect("serialisable"),
-                )
-            })
-            .collect::<Vec<_>>(),
-    )?;
-    let id = store.journal_begin(backend.kind(), &target_json, &ops_json)?;
-    for (i, op) in plan.ops.iter().enumerate() {
-        progress(i, plan.ops.len(), op);
+    let desired: Vec<(String, serde_json::Value)> = targets
+        .iter()
+        .map(|t| (t.gpu_uuid.clone(), json_of(t)))
+        .collect();
+    store.set_desired(&desired, record)?;
+    let mut outcome = Outcome {
+        journal_id: None,
+        ops: changes.ops.clone(),
+        kept: changes.kept.clone(),
+    };
+    if changes.ops.is_empty() {
+        return Ok(outcome);
+    }
+    let id = store.journal_begin(backend.kind(), &json_of(targets), &json_of(&changes.ops))?;
+    outcome.journal_id = Some(id);
+    for (i, op) in changes.ops.iter().enumerate() {
+        progress(i, changes.ops.len(), op);
         if let Err(error) = run_op(backend, op) {
             store.journal_finish(id, "failed")?;
             return Err(ApplyError::Backend {
@@ -654,11 +692,12 @@ pub fn execute(
         store.journal_progress(id, i as i64 + 1)?;
     }
     store.journal_finish(id, "done")?;
-    Ok(Outcome {
-        journal_id: id,
-        ops: plan.ops.clone(),
-        kept: plan.kept.clone(),
-    })
+    Ok(outcome)
+}
+
+/// A value of this crate's own types as JSON (they always serialise).
+fn json_of<T: Serialize + ?Sized>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
 /// Finishes applies that a crash interrupted: converges each to its recorded targets. Returns
@@ -677,9 +716,17 @@ pub fn recover(
                 ApplyError::Input(format!("journal entry {} is unreadable: {e}", entry.id))
             })?;
         let observed = observe(backend, catalog)?;
-        let plan = diff(&observed, &targets)?;
+        let changes = diff(&observed, &targets)?;
         store.journal_finish(entry.id, "interrupted")?;
-        out.push(execute(backend, store, &targets, &plan, force, progress)?);
+        out.push(execute(
+            backend,
+            store,
+            &targets,
+            &changes,
+            force,
+            &[],
+            progress,
+        )?);
     }
     Ok(out)
 }

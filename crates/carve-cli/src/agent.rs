@@ -3,8 +3,9 @@
 
 use crate::node::{self, Ctx};
 use crate::output::{self, Failure, Out};
-use carve_agent::agent::{self, Desired, Handle, Node};
+use carve_agent::agent::{self, Handle, Node};
 use carve_agent::inventory::{MigStrategy, Options, Preference};
+use carve_apply::Desired;
 use carve_model::Catalog;
 use carve_simnode::SimBackend;
 use clap::{Args, ValueEnum};
@@ -125,8 +126,9 @@ fn listen(a: &AgentArgs) -> Result<Option<SocketAddr>, Failure> {
 /// schedulers' tenant tokens are.
 fn api_token(a: &AgentArgs, state: &Path) -> Result<(String, PathBuf), Failure> {
     let Some(path) = a.api_token_file.clone() else {
-        let t = carve_sched::plan::token_for(state, "api-token").map_err(Failure::no)?;
-        return Ok((t, carve_sched::plan::token_path(state, "api-token")));
+        let t = carve_sched::tokens::token_for(state, "api-token")
+            .map_err(|e| Failure::no(e.to_string()))?;
+        return Ok((t, carve_sched::tokens::token_path(state, "api-token")));
     };
     let t = std::fs::read_to_string(&path)
         .map_err(|e| Failure::bad(format!("cannot read {}: {e}", path.display())))?
@@ -402,10 +404,7 @@ pub fn agent_cmd(
     resync(a)?;
     let desired = match file {
         None => Desired::Recorded,
-        Some(f) => match node::load_desired(&catalog, f, config, node_name)? {
-            node::Desired::MigParted(c, _) => Desired::MigParted(Box::new(c)),
-            node::Desired::Plan { plan, node, .. } => Desired::Plan { plan, node },
-        },
+        Some(f) => node::load_desired(f, config, node_name)?,
     };
     let state = node::state_dir(ctx);
     let p = Paths {
@@ -547,6 +546,7 @@ pub fn up_cmd(
     let desired = Desired::Plan {
         plan: Box::new(plan),
         node: chosen,
+        source: dir.join("plan.json").display().to_string(),
     };
     run(
         &sub,

@@ -102,7 +102,7 @@ pub fn run(cli: Cli) -> Result<Out, Failure> {
             used,
             svg,
         } => fit_cmd(catalog.gpu(&gpu)?, &profiles, &used, svg, json),
-        Command::Validate { file, node } => validate_cmd(&catalog, &file, node.as_deref(), json),
+        Command::Validate { file, gpus } => validate_cmd(&catalog, &file, gpus.as_deref(), json),
     }
 }
 
@@ -671,14 +671,14 @@ fn parse_node<'c>(catalog: &'c Catalog, spec: &str) -> Result<Vec<&'c GpuModel>,
             Some((n, name)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
                 let n: usize = n
                     .parse()
-                    .map_err(|_| Failure::bad(format!("--node: '{part}': bad count")))?;
+                    .map_err(|_| Failure::bad(format!("--gpus: '{part}': bad count")))?;
                 (n, name)
             }
             _ => (1, part),
         };
         if n == 0 || n > 1024 {
             return Err(Failure::bad(format!(
-                "--node: '{part}': the count must be 1..1024"
+                "--gpus: '{part}': the count must be 1..1024"
             )));
         }
         let g = catalog.gpu(name)?;
@@ -686,7 +686,7 @@ fn parse_node<'c>(catalog: &'c Catalog, spec: &str) -> Result<Vec<&'c GpuModel>,
     }
     if out.is_empty() {
         return Err(Failure::bad(
-            "--node: no GPUs given (e.g. --node 8xH100-80GB)",
+            "--gpus: no GPUs given (e.g. --gpus 8xH100-80GB)",
         ));
     }
     Ok(out)

@@ -86,7 +86,7 @@ enum Command {
         /// each entry is checked on the models its device-filter names, or on every model that
         /// has its profiles.
         #[arg(long, value_name = "GPUS")]
-        node: Option<String>,
+        gpus: Option<String>,
     },
     /// Plan a tenancy: a sharing mode per tenant with its reason, MIG slices packed onto the
     /// fewest GPUs, and the files to use (plan.json, report.md, layout.svg, per-node configs).

@@ -3,7 +3,7 @@
 
 use crate::commands::read_input;
 use crate::output::{table, Failure, Out};
-use carve_apply::{ApplyError, GpuTarget, Observed, Op};
+use carve_apply::{ApplyError, Changes, Desired, ErrorKind, Event, GpuTarget, Observed, Op};
 use carve_backend::{Backend, Process};
 use carve_model::geometry::{self, Instance};
 use carve_model::Catalog;
@@ -155,188 +155,21 @@ pub fn open_backend(
 }
 
 fn apply_failure(e: ApplyError) -> Failure {
-    match e {
-        ApplyError::Input(m) => Failure::bad(m),
-        other => Failure::no(other.to_string()),
+    match e.kind() {
+        ErrorKind::Input => Failure::bad(e.to_string()),
+        ErrorKind::Refused | ErrorKind::Failed => Failure::no(e.to_string()),
     }
 }
 
-/// The state-store key of the last applied plan (for the node agent to serve), and of its node.
-const PLAN_KEY: &str = "plan";
-const PLAN_NODE_KEY: &str = "plan-node";
-
-/// What `apply` or `assert` was given.
-pub(crate) enum Desired {
-    /// A mig-parted config (the chosen one) and the file's name.
-    MigParted(carve_migparted::NamedConfig, String),
-    /// A carve plan, the node of it to apply, and the file's name.
-    Plan {
-        plan: Box<carve_plan::Plan>,
-        node: String,
-        file: String,
-    },
-}
-
-/// A carve plan, when `text` is one (a JSON object with "version" and "gpus"); `None` for anything
-/// else, which is read as a mig-parted config.
-fn read_plan(text: &str, name: &str) -> Result<Option<carve_plan::Plan>, Failure> {
-    if !text.trim_start().starts_with('{') {
-        return Ok(None);
-    }
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(v) if v.get("version").is_some() && v.get("gpus").is_some() => {}
-        Ok(_) => return Ok(None),
-        Err(e) => {
-            // YAML's flow style also starts with '{': a valid mig-parted config stays one.
-            let yaml_ok = carve_migparted::parse(text).is_ok_and(|(_, d)| {
-                !d.iter()
-                    .any(|d| d.severity == carve_migparted::Severity::Error)
-            });
-            if yaml_ok {
-                return Ok(None);
-            }
-            let msg = e.to_string();
-            let suffix = format!(" at line {} column {}", e.line(), e.column());
-            return Err(Failure::bad(format!(
-                "{name}:{}:{}: not valid JSON: {}",
-                e.line(),
-                e.column(),
-                msg.strip_suffix(&suffix).unwrap_or(&msg)
-            )));
-        }
-    }
-    carve_plan::Plan::from_json(text).map(Some).map_err(|m| {
-        // Syntax and schema errors come as "line:col: ...", others without a position.
-        let sep = if m.starts_with(|c: char| c.is_ascii_digit()) {
-            ""
-        } else {
-            " "
-        };
-        Failure::bad(format!("{name}:{sep}{m}"))
-    })
-}
-
-/// Reads a mig-parted config or a carve plan; picks the config (`-c`) or the node (`--node`).
+/// Reads a mig-parted config or a carve plan (`-` is standard input); picks the config (`-c`) or
+/// the node (`--node`).
 pub(crate) fn load_desired(
-    catalog: &Catalog,
     file: &Path,
     config: Option<&str>,
     node: Option<&str>,
 ) -> Result<Desired, Failure> {
     let text = read_input(file)?;
-    let name = file.display().to_string();
-    if let Some(plan) = read_plan(&text, &name)? {
-        if config.is_some() {
-            return Err(Failure::bad(format!(
-                "{name} is a carve plan: -c/--config picks a config of a mig-parted file (use --node to pick a node of the plan)"
-            )));
-        }
-        let host = if node.is_none() {
-            carve_apply::hostname()
-        } else {
-            None
-        };
-        let chosen = carve_apply::plan_node(&plan, node, host.as_deref())
-            .map_err(|e| Failure::bad(format!("{name}: {e}")))?
-            .to_string();
-        return Ok(Desired::Plan {
-            plan: Box::new(plan),
-            node: chosen,
-            file: name,
-        });
-    }
-    if node.is_some() {
-        return Err(Failure::bad(format!(
-            "{name} is a mig-parted config: --node picks a node of a carve plan (plan.json)"
-        )));
-    }
-    let (cfg, name) = load_config(catalog, &text, name, config)?;
-    Ok(Desired::MigParted(cfg, name))
-}
-
-/// The targets of a config or a plan for the observed GPUs.
-fn desired_targets_of(
-    catalog: &Catalog,
-    desired: &Desired,
-    observed: &[Observed],
-) -> Result<Vec<GpuTarget>, Failure> {
-    match desired {
-        Desired::MigParted(c, _) => {
-            carve_apply::targets_from_migparted(catalog, c, observed).map_err(apply_failure)
-        }
-        Desired::Plan { plan, node, file } => {
-            carve_apply::targets_from_plan(plan, node, observed, catalog).map_err(|e| match e {
-                ApplyError::Input(m) => Failure::bad(format!("{file}: {m}")),
-                other => apply_failure(other),
-            })
-        }
-    }
-}
-
-/// Parses a mig-parted file and picks the named config (checked against the node later).
-fn load_config(
-    catalog: &Catalog,
-    text: &str,
-    name: String,
-    config: Option<&str>,
-) -> Result<(carve_migparted::NamedConfig, String), Failure> {
-    let _ = catalog;
-    let (cfg, diags) = carve_migparted::parse(text).map_err(|d| {
-        Failure::bad(format!(
-            "{name}:{}",
-            d.first().map(|d| d.to_string()).unwrap_or_default()
-        ))
-    })?;
-    if let Some(d) = diags
-        .iter()
-        .find(|d| d.severity == carve_migparted::Severity::Error)
-    {
-        return Err(Failure::bad(format!("{name}:{d}")));
-    }
-    let chosen = match config {
-        Some(c) => cfg
-            .resolve(c)
-            .map_err(|m| Failure::bad(format!("{name}: {m}")))?,
-        None if cfg.configs.len() == 1 => &cfg.configs[0],
-        None => {
-            let names: Vec<&str> = cfg.configs.iter().map(|c| c.name.as_str()).collect();
-            return Err(Failure::bad(format!(
-                "{name} has {} configs; choose one with -c ({})",
-                names.len(),
-                names.join(", ")
-            )));
-        }
-    };
-    Ok((chosen.clone(), name))
-}
-
-/// Checks a config against the node's GPUs (by index); any error is bad input.
-fn check_on_node(
-    catalog: &Catalog,
-    cfg: &carve_migparted::NamedConfig,
-    file: &str,
-    observed: &[Observed],
-) -> Result<(), Failure> {
-    let mut models = Vec::new();
-    for o in observed {
-        match o.model.as_deref().and_then(|k| catalog.gpu(k).ok()) {
-            Some(m) => models.push(m),
-            // Unknown models are reported when an entry selects them.
-            None => return Ok(()),
-        }
-    }
-    let one = carve_migparted::ConfigFile {
-        configs: vec![cfg.clone()],
-    };
-    let report = carve_migparted::check(&one, catalog, Some(&models));
-    if let Some(d) = report
-        .diagnostics
-        .iter()
-        .find(|d| d.severity == carve_migparted::Severity::Error)
-    {
-        return Err(Failure::bad(format!("{file}:{d}")));
-    }
-    Ok(())
+    Desired::read(&text, &file.display().to_string(), config, node).map_err(apply_failure)
 }
 
 fn draw_observed(catalog: &Catalog, o: &Observed) -> Option<String> {
@@ -458,10 +291,14 @@ pub fn status_cmd(ctx: &Ctx, catalog: Catalog) -> Result<Out, Failure> {
     Ok(Out::ok(s))
 }
 
-fn summarize(targets: &[GpuTarget], plan: &carve_apply::Plan) -> String {
+fn summarize(targets: &[GpuTarget], changes: &Changes) -> String {
     let mut s = String::new();
     for t in targets {
-        let ops: Vec<&Op> = plan.ops.iter().filter(|o| o.gpu() == t.gpu_index).collect();
+        let ops: Vec<&Op> = changes
+            .ops
+            .iter()
+            .filter(|o| o.gpu() == t.gpu_index)
+            .collect();
         let destroys = ops
             .iter()
             .filter(|o| matches!(o, Op::DestroyGpuInstance { .. }))
@@ -497,131 +334,83 @@ pub fn apply_cmd(
     force: bool,
 ) -> Result<Out, Failure> {
     // Bad input is found before any GPU is touched.
-    let cfg = match (boot, file) {
-        (false, Some(f)) => Some(load_desired(&catalog, f, config, node)?),
+    let desired = match (boot, file) {
+        (false, Some(f)) => load_desired(f, config, node)?,
         (false, None) => {
             return Err(Failure::bad(
                 "apply needs a mig-parted config file or a carve plan, or --boot",
             ))
         }
-        (true, _) => None,
+        (true, _) => Desired::Recorded,
     };
     let (mut backend, note) = open_backend(ctx, &catalog)?;
-    if let Some(d) = &cfg {
-        let observed = carve_apply::observe(backend.as_mut(), &catalog).map_err(apply_failure)?;
-        match d {
-            Desired::MigParted(c, name) => check_on_node(&catalog, c, name, &observed)?,
-            // Every check of a plan against the node happens while making its targets.
-            Desired::Plan { .. } => {
-                desired_targets_of(&catalog, d, &observed)?;
-            }
-        }
-    }
     let store = open_store(ctx)?;
-    // One apply at a time per node; the lock dies with the process.
-    let _lock = if dry_run {
-        None
-    } else {
-        Some(
-            store
-                .lock_apply(|| eprintln!("carve: another apply is running; waiting for it"))
-                .map_err(|e| Failure::no(e.to_string()))?,
-        )
-    };
     let json = ctx.json;
     let mut log = String::new();
-    let mut progress = |i: usize, n: usize, op: &Op| {
-        if !json {
-            eprintln!("  [{}/{}] {op}", i + 1, n);
-        }
-    };
-    // An apply that a crash interrupted is finished first.
-    if !dry_run {
-        let recovered =
-            carve_apply::recover(backend.as_mut(), &catalog, &store, force, &mut progress)
-                .map_err(apply_failure)?;
-        for r in &recovered {
-            log.push_str(&format!(
-                "finished an interrupted apply: {} operation(s)\n",
-                r.ops.len()
-            ));
-        }
-    }
-    let observed = carve_apply::observe(backend.as_mut(), &catalog).map_err(apply_failure)?;
-    let (targets, source) = match &cfg {
-        Some(d) => (
-            desired_targets_of(&catalog, d, &observed)?,
-            match d {
-                Desired::MigParted(c, _) => format!("config '{}'", c.name),
-                Desired::Plan { node, file, .. } => format!("plan {file} (node {node})"),
-            },
-        ),
-        None => (
-            carve_apply::desired_targets(&store, &observed).map_err(apply_failure)?,
-            "the last desired state".to_string(),
-        ),
-    };
-    let plan = carve_apply::diff(&observed, &targets).map_err(apply_failure)?;
-    if !json {
-        eprintln!("carve: applying {source} on {note}");
-        eprint!("{}", summarize(&targets, &plan));
-    }
-    if targets.is_empty() && !json {
-        log.push_str("no GPU is selected: nothing to do.\n");
-    }
+    let r = carve_apply::reconcile(
+        backend.as_mut(),
+        &catalog,
+        &store,
+        &desired,
+        carve_apply::Options { dry_run, force },
+        &mut |e| match e {
+            Event::Waiting => eprintln!("carve: another apply is running; waiting for it"),
+            Event::Recovering { ops } => {
+                log.push_str(&format!(
+                    "finished an interrupted apply: {ops} operation(s)\n"
+                ));
+            }
+            Event::Applying { targets, changes } if !json => {
+                eprintln!("carve: applying {} on {note}", desired.describe());
+                eprint!("{}", summarize(targets, changes));
+            }
+            Event::Op { i, n, op } if !json => eprintln!("  [{}/{}] {op}", i + 1, n),
+            _ => {}
+        },
+    )
+    .map_err(apply_failure)?;
     if dry_run {
         if json {
             return Ok(Out::json(
-                &json!({ "dry_run": true, "backend": backend.kind(), "targets": targets, "ops": plan.ops, "kept": plan.kept, "blocked": plan.blockers }),
+                &json!({ "dry_run": true, "backend": backend.kind(), "targets": r.targets, "ops": r.changes.ops, "kept": r.changes.kept, "blocked": r.changes.blockers }),
                 0,
             ));
         }
+        eprintln!("carve: applying {} on {note}", desired.describe());
+        eprint!("{}", summarize(&r.targets, &r.changes));
         let mut s = log;
+        if r.targets.is_empty() {
+            s.push_str("no GPU is selected: nothing to do.\n");
+        }
         s.push_str(&format!(
             "dry run: {} operation(s), nothing changed\n",
-            plan.ops.len()
+            r.changes.ops.len()
         ));
-        for op in &plan.ops {
+        for op in &r.changes.ops {
             s.push_str(&format!("  {op}\n"));
         }
-        for b in &plan.blockers {
+        for b in &r.changes.blockers {
             s.push_str(&format!("  blocked: {b}\n"));
         }
         return Ok(Out::ok(s));
     }
-    // The plan the node now follows is kept for the node agent, before any GPU is touched (as
-    // the desired state is); a mig-parted config replaces it. `execute` refuses the same case.
-    if plan.blockers.is_empty() || force {
-        let kept = match &cfg {
-            Some(Desired::Plan { plan, node, .. }) => store
-                .put(PLAN_KEY, plan)
-                .and_then(|_| store.put(PLAN_NODE_KEY, node)),
-            Some(Desired::MigParted(..)) => store
-                .delete(PLAN_KEY)
-                .and_then(|_| store.delete(PLAN_NODE_KEY)),
-            None => Ok(()),
-        };
-        kept.map_err(|e| Failure::no(e.to_string()))?;
-    }
-    let outcome = carve_apply::execute(
-        backend.as_mut(),
-        &store,
-        &targets,
-        &plan,
-        force,
-        &mut progress,
-    )
-    .map_err(apply_failure)?;
+    let (ops, kept, journal_id) = match &r.outcome {
+        Some(o) => (o.ops.clone(), o.kept.clone(), o.journal_id),
+        None => (Vec::new(), Vec::new(), None),
+    };
     if json {
         return Ok(Out::json(
-            &json!({ "dry_run": false, "backend": backend.kind(), "journal_id": outcome.journal_id, "targets": targets, "ops": outcome.ops, "kept": outcome.kept }),
+            &json!({ "dry_run": false, "backend": backend.kind(), "journal_id": journal_id, "targets": r.targets, "ops": ops, "kept": kept }),
             0,
         ));
     }
+    if r.targets.is_empty() {
+        log.push_str("no GPU is selected: nothing to do.\n");
+    }
     log.push_str(&format!(
         "done: {} operation(s); {} MIG device(s) kept untouched.\n",
-        outcome.ops.len(),
-        outcome.kept.len()
+        ops.len(),
+        kept.len()
     ));
     Ok(Out::ok(log))
 }
@@ -633,27 +422,20 @@ pub fn assert_cmd(
     config: Option<&str>,
     node: Option<&str>,
 ) -> Result<Out, Failure> {
-    let cfg = file
-        .map(|f| load_desired(&catalog, f, config, node))
-        .transpose()?;
+    // A mig-parted config compares counts, as mig-parted does (any placement of the wanted
+    // profiles); a plan places every instance, so its placements are compared.
+    let desired = match file {
+        Some(f) => load_desired(f, config, node)?,
+        None => Desired::Recorded,
+    };
     let (mut backend, _) = open_backend(ctx, &catalog)?;
     let store = open_store(ctx)?;
-    let observed = carve_apply::observe(backend.as_mut(), &catalog).map_err(apply_failure)?;
-    let targets = match &cfg {
-        Some(d @ Desired::MigParted(c, name)) => {
-            check_on_node(&catalog, c, name, &observed)?;
-            // Assert compares counts, as mig-parted does: any placement of the wanted profiles.
-            desired_targets_of(&catalog, d, &observed)?
-        }
-        // A plan places every instance: assert compares placements.
-        Some(d @ Desired::Plan { .. }) => desired_targets_of(&catalog, d, &observed)?,
-        None => carve_apply::desired_targets(&store, &observed).map_err(apply_failure)?,
-    };
-    let plan = carve_apply::diff(&observed, &targets).map_err(apply_failure)?;
-    let matches = plan.ops.is_empty();
+    let (targets, changes) = carve_apply::compare(backend.as_mut(), &catalog, &store, &desired)
+        .map_err(apply_failure)?;
+    let matches = changes.ops.is_empty();
     if ctx.json {
         return Ok(Out::json(
-            &json!({ "matches": matches, "differences": plan.ops }),
+            &json!({ "matches": matches, "differences": changes.ops }),
             if matches { 0 } else { 1 },
         ));
     }
@@ -665,9 +447,9 @@ pub fn assert_cmd(
     } else {
         let mut s = format!(
             "the GPUs differ: {} operation(s) would be needed:\n",
-            plan.ops.len()
+            changes.ops.len()
         );
-        for op in &plan.ops {
+        for op in &changes.ops {
             s.push_str(&format!("  {op}\n"));
         }
         Ok(Out::no(s))

@@ -3,7 +3,8 @@
 
 use crate::commands::read_input;
 use crate::output::{table, Failure, Out};
-use carve_sched::config::Config;
+use carve_plan::plan::Sniff;
+use carve_sched::config::DaemonConfig;
 use carve_sched::proto::{self, Reply, Request, StatusReport};
 use clap::Subcommand;
 use std::io::{BufRead, BufReader, Write};
@@ -15,21 +16,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub enum SchedCommand {
     /// Run the scheduler for one GPU (or one MIG instance) until interrupted.
     Serve {
-        /// Scheduler configuration (YAML: policy, slice_ms, tenants with share, memory limit
-        /// and identity).
-        #[arg(long, value_name = "FILE", required_unless_present = "plan")]
-        config: Option<PathBuf>,
-        /// Or take policy, slice, shares and memory limits from a plan's time-sliced GPU.
-        #[arg(long, value_name = "PLAN", conflicts_with = "config")]
-        plan: Option<PathBuf>,
-        /// The plan's node (default: the only one).
-        #[arg(long, requires = "plan")]
+        /// A scheduler configuration (YAML: policy, slice_ms, tenants with share, memory limit
+        /// and identity), or a carve plan (plan.json): the schedule of one of its time-sliced
+        /// GPUs, as the node agent would run it.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// With a plan: its node (default: the only one).
+        #[arg(long)]
         node: Option<String>,
-        /// The GPU index on the node (with --plan).
-        #[arg(long, requires = "plan")]
+        /// With a plan: the GPU index on the node (default: its only time-sliced GPU).
+        #[arg(long)]
         gpu: Option<u32>,
-        /// With --plan: a directory of per-tenant token files (created 0600 when missing).
-        #[arg(long, value_name = "DIR", requires = "plan")]
+        /// With a plan: a directory of per-tenant token files (created 0600 when missing).
+        #[arg(long, value_name = "DIR")]
         tokens: Option<PathBuf>,
         #[arg(long, value_name = "PATH", default_value = proto::DEFAULT_SOCKET)]
         socket: PathBuf,
@@ -50,29 +49,36 @@ extern "C" fn on_signal(_: libc::c_int) {
 pub fn sched_cmd(cmd: SchedCommand, json: bool) -> Result<Out, Failure> {
     match cmd {
         SchedCommand::Serve {
-            config,
-            plan,
+            file,
             node,
             gpu,
             tokens,
             socket,
         } => {
-            let cfg = match (config, plan) {
-                (Some(path), _) => {
-                    let text = read_input(&path)?;
-                    let base = path.parent().unwrap_or(Path::new("."));
-                    Config::from_yaml(&text, base)
-                        .map_err(|e| Failure::bad(format!("{}:{e}", path.display())))?
-                }
-                (None, Some(path)) => {
-                    let text = read_input(&path)?;
-                    let plan = carve_plan::Plan::from_json(&text)
-                        .map_err(|e| Failure::bad(format!("{}:{e}", path.display())))?;
+            let text = read_input(&file)?;
+            let name = file.display();
+            let plan = match carve_plan::Plan::sniff(&text) {
+                Sniff::Plan(p) => Some(p.map_err(|e| Failure::bad(format!("{name}:{e}")))?),
+                Sniff::OtherJson | Sniff::NotJson(_) => None,
+            };
+            let cfg = match plan {
+                Some(plan) => {
+                    let (_, _, schedule) = carve_plan::schedule::pick(&plan, node.as_deref(), gpu)
+                        .map_err(|e| Failure::bad(format!("{name}: {e}")))?;
                     let dir = tokens.unwrap_or_else(|| PathBuf::from("/run/carve/tokens"));
-                    carve_sched::plan::from_plan(&plan, node.as_deref(), gpu, &dir)
-                        .map_err(|e| Failure::bad(format!("{}: {e}", path.display())))?
+                    carve_sched::tokens::identities(schedule, &dir)
+                        .map_err(|e| Failure::no(e.to_string()))?
                 }
-                (None, None) => return Err(Failure::bad("give --config FILE or --plan PLAN")),
+                None => {
+                    if node.is_some() || gpu.is_some() || tokens.is_some() {
+                        return Err(Failure::bad(format!(
+                            "{name} is a scheduler configuration: --node, --gpu and --tokens pick a GPU of a carve plan (plan.json)"
+                        )));
+                    }
+                    let base = file.parent().unwrap_or(Path::new("."));
+                    DaemonConfig::from_yaml(&text, base)
+                        .map_err(|e| Failure::bad(format!("{name}:{e}")))?
+                }
             };
             let server =
                 carve_sched::server::Server::start(cfg.clone(), &socket).map_err(Failure::no)?;
@@ -83,7 +89,7 @@ pub fn sched_cmd(cmd: SchedCommand, json: bool) -> Result<Out, Failure> {
             }
             eprintln!(
                 "carve sched: {} with {} tenant(s) on {} (Ctrl-C stops)",
-                cfg.policy.as_str(),
+                cfg.settings.policy,
                 cfg.tenants.len(),
                 socket.display()
             );

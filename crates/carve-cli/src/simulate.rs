@@ -28,7 +28,8 @@ pub fn simulate_cmd(
         if !json {
             eprintln!("carve: simulating {duration_s} s under {m}…");
         }
-    });
+    })
+    .map_err(|e| Failure::bad(format!("{}: {e}", plan_file.unwrap_or(file).display())))?;
     if let Some(dir) = out {
         std::fs::create_dir_all(dir)
             .map_err(|e| Failure::bad(format!("cannot create {}: {e}", dir.display())))?;

@@ -561,3 +561,70 @@ fn a_busy_instance_blocks_a_plan_and_the_plan_is_not_recorded() {
     assert_eq!(n.devices(), before);
     assert_eq!(n.stored("plan").unwrap(), first);
 }
+
+/// The plan `carve apply` applied is what a bare `carve agent` serves afterwards (after a reboot
+/// or an agent restart): its time-sliced tenants keep their own resources.
+#[test]
+fn a_bare_agent_serves_the_plan_the_last_apply_recorded() {
+    let n = Node::new("agent", "H100-80GB");
+    let tenancy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/tenancy.yaml");
+    let out = n.dir.join("plan");
+    n.cmd()
+        .args(["plan", tenancy, "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    let plan = out.join("plan.json");
+    // node-a's GPUs, simulated.
+    let p: Value = serde_json::from_slice(&std::fs::read(&plan).unwrap()).unwrap();
+    let models: Vec<&str> = p["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["node"] == "node-a")
+        .map(|g| g["model"].as_str().unwrap())
+        .collect();
+    n.cmd()
+        .args(["--sim", &models.join(","), "sim", "reboot"])
+        .assert()
+        .success();
+    n.cmd()
+        .args(["apply", plan.to_str().unwrap(), "--node", "node-a"])
+        .assert()
+        .success();
+    let agent = n
+        .cmd()
+        .args(["agent", "--json", "--listen", "off", "--run-for", "1s"])
+        .arg("--device-plugin-dir")
+        .arg(n.dir.join("plugins"))
+        .arg("--cdi-dir")
+        .arg(n.dir.join("cdi"))
+        .arg("--run-dir")
+        .arg(n.dir.join("run"))
+        .output()
+        .unwrap();
+    assert!(
+        agent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&agent.stderr)
+    );
+    let ready: Value = serde_json::from_str(
+        String::from_utf8_lossy(&agent.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let sockets = ready["sockets"].as_object().unwrap();
+    assert!(
+        sockets.contains_key("carve.dev/notebooks"),
+        "the recorded plan's tenant resources are served: {sockets:?}"
+    );
+    let tenants: Vec<&str> = ready["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["mode"].as_str())
+        .collect();
+    assert!(tenants.contains(&"time-sliced"), "{tenants:?}");
+}

@@ -330,24 +330,24 @@ fn validate_node_option_targets_gpu_indexes() {
         .args([
             "validate",
             f.to_str().unwrap(),
-            "--node",
+            "--gpus",
             "A100-40GB,H100-80GB",
         ])
         .assert()
         .success();
     // Index 1 is now an A100-40GB, where 1g.10gb is the double-memory profile (max 4).
     carve()
-        .args(["validate", f.to_str().unwrap(), "--node", "2xA100-40GB"])
+        .args(["validate", f.to_str().unwrap(), "--gpus", "2xA100-40GB"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains("A100-40GB: 1g.10gb x7"));
     carve()
-        .args(["validate", f.to_str().unwrap(), "--node", "1xA100-40GB"])
+        .args(["validate", f.to_str().unwrap(), "--gpus", "1xA100-40GB"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains("device index 1 is out of range"));
     carve()
-        .args(["validate", f.to_str().unwrap(), "--node", "2xB100"])
+        .args(["validate", f.to_str().unwrap(), "--gpus", "2xB100"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains("unknown GPU 'B100'"));

@@ -17,7 +17,11 @@ fn artifacts() -> &'static PathBuf {
     DIR.get_or_init(|| {
         cargo_build::build(
             &["carve-fake-cuda", "carve-shim", "carve-workload"],
-            &["libcarve_fake_cuda.so", "libcarve_shim.so", "carve-workload"],
+            &[
+                "libcarve_fake_cuda.so",
+                "libcarve_shim.so",
+                "carve-workload",
+            ],
         )
     })
 }
@@ -84,7 +88,7 @@ impl Node {
         std::fs::write(self.dir.join("sched.yaml"), config).unwrap();
         let child = self
             .carve()
-            .args(["sched", "serve", "--config"])
+            .args(["sched", "serve"])
             .arg(self.dir.join("sched.yaml"))
             .arg("--socket")
             .arg(&self.socket)

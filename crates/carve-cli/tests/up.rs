@@ -32,7 +32,11 @@ fn repo() -> PathBuf {
 fn up_serves_allocates_and_enforces() {
     let a = cargo_build::build(
         &["carve-fake-cuda", "carve-shim", "carve-workload"],
-        &["libcarve_fake_cuda.so", "libcarve_shim.so", "carve-workload"],
+        &[
+            "libcarve_fake_cuda.so",
+            "libcarve_shim.so",
+            "carve-workload",
+        ],
     );
     let dir = std::env::temp_dir().join(format!("carve-up-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

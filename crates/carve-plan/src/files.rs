@@ -196,11 +196,12 @@ pub fn pod_resources(plan: &Plan) -> String {
 // ---------------------------------------------------------------------------------------------
 // Scheduler and vGPU
 
-/// carve's time-slice scheduler settings for the node's time-sliced GPUs.
+/// carve's time-slice scheduler settings for the node's time-sliced GPUs: for each, the
+/// [`crate::schedule::gpu_schedule`] that `carve sched` and the agent run.
 pub fn sched_config(plan: &Plan, node: &str) -> Option<String> {
     let gpus: Vec<&PlannedGpu> = plan
         .node_gpus(node)
-        .filter(|g| g.mode == GpuMode::TimeSliced && g.scheduler.is_some())
+        .filter(|g| g.mode == GpuMode::TimeSliced)
         .collect();
     if gpus.is_empty() {
         return None;
@@ -208,41 +209,53 @@ pub fn sched_config(plan: &Plan, node: &str) -> Option<String> {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "# carve sched settings for node {node}, one scheduler per GPU:"
+        "# carve sched settings for node {node}, one scheduler per GPU (the node agent runs them;"
     );
     let _ = writeln!(
         s,
-        "#   carve sched serve --plan plan.json --node {node} --gpu N"
+        "# by hand: carve sched serve plan.json --node {node} --gpu N)."
     );
     let _ = writeln!(
         s,
-        "# policy: best-effort | equal-share | fixed-share; slice_ms: time slice;"
+        "# policy: best-effort | equal-share | fixed-share; slice_ms: time slice (1-30);"
     );
     let _ = writeln!(
         s,
-        "# share: GPU-time share; memory_limit_mib: device memory cap for the tenant."
+        "# work_conserving: idle tenants' time goes to tenants with work; averaging_factor: overrun"
     );
+    let _ = writeln!(
+        s,
+        "# compensation (1-60); share: GPU-time share (fixed share only); memory_limit_mib: device"
+    );
+    let _ = writeln!(s, "# memory cap for the tenant.");
     let _ = writeln!(s, "gpus:");
     for g in gpus {
-        let sch = g.scheduler.as_ref().expect("filtered");
+        let sched = match crate::schedule::gpu_schedule(g) {
+            Ok(Some(sched)) => sched,
+            Ok(None) => continue,
+            Err(e) => {
+                let _ = writeln!(s, "  # {e}");
+                continue;
+            }
+        };
+        let st = &sched.settings;
         let _ = writeln!(
             s,
-            "  - gpu: {}\n    policy: {}\n    slice_ms: {}\n    tenants:",
-            g.index, sch.policy, sch.slice_ms
+            "  - gpu: {}\n    policy: {}\n    slice_ms: {}\n    work_conserving: {}\n    averaging_factor: {}\n    tenants:",
+            g.index,
+            st.policy,
+            st.slice_ns.unwrap_or(0) / 1_000_000,
+            st.work_conserving,
+            st.averaging_factor
         );
-        let mut per: BTreeMap<&str, (f64, u64)> = BTreeMap::new();
-        for sh in &g.shares {
-            let e = per.entry(&sh.tenant).or_default();
-            e.0 += sh.share;
-            e.1 += sh.memory_mib;
-        }
-        for (t, (share, mem)) in per {
-            let _ = writeln!(
-                s,
-                "      - name: {}\n        share: {:.4}\n        memory_limit_mib: {mem}",
-                q(t),
-                share
-            );
+        for t in &sched.tenants {
+            let _ = writeln!(s, "      - name: {}", q(&t.name));
+            if let Some(share) = t.share {
+                let _ = writeln!(s, "        share: {share:.4}");
+            }
+            if let Some(b) = t.memory_limit_bytes {
+                let _ = writeln!(s, "        memory_limit_mib: {}", b / (1024 * 1024));
+            }
         }
     }
     Some(s)

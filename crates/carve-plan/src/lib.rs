@@ -3,13 +3,14 @@
 //!
 //! Pure: no I/O. [`tenancy::parse`] reads the tenancy file, [`decide`] picks modes, [`pack`]
 //! places replicas on GPUs, [`plan`] is the result (`plan.json`), [`files`] turns a plan into
-//! files people use.
+//! files people use, [`schedule`] a time-sliced GPU of it into what its scheduler runs.
 
 pub mod decide;
 pub mod files;
 pub mod pack;
 pub mod plan;
 pub mod planner;
+pub mod schedule;
 pub mod tenancy;
 
 pub use plan::{Mode, Plan};

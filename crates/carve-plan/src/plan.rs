@@ -162,30 +162,9 @@ impl fmt::Display for Platform {
     }
 }
 
-/// Time-slice scheduling policy (vGPU's names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Policy {
-    BestEffort,
-    EqualShare,
-    FixedShare,
-}
-
-impl Policy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::BestEffort => "best-effort",
-            Policy::EqualShare => "equal-share",
-            Policy::FixedShare => "fixed-share",
-        }
-    }
-}
-
-impl fmt::Display for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Time-slice scheduling policy: the policy core's own type (`best-effort`, `equal-share`,
+/// `fixed-share`), so that a plan, a scheduler configuration and the simulator cannot disagree.
+pub use carve_timeslice::Policy;
 
 /// One MIG instance of the plan, at an explicit placement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,12 +195,18 @@ pub struct PlannedShare {
     pub vgpu_type: Option<String>,
 }
 
-/// Time-slice settings of a GPU (time-sliced and vGPU time-sliced GPUs).
+/// Time-slice settings of a GPU (time-sliced and vGPU time-sliced GPUs). What `carve sched`, the
+/// agent and the simulator run is made from these by [`crate::schedule`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Scheduler {
+pub struct PlannedScheduler {
     pub policy: Policy,
     /// Time slice in milliseconds (1..=30).
     pub slice_ms: u32,
+    /// Whether time an idle tenant is owed goes to tenants with work (equal and fixed share). The
+    /// planner decides it ([`crate::schedule::WORK_CONSERVING`]); plans written before it was
+    /// recorded read as `false`, what they ran under.
+    #[serde(default)]
+    pub work_conserving: bool,
     /// Why this policy and slice.
     pub reason: String,
     /// For hypervisor nodes: the `RmPVMRL` registry value (`0x00020011`), in a documented form.
@@ -247,7 +232,7 @@ pub struct PlannedGpu {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shares: Vec<PlannedShare>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scheduler: Option<Scheduler>,
+    pub scheduler: Option<PlannedScheduler>,
 }
 
 impl PlannedGpu {
@@ -356,6 +341,18 @@ pub struct PackingStats {
     pub plan_ms: f64,
 }
 
+/// What [`Plan::sniff`] found.
+#[derive(Debug)]
+pub enum Sniff {
+    /// Not JSON: it does not start with `{`, or it does but does not parse (the error, located
+    /// `line:col: ...`, for callers whose other format cannot start with `{`).
+    NotJson(Option<String>),
+    /// JSON, but not a plan.
+    OtherJson,
+    /// A plan, or why it is not a valid one (located `line:col: ...` where there is a position).
+    Plan(Result<Plan, String>),
+}
+
 /// The whole plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
@@ -396,6 +393,40 @@ impl Plan {
     pub fn from_json(text: &str) -> Result<Plan, String> {
         let plan: Plan = serde_json::from_str(text)
             .map_err(|e| format!("{}:{}: not a carve plan: {e}", e.line(), e.column()))?;
+        Plan::check_version(plan)
+    }
+
+    /// Tells whether `text` is a carve plan, reading it once: a plan is a JSON object with
+    /// `version` and `gpus`, decoded from the JSON value already parsed (only an invalid plan is
+    /// parsed again, for its error's line and column). Commands that take a plan or another
+    /// format (`carve apply`, `carve sched serve`) decide with this, and read the other format
+    /// only when it is not a plan.
+    pub fn sniff(text: &str) -> Sniff {
+        if !text.trim_start().starts_with('{') {
+            return Sniff::NotJson(None);
+        }
+        let value = match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) if v.get("version").is_some() && v.get("gpus").is_some() => v,
+            Ok(_) => return Sniff::OtherJson,
+            Err(e) => {
+                let msg = e.to_string();
+                let suffix = format!(" at line {} column {}", e.line(), e.column());
+                return Sniff::NotJson(Some(format!(
+                    "{}:{}: not valid JSON: {}",
+                    e.line(),
+                    e.column(),
+                    msg.strip_suffix(&suffix).unwrap_or(&msg)
+                )));
+            }
+        };
+        Sniff::Plan(match serde_json::from_value::<Plan>(value) {
+            Ok(plan) => Plan::check_version(plan),
+            Err(_) => Plan::from_json(text),
+        })
+    }
+
+    /// A decoded plan, if this carve reads its version.
+    pub fn check_version(plan: Plan) -> Result<Plan, String> {
         if plan.version != PLAN_VERSION {
             return Err(format!(
                 "plan version {} is not supported (this carve reads version {PLAN_VERSION})",

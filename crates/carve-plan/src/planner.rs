@@ -657,9 +657,10 @@ fn time_slice(
                     "long, for throughput"
                 }
             ));
-            g.scheduler = Some(Scheduler {
+            g.scheduler = Some(PlannedScheduler {
                 policy: b.policy,
                 slice_ms: slice,
+                work_conserving: crate::schedule::WORK_CONSERVING && !hypervisor,
                 reason,
                 rmpvmrl: hypervisor.then(|| rmpvmrl(b.policy, slice)),
             });

@@ -7,7 +7,8 @@ use carve_model::Catalog;
 use carve_plan::files;
 use carve_plan::plan::{
     GpuMode, Mode, PackingStats, Placement, Plan, PlannedGpu, PlannedInstance, PlannedNode,
-    PlannedShare, PlannedTenant, Platform, Policy, Rejected, Scheduler, Shortfall, PLAN_VERSION,
+    PlannedScheduler, PlannedShare, PlannedTenant, Platform, Policy, Rejected, Shortfall,
+    PLAN_VERSION,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -106,9 +107,10 @@ fn sample() -> Plan {
         share("notebooks", 0, 0.25, 10240, None),
         share("nightly", 0, 0.75, 40960, None),
     ];
-    ts.scheduler = Some(Scheduler {
+    ts.scheduler = Some(PlannedScheduler {
         policy: Policy::FixedShare,
         slice_ms: 4,
+        work_conserving: false,
         reason: "shares were asked for".into(),
         rmpvmrl: None,
     });
@@ -117,9 +119,10 @@ fn sample() -> Plan {
         share("vm-ci", 0, 0.5, 8192, Some("H100-8C")),
         share("desk", 0, 0.5, 8192, Some("H100-8Q")),
     ];
-    vts.scheduler = Some(Scheduler {
+    vts.scheduler = Some(PlannedScheduler {
         policy: Policy::EqualShare,
         slice_ms: 2,
+        work_conserving: false,
         reason: "equal turns for the VMs".into(),
         rmpvmrl: Some("0x00020001".into()),
     });
@@ -439,6 +442,8 @@ struct SchedGpu {
     gpu: u32,
     policy: String,
     slice_ms: u32,
+    work_conserving: bool,
+    averaging_factor: u32,
     tenants: Vec<SchedTenant>,
 }
 
@@ -446,7 +451,7 @@ struct SchedGpu {
 #[serde(deny_unknown_fields)]
 struct SchedTenant {
     name: String,
-    share: f64,
+    share: Option<f64>,
     memory_limit_mib: u64,
 }
 
@@ -455,7 +460,14 @@ fn sched_config_per_time_sliced_gpu() {
     let plan = sample();
     let text = files::sched_config(&plan, K8S).expect("a time-sliced GPU");
     // The fields are documented at the top.
-    for f in ["policy", "slice_ms", "share", "memory_limit_mib"] {
+    for f in [
+        "policy",
+        "slice_ms",
+        "work_conserving",
+        "averaging_factor",
+        "share",
+        "memory_limit_mib",
+    ] {
         assert!(
             text.lines()
                 .take_while(|l| l.starts_with('#'))
@@ -467,17 +479,26 @@ fn sched_config_per_time_sliced_gpu() {
     assert_eq!(c.gpus.len(), 1);
     let g = &c.gpus[0];
     assert_eq!(
-        (g.gpu, g.policy.as_str(), g.slice_ms),
-        (1, "fixed-share", 4)
+        (
+            g.gpu,
+            g.policy.as_str(),
+            g.slice_ms,
+            g.work_conserving,
+            g.averaging_factor
+        ),
+        (1, "fixed-share", 4, false, 33)
     );
-    let t: BTreeMap<&str, (f64, u64)> = g
+    let t: BTreeMap<&str, (Option<f64>, u64)> = g
         .tenants
         .iter()
         .map(|t| (t.name.as_str(), (t.share, t.memory_limit_mib)))
         .collect();
     assert_eq!(
         t,
-        BTreeMap::from([("nightly", (0.75, 40960)), ("notebooks", (0.25, 10240))])
+        BTreeMap::from([
+            ("nightly", (Some(0.75), 40960)),
+            ("notebooks", (Some(0.25), 10240))
+        ])
     );
     // vGPU time-slicing is the hypervisor's business, not carve sched's.
     assert!(files::sched_config(&plan, ESX).is_none());

@@ -1,27 +1,10 @@
 //! The scheduler's configuration: policy, slice, and per tenant its share, memory limit and how
 //! its processes prove who they are. From a small YAML file, or from a plan's time-sliced GPU.
 
+use carve_timeslice::{Policy, Schedule, ScheduledTenant, Settings};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PolicyName {
-    BestEffort,
-    EqualShare,
-    FixedShare,
-}
-
-impl PolicyName {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PolicyName::BestEffort => "best-effort",
-            PolicyName::EqualShare => "equal-share",
-            PolicyName::FixedShare => "fixed-share",
-        }
-    }
-}
 
 /// How a client proves it belongs to a tenant (any one suffices).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,21 +23,17 @@ impl Identity {
     }
 }
 
+/// A tenant of the daemon: its place in the schedule, and how its processes prove who they are.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantConfig {
-    pub name: String,
-    pub share: Option<f64>,
-    pub memory_limit_bytes: Option<u64>,
+    pub tenant: ScheduledTenant,
     pub identity: Identity,
 }
 
+/// What one `carve sched` daemon runs: a [`Schedule`] whose tenants each have an identity.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    pub policy: PolicyName,
-    /// `None`: vGPU's default (2 ms up to 8 tenants, 1 ms above).
-    pub slice_ms: Option<u32>,
-    pub work_conserving: bool,
-    pub averaging_factor: u32,
+pub struct DaemonConfig {
+    pub settings: Settings,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -87,7 +66,7 @@ fn err(message: impl Into<String>) -> ConfigError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    policy: PolicyName,
+    policy: Policy,
     #[serde(default)]
     slice_ms: Option<u32>,
     #[serde(default)]
@@ -113,9 +92,39 @@ struct RawTenant {
     cgroup: Option<String>,
 }
 
-impl Config {
+impl DaemonConfig {
+    /// A schedule's tenants, each with the identity `identify` gives it (e.g. a token file made
+    /// for it: [`crate::tokens::identities`]).
+    pub fn new<E>(
+        schedule: Schedule,
+        mut identify: impl FnMut(&ScheduledTenant) -> Result<Identity, E>,
+    ) -> Result<DaemonConfig, E> {
+        let tenants = schedule
+            .tenants
+            .into_iter()
+            .map(|tenant| {
+                Ok(TenantConfig {
+                    identity: identify(&tenant)?,
+                    tenant,
+                })
+            })
+            .collect::<Result<_, E>>()?;
+        Ok(DaemonConfig {
+            settings: schedule.settings,
+            tenants,
+        })
+    }
+
+    /// The schedule, without the identities.
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            settings: self.settings.clone(),
+            tenants: self.tenants.iter().map(|t| t.tenant.clone()).collect(),
+        }
+    }
+
     /// Reads the YAML form. Token files are read now (relative to `base`).
-    pub fn from_yaml(text: &str, base: &Path) -> Result<Config, ConfigError> {
+    pub fn from_yaml(text: &str, base: &Path) -> Result<DaemonConfig, ConfigError> {
         let opts = marked_yaml::LoaderOptions::default()
             .error_on_duplicate_keys(true)
             .toplevel_mapping();
@@ -170,9 +179,11 @@ impl Config {
                 None => None,
             };
             tenants.push(TenantConfig {
-                name: t.name,
-                share: t.share,
-                memory_limit_bytes: t.memory_limit_mib.map(|m| (m * 1024.0 * 1024.0) as u64),
+                tenant: ScheduledTenant {
+                    name: t.name,
+                    share: t.share,
+                    memory_limit_bytes: t.memory_limit_mib.map(|m| (m * 1024.0 * 1024.0) as u64),
+                },
                 identity: Identity {
                     token,
                     uids: t.uids,
@@ -180,66 +191,31 @@ impl Config {
                 },
             });
         }
-        let c = Config {
-            policy: raw.policy,
-            slice_ms: raw.slice_ms,
-            work_conserving: raw.work_conserving,
-            averaging_factor: raw.averaging_factor.unwrap_or(33),
+        let c = DaemonConfig {
+            settings: Settings {
+                policy: raw.policy,
+                slice_ns: raw.slice_ms.map(carve_timeslice::slice_ns_from_ms),
+                work_conserving: raw.work_conserving,
+                averaging_factor: raw
+                    .averaging_factor
+                    .unwrap_or(carve_timeslice::DEFAULT_AVERAGING_FACTOR),
+            },
             tenants,
         };
         c.validate()?;
         Ok(c)
     }
 
+    /// The schedule's rules ([`Schedule::validate`]), and every tenant recognisable.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.tenants.is_empty() {
-            return Err(err("no tenants"));
-        }
-        if let Some(s) = self.slice_ms {
-            if !(1..=30).contains(&s) {
-                return Err(err(format!("slice_ms must be 1 to 30, not {s}")));
-            }
-        }
-        if !(1..=60).contains(&self.averaging_factor) {
-            return Err(err(format!(
-                "averaging_factor must be 1 to 60, not {}",
-                self.averaging_factor
-            )));
-        }
-        let mut sum = 0.0;
-        for (i, t) in self.tenants.iter().enumerate() {
-            if t.name.trim().is_empty() {
-                return Err(err("a tenant needs a name"));
-            }
-            if self.tenants[..i].iter().any(|o| o.name == t.name) {
-                return Err(err(format!("tenant {} is listed twice", t.name)));
-            }
-            if let Some(s) = t.share {
-                if !(s > 0.0 && s <= 1.0) {
-                    return Err(err(format!(
-                        "tenant {}: share must be in (0, 1], not {s}",
-                        t.name
-                    )));
-                }
-                sum += s;
-            }
-            if let Some(m) = t.memory_limit_bytes {
-                if m == 0 {
-                    return Err(err(format!(
-                        "tenant {}: memory_limit_mib must be positive",
-                        t.name
-                    )));
-                }
-            }
+        self.schedule().validate().map_err(|e| err(e.0))?;
+        for t in &self.tenants {
             if t.identity.is_empty() {
                 return Err(err(format!(
                     "tenant {}: no way to recognise its processes: give token_file, uids or cgroup",
-                    t.name
+                    t.tenant.name
                 )));
             }
-        }
-        if sum > 1.0 + 1e-9 {
-            return Err(err(format!("the shares add up to {sum:.3}, more than 1")));
         }
         Ok(())
     }

@@ -89,8 +89,8 @@ pub fn authenticate<'a>(
     token: Option<&str>,
     peer: Peer,
 ) -> Result<&'a TenantConfig, String> {
-    let Some(t) = tenants.iter().find(|t| t.name == claim) else {
-        let names: Vec<&str> = tenants.iter().map(|t| t.name.as_str()).collect();
+    let Some(t) = tenants.iter().find(|t| t.tenant.name == claim) else {
+        let names: Vec<&str> = tenants.iter().map(|t| t.tenant.name.as_str()).collect();
         let close = names
             .iter()
             .filter(|n| strsim_like(claim, n))
@@ -178,9 +178,11 @@ mod tests {
     #[test]
     fn unknown_tenants_get_a_suggestion() {
         let t = vec![TenantConfig {
-            name: "search".into(),
-            share: None,
-            memory_limit_bytes: None,
+            tenant: carve_timeslice::ScheduledTenant {
+                name: "search".into(),
+                share: None,
+                memory_limit_bytes: None,
+            },
             identity: id(None, &[1000], None),
         }];
         let e = authenticate(&t, "serch", None, P).unwrap_err();

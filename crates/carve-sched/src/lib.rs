@@ -4,6 +4,6 @@
 
 pub mod config;
 pub mod identity;
-pub mod plan;
 pub mod proto;
 pub mod server;
+pub mod tokens;

@@ -2,7 +2,7 @@
 //! that hands out turns through the policy core (`carve-timeslice`). The control plane is never in
 //! the fast path: a client that holds a turn launches without talking to the daemon.
 
-use crate::config::Config;
+use crate::config::DaemonConfig;
 use crate::identity;
 use crate::proto::{self, Reply, Request, StatusReport, TenantStatus};
 use carve_timeslice as core;
@@ -66,7 +66,7 @@ struct State {
 }
 
 struct Shared {
-    config: Config,
+    config: DaemonConfig,
     state: Mutex<State>,
     cv: Condvar,
     started: u64,
@@ -89,23 +89,10 @@ pub struct Server {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn core_config(c: &Config) -> core::Config {
-    core::Config {
-        policy: match c.policy {
-            crate::config::PolicyName::BestEffort => core::Policy::BestEffort,
-            crate::config::PolicyName::EqualShare => core::Policy::EqualShare,
-            crate::config::PolicyName::FixedShare => core::Policy::FixedShare,
-        },
-        slice_ns: c.slice_ms.map(|ms| ms as u64 * 1_000_000),
-        work_conserving: c.work_conserving,
-        averaging_factor: c.averaging_factor,
-    }
-}
-
 impl Server {
     /// Binds the socket (owner-only, 0600) and starts serving.
-    pub fn start(config: Config, path: &Path) -> Result<Server, String> {
-        let sched = core::Scheduler::new(core_config(&config)).map_err(|e| e.to_string())?;
+    pub fn start(config: DaemonConfig, path: &Path) -> Result<Server, String> {
+        let sched = core::Scheduler::new(config.settings.clone()).map_err(|e| e.to_string())?;
         if path.exists() {
             // A stale socket from a previous run: refuse if someone still answers on it.
             if UnixStream::connect(path).is_ok() {
@@ -433,22 +420,22 @@ fn serve(s: &Shared, conn: UnixStream) {
                                 .config
                                 .tenants
                                 .iter()
-                                .position(|x| x.name == t.name)
+                                .position(|x| x.tenant.name == t.tenant.name)
                                 .expect("found");
                             me = Some(i);
                             let mut st = s.lock();
                             let now = proto::now_ns();
                             st.tenants[i].clients += 1;
                             if st.tenants[i].clients == 1 {
-                                let _ = st.core.add_tenant(tenant_id(i), t.share, now);
+                                let _ = st.core.add_tenant(tenant_id(i), t.tenant.share, now);
                             }
                             let slice = st.core.slice_ns();
                             s.cv.notify_all();
                             Reply::Welcome {
-                                tenant: t.name.clone(),
-                                memory_limit: t.memory_limit_bytes,
+                                tenant: t.tenant.name.clone(),
+                                memory_limit: t.tenant.memory_limit_bytes,
                                 slice_ns: slice,
-                                policy: s.config.policy.as_str().into(),
+                                policy: s.config.settings.policy.as_str().into(),
                             }
                         }
                         Err(message) => Reply::Error { message },
@@ -561,7 +548,7 @@ fn serve(s: &Shared, conn: UnixStream) {
             }
             (Request::Alloc { bytes }, Some(i)) => {
                 let mut st = s.lock();
-                let limit = s.config.tenants[i].memory_limit_bytes;
+                let limit = s.config.tenants[i].tenant.memory_limit_bytes;
                 let used = st.tenants[i].memory_used;
                 match limit {
                     Some(l) if used.saturating_add(*bytes) > l => {
@@ -620,12 +607,14 @@ fn status(s: &Shared) -> StatusReport {
     let now = proto::now_ns();
     let up = now.saturating_sub(s.started).max(1);
     let core_stats = st.core.stats(now);
+    let schedule = s.config.schedule();
     let tenants = s
         .config
         .tenants
         .iter()
         .enumerate()
         .map(|(i, t)| {
+            let t = &t.tenant;
             let ts = &st.tenants[i];
             let cs = core_stats.iter().find(|c| c.tenant.0 as usize == i);
             let mut throttled = ts.throttled;
@@ -634,11 +623,11 @@ fn status(s: &Shared) -> StatusReport {
             }
             TenantStatus {
                 name: t.name.clone(),
-                // Not connected: what it would get (its fixed share), else nothing.
-                target_share: cs.map(|c| c.target_share).unwrap_or(match s.config.policy {
-                    crate::config::PolicyName::FixedShare => t.share.unwrap_or(0.0),
-                    _ => 0.0,
-                }),
+                // Not connected: what the schedule gives it with everyone there.
+                target_share: cs
+                    .map(|c| c.target_share)
+                    .or_else(|| schedule.target_share(&t.name))
+                    .unwrap_or(0.0),
                 achieved_share: ts.gpu_time as f64 / up as f64,
                 gpu_time_ns: ts.gpu_time,
                 launches: ts.turns,
@@ -652,7 +641,7 @@ fn status(s: &Shared) -> StatusReport {
         })
         .collect();
     StatusReport {
-        policy: s.config.policy.as_str().into(),
+        policy: s.config.settings.policy.as_str().into(),
         slice_ms: st.core.slice_ns() as f64 / 1e6,
         uptime_ns: up,
         tenants,

@@ -1,9 +1,10 @@
 //! The daemon through its socket, with test clients playing the shim's side of the protocol:
 //! identity checks, shares under fixed and equal share, memory limits, status, disconnects.
 
-use carve_sched::config::{Config, Identity, PolicyName, TenantConfig};
+use carve_sched::config::{DaemonConfig, Identity, TenantConfig};
 use carve_sched::proto::{self, Reply, Request};
 use carve_sched::server::Server;
+use carve_timeslice::{Policy, ScheduledTenant, Settings};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -21,23 +22,26 @@ fn token(i: usize) -> String {
 }
 
 fn config(
-    policy: PolicyName,
+    policy: Policy,
     shares: &[Option<f64>],
     slice_ms: u32,
     mem_mib: Option<f64>,
-) -> Config {
-    Config {
-        policy,
-        slice_ms: Some(slice_ms),
-        work_conserving: false,
-        averaging_factor: 33,
+) -> DaemonConfig {
+    DaemonConfig {
+        settings: Settings {
+            policy,
+            slice_ns: Some(carve_timeslice::slice_ns_from_ms(slice_ms)),
+            ..Settings::default()
+        },
         tenants: shares
             .iter()
             .enumerate()
             .map(|(i, s)| TenantConfig {
-                name: format!("t{i}"),
-                share: *s,
-                memory_limit_bytes: mem_mib.map(|m| (m * 1024.0 * 1024.0) as u64),
+                tenant: ScheduledTenant {
+                    name: format!("t{i}"),
+                    share: *s,
+                    memory_limit_bytes: mem_mib.map(|m| (m * 1024.0 * 1024.0) as u64),
+                },
                 identity: Identity {
                     token: Some(token(i)),
                     ..Identity::default()
@@ -80,7 +84,7 @@ impl Client {
 #[test]
 fn unknown_and_unproven_clients_are_refused() {
     let p = sock("ident");
-    let _s = Server::start(config(PolicyName::EqualShare, &[None, None], 2, None), &p).unwrap();
+    let _s = Server::start(config(Policy::EqualShare, &[None, None], 2, None), &p).unwrap();
     let (_, r) = Client::hello(&p, "t9", Some(token(0)));
     assert!(
         matches!(r, Reply::Error { ref message } if message.contains("unknown tenant")),
@@ -147,7 +151,7 @@ fn busy(path: PathBuf, i: usize, seconds: f64) -> u64 {
     held
 }
 
-fn shares(policy: PolicyName, targets: &[Option<f64>]) -> (Vec<f64>, Vec<f64>) {
+fn shares(policy: Policy, targets: &[Option<f64>]) -> (Vec<f64>, Vec<f64>) {
     let _one = TIMING.lock().unwrap_or_else(|p| p.into_inner());
     let p = sock(&format!("share-{}", targets.len()));
     let s = Server::start(config(policy, targets, 2, None), &p).unwrap();
@@ -171,7 +175,7 @@ fn shares(policy: PolicyName, targets: &[Option<f64>]) -> (Vec<f64>, Vec<f64>) {
 
 #[test]
 fn fixed_shares_are_kept() {
-    let (got, reported) = shares(PolicyName::FixedShare, &[Some(0.5), Some(0.3), Some(0.2)]);
+    let (got, reported) = shares(Policy::FixedShare, &[Some(0.5), Some(0.3), Some(0.2)]);
     for (g, want) in got.iter().zip([0.5, 0.3, 0.2]) {
         assert!((g - want).abs() < 0.05, "{got:?}");
     }
@@ -185,7 +189,7 @@ fn fixed_shares_are_kept() {
 
 #[test]
 fn equal_share_splits_evenly() {
-    let (got, _) = shares(PolicyName::EqualShare, &[None, None, None, None]);
+    let (got, _) = shares(Policy::EqualShare, &[None, None, None, None]);
     for g in &got {
         assert!((g - 0.25).abs() < 0.05, "{got:?}");
     }
@@ -194,7 +198,7 @@ fn equal_share_splits_evenly() {
 #[test]
 fn memory_limits_hold_across_a_tenants_processes() {
     let p = sock("mem");
-    let s = Server::start(config(PolicyName::BestEffort, &[None], 2, Some(100.0)), &p).unwrap();
+    let s = Server::start(config(Policy::BestEffort, &[None], 2, Some(100.0)), &p).unwrap();
     let mib = 1024 * 1024;
     let (mut a, _) = Client::hello(&p, "t0", Some(token(0)));
     let (mut b, _) = Client::hello(&p, "t0", Some(token(0)));
@@ -227,7 +231,7 @@ fn memory_limits_hold_across_a_tenants_processes() {
 #[test]
 fn a_holder_that_vanishes_does_not_block_the_others() {
     let p = sock("vanish");
-    let _s = Server::start(config(PolicyName::BestEffort, &[None, None], 5, None), &p).unwrap();
+    let _s = Server::start(config(Policy::BestEffort, &[None, None], 5, None), &p).unwrap();
     let (mut a, _) = Client::hello(&p, "t0", Some(token(0)));
     let (mut b, _) = Client::hello(&p, "t1", Some(token(1)));
     assert!(matches!(a.call(&Request::Acquire), Reply::Grant { .. }));
@@ -288,11 +292,7 @@ fn shares_hold_with_renewals_and_overruns() {
     let _one = TIMING.lock().unwrap_or_else(|p| p.into_inner());
     let targets = [0.4, 0.3, 0.2, 0.1];
     let p = sock("renew");
-    let _s = Server::start(
-        config(PolicyName::FixedShare, &targets.map(Some), 2, None),
-        &p,
-    )
-    .unwrap();
+    let _s = Server::start(config(Policy::FixedShare, &targets.map(Some), 2, None), &p).unwrap();
     let hs: Vec<_> = (0..targets.len())
         .map(|i| {
             let p = p.clone();

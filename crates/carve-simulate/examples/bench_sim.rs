@@ -57,7 +57,7 @@ fn main() {
                 }
             })
             .collect();
-        let r = simulate(&tenants, &Slicing::default(), hour, g as u64);
+        let r = simulate(&tenants, &Slicing::default(), hour, g as u64).expect("default settings");
         events += r.events;
         requests += r.tenants.iter().map(|t| t.requests).sum::<u64>();
     }

@@ -11,7 +11,7 @@
 //! turn, kernels never preempted, the holder drains before the next turn starts, a hand-over
 //! cost); or the GPU's own time-slicing, which preempts work at slice ends.
 
-use carve_timeslice::{Config as CoreConfig, Decision, Policy, Scheduler, TenantId};
+use carve_timeslice::{Decision, Scheduler, Settings, SettingsError, TenantId};
 use serde::Serialize;
 use std::collections::VecDeque;
 
@@ -182,8 +182,9 @@ impl Switch {
 /// The time-slicing settings of a group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Slicing {
-    pub policy: Policy,
-    pub slice_ms: Option<f64>,
+    /// The policy core's settings, as the daemon runs them (for a plan's GPU:
+    /// `carve_plan::schedule::gpu_schedule`).
+    pub settings: Settings,
     /// What a switch between tenants does (default: `carve sched` on bare metal).
     pub switch: Switch,
     /// Cost of a switch between tenants, µs: the hand-over under [`Switch::Drain`], the context
@@ -197,8 +198,7 @@ pub struct Slicing {
 impl Default for Slicing {
     fn default() -> Slicing {
         Slicing {
-            policy: Policy::BestEffort,
-            slice_ms: None,
+            settings: Settings::default(),
             switch: Switch::SCHED,
             switch_us: SCHED_SWITCH_US,
             inside: None,
@@ -460,19 +460,15 @@ enum Phase {
     },
 }
 
-/// The daemon's policy core for `slicing`, with the tenants `ts` (ids by position).
-fn policy_core(slicing: &Slicing, ts: &[&Tenant]) -> Scheduler {
-    let mut core = Scheduler::new(CoreConfig {
-        policy: slicing.policy,
-        slice_ns: slicing.slice_ms.map(|ms| (ms * 1e6) as u64),
-        work_conserving: false,
-        averaging_factor: 33,
-    })
-    .expect("valid slicing");
+/// The daemon's policy core for `slicing`, with the tenants `ts` (ids by position): the settings
+/// and shares as the daemon would take them, or why it would refuse them.
+fn policy_core(slicing: &Slicing, ts: &[&Tenant]) -> Result<Scheduler, SettingsError> {
+    let mut core = Scheduler::new(slicing.settings.clone())?;
     for (i, t) in ts.iter().enumerate() {
-        let _ = core.add_tenant(TenantId(i as u32), t.share, 0);
+        core.add_tenant(TenantId(i as u32), t.share, 0)
+            .map_err(|e| SettingsError(format!("tenant {}: {e}", t.name)))?;
     }
-    core
+    Ok(core)
 }
 
 /// How many recent turns the daemon remembers to charge late reports (its ledger).
@@ -835,6 +831,7 @@ fn jittered(mean: f64, cv: f64, rng: &mut Rng) -> u64 {
 /// Time-shared tenants on one GPU under `carve sched` + shim ([`Switch::Drain`]). Time in ns.
 fn run_gated(
     ts: &[&Tenant],
+    core: Scheduler,
     slicing: &Slicing,
     switch: Switch,
     duration_s: f64,
@@ -853,7 +850,6 @@ fn run_gated(
     };
     let n = ts.len();
     let end = (duration_s * 1e9) as u64;
-    let core = policy_core(slicing, ts);
     let mut g = Gated {
         ts,
         stretches: ts
@@ -967,6 +963,7 @@ fn run_gated(
 /// ([`Switch::Preempt`]). Time in ns internally.
 fn run_preempt(
     ts: &[&Tenant],
+    mut core: Scheduler,
     slicing: &Slicing,
     duration_s: f64,
     rng: &mut Rng,
@@ -981,7 +978,6 @@ fn run_preempt(
         })
         .collect();
     let end = (duration_s * 1e9) as u64;
-    let mut core = policy_core(slicing, ts);
     let switch = (slicing.switch_us * 1e3) as u64;
     // Per tenant: FIFO of (arrival ns, remaining work ns, started?), next open arrival.
     let mut q: Vec<VecDeque<(u64, u64, Option<u64>)>> = vec![VecDeque::new(); n];
@@ -1134,8 +1130,19 @@ fn run_preempt(
     (results, events, busy as f64 / end.max(1) as f64, timeline)
 }
 
-/// Simulates a group of tenants sharing one GPU (some on slices, the rest time-shared).
-pub fn simulate(tenants: &[Tenant], slicing: &Slicing, duration_s: f64, seed: u64) -> GroupResult {
+/// Simulates a group of tenants sharing one GPU (some on slices, the rest time-shared). Fails,
+/// as the daemon would, when the slicing settings or the time-shared tenants' shares are invalid.
+pub fn simulate(
+    tenants: &[Tenant],
+    slicing: &Slicing,
+    duration_s: f64,
+    seed: u64,
+) -> Result<GroupResult, SettingsError> {
+    let time_shared: Vec<&Tenant> = tenants
+        .iter()
+        .filter(|t| t.placement == Placement::TimeShared)
+        .collect();
+    let core = policy_core(slicing, &time_shared)?;
     let mut rng = Rng::new(seed);
     let mut out: Vec<Option<TenantResult>> = vec![None; tenants.len()];
     let mut events = 0;
@@ -1156,7 +1163,9 @@ pub fn simulate(tenants: &[Tenant], slicing: &Slicing, duration_s: f64, seed: u6
     if !shared.is_empty() {
         let ts: Vec<&Tenant> = shared.iter().map(|(_, t)| *t).collect();
         let (rs, e, b, tl) = match slicing.switch {
-            Switch::Drain { .. } => run_gated(&ts, slicing, slicing.switch, duration_s, &mut rng),
+            Switch::Drain { .. } => {
+                run_gated(&ts, core, slicing, slicing.switch, duration_s, &mut rng)
+            }
             Switch::Preempt => {
                 // Launches never block: a pipeline is a closed loop.
                 let owned: Vec<Tenant> = ts
@@ -1168,7 +1177,7 @@ pub fn simulate(tenants: &[Tenant], slicing: &Slicing, duration_s: f64, seed: u6
                     })
                     .collect();
                 let ts: Vec<&Tenant> = owned.iter().collect();
-                run_preempt(&ts, slicing, duration_s, &mut rng)
+                run_preempt(&ts, core, slicing, duration_s, &mut rng)
             }
         };
         events += e;
@@ -1178,7 +1187,7 @@ pub fn simulate(tenants: &[Tenant], slicing: &Slicing, duration_s: f64, seed: u6
             out[*i] = Some(r);
         }
     }
-    GroupResult {
+    Ok(GroupResult {
         tenants: out
             .into_iter()
             .map(|r| r.expect("every tenant simulated"))
@@ -1186,7 +1195,7 @@ pub fn simulate(tenants: &[Tenant], slicing: &Slicing, duration_s: f64, seed: u6
         events,
         gpu_busy,
         timeline,
-    }
+    })
 }
 
 /// Jain's fairness index of values (1 = all equal).

@@ -15,9 +15,10 @@
 use crate::{simulate, Arrivals, Load, Placement, Service, Slicing, Tenant, TenantResult};
 use carve_model::{Catalog, GpuModel};
 use carve_plan::decide::profile_for;
-use carve_plan::plan::{GpuMode, Plan, PlannedGpu, Policy as PlanPolicy};
+use carve_plan::plan::{GpuMode, Plan, PlannedGpu};
+use carve_plan::schedule::{self, ScheduleError};
 use carve_plan::tenancy::{ArrivalSpec, LoadSpec, ServiceSpec, Slo, Tenancy};
-use carve_timeslice::Policy;
+use carve_timeslice::{Policy, Settings};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -88,7 +89,8 @@ fn slice_of(model: &GpuModel, profile: usize) -> Placement {
     }
 }
 
-/// Runs every mode. `progress` is called with each mode's name as it starts.
+/// Runs every mode. `progress` is called with each mode's name as it starts. Fails when a GPU's
+/// planned scheduler settings are invalid (as its scheduler would refuse them).
 pub fn run(
     tenancy: &Tenancy,
     plan: &Plan,
@@ -96,7 +98,7 @@ pub fn run(
     duration_s: f64,
     seed: u64,
     mut progress: impl FnMut(&str),
-) -> Report {
+) -> Result<Report, ScheduleError> {
     let spec: BTreeMap<&str, (LoadSpec, u32)> = tenancy
         .tenants
         .iter()
@@ -195,21 +197,25 @@ pub fn run(
             } else {
                 None
             };
-            let slicing = match (*mode, &g.scheduler) {
-                ("as planned", Some(s)) => Slicing {
-                    policy: match s.policy {
-                        PlanPolicy::BestEffort => Policy::BestEffort,
-                        PlanPolicy::EqualShare => Policy::EqualShare,
-                        PlanPolicy::FixedShare => Policy::FixedShare,
-                    },
-                    slice_ms: Some(s.slice_ms as f64),
-                    ..Slicing::default()
-                },
-                _ => Slicing::default(),
+            // As planned: the settings the GPU's scheduler runs (`carve_plan::schedule`, the
+            // same function the agent and `carve sched` use).
+            let settings = match (*mode, &g.scheduler) {
+                ("as planned", Some(s)) => {
+                    schedule::settings(s).map_err(|error| ScheduleError::Invalid {
+                        node: g.node.clone(),
+                        gpu: g.index,
+                        error,
+                    })?
+                }
+                _ => Settings::default(),
             };
-            let slicing = Slicing { inside, ..slicing };
-            // Shares only make sense under fixed share; and they must fit the core's rules.
-            if slicing.policy != Policy::FixedShare {
+            let slicing = Slicing {
+                settings,
+                inside,
+                ..Slicing::default()
+            };
+            // Shares only under fixed share, as the schedule keeps them.
+            if slicing.settings.policy != Policy::FixedShare {
                 for t in &mut group {
                     t.share = None;
                 }
@@ -219,7 +225,12 @@ pub fn run(
                 &slicing,
                 duration_s,
                 seed ^ ((gi as u64) << 8) ^ mi as u64,
-            );
+            )
+            .map_err(|error| ScheduleError::Invalid {
+                node: g.node.clone(),
+                gpu: g.index,
+                error,
+            })?;
             events += r.events;
             if !r.timeline.is_empty() && !timelines.contains_key(*mode) {
                 timelines.insert(mode.to_string(), r.timeline.clone());
@@ -284,7 +295,7 @@ pub fn run(
             best,
         });
     }
-    Report {
+    Ok(Report {
         duration_s,
         seed,
         events,
@@ -294,7 +305,7 @@ pub fn run(
             .map(|(m, v)| (m, crate::jain(&v)))
             .collect(),
         timelines,
-    }
+    })
 }
 
 /// (tenant, share under fixed share, planned MIG profile index).

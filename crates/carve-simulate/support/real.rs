@@ -13,10 +13,10 @@
 
 #![allow(dead_code)]
 
-use carve_sched::config::{Config, Identity, PolicyName, TenantConfig};
+use carve_sched::config::{DaemonConfig, Identity};
 use carve_sched::server::Server;
 use carve_simulate::{simulate, Arrivals, Load, Placement, Service, Slicing, Tenant};
-use carve_timeslice::Policy;
+use carve_timeslice::{Policy, Schedule, ScheduledTenant, Settings};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -32,9 +32,31 @@ pub const SIM_SECONDS: f64 = 60.0;
 
 pub struct Scenario {
     pub name: &'static str,
-    pub policy: PolicyName,
+    pub policy: Policy,
     /// Per tenant: its share (fixed share only) and its kernel length in µs.
     pub tenants: Vec<(Option<f64>, u64)>,
+}
+
+impl Scenario {
+    /// The one schedule both the daemon and the simulator run: tenants `t0`, `t1`, ...
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            settings: Settings {
+                policy: self.policy,
+                ..Settings::default()
+            },
+            tenants: self
+                .tenants
+                .iter()
+                .enumerate()
+                .map(|(i, (share, _))| ScheduledTenant {
+                    name: format!("t{i}"),
+                    share: *share,
+                    memory_limit_bytes: None,
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -67,27 +89,27 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "fixed 0.7/0.3",
-            policy: PolicyName::FixedShare,
+            policy: Policy::FixedShare,
             tenants: vec![(Some(0.7), 500), (Some(0.3), 500)],
         },
         Scenario {
             name: "equal x2",
-            policy: PolicyName::EqualShare,
+            policy: Policy::EqualShare,
             tenants: vec![(None, 500), (None, 500)],
         },
         Scenario {
             name: "best effort x2",
-            policy: PolicyName::BestEffort,
+            policy: Policy::BestEffort,
             tenants: vec![(None, 500), (None, 500)],
         },
         Scenario {
             name: "best effort x4",
-            policy: PolicyName::BestEffort,
+            policy: Policy::BestEffort,
             tenants: vec![(None, 500); 4],
         },
         Scenario {
             name: "equal 200us/2ms",
-            policy: PolicyName::EqualShare,
+            policy: Policy::EqualShare,
             tenants: vec![(None, 200), (None, 2000)],
         },
     ]
@@ -110,7 +132,11 @@ impl Stand {
     pub fn new(tag: &str) -> Stand {
         let bin = cargo_build::build(
             &["carve-shim", "carve-fake-cuda", "carve-workload"],
-            &["libcarve_shim.so", "libcarve_fake_cuda.so", "carve-workload"],
+            &[
+                "libcarve_shim.so",
+                "libcarve_fake_cuda.so",
+                "carve-workload",
+            ],
         );
         let root = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
@@ -145,26 +171,14 @@ impl Stand {
         self.runs.set(run);
         let gpu = self.gpu_root.join(format!("gpu-{run}"));
         std::fs::create_dir_all(&gpu).expect("GPU directory");
-        let config = Config {
-            policy: s.policy,
-            slice_ms: None,
-            work_conserving: false,
-            averaging_factor: 33,
-            tenants: s
-                .tenants
-                .iter()
-                .enumerate()
-                .map(|(i, (share, _))| TenantConfig {
-                    name: format!("t{i}"),
-                    share: *share,
-                    memory_limit_bytes: None,
-                    identity: Identity {
-                        token: Some(Stand::token(i)),
-                        ..Identity::default()
-                    },
-                })
-                .collect(),
-        };
+        let config = DaemonConfig::new(s.schedule(), |t| {
+            let i: usize = t.name[1..].parse().expect("tenant t<i>");
+            Ok::<_, std::convert::Infallible>(Identity {
+                token: Some(Stand::token(i)),
+                ..Identity::default()
+            })
+        })
+        .expect("infallible");
         let sock = self.root.join(format!("sched-{run}.sock"));
         let server = Server::start(config, &sock).expect("start the scheduler");
         let kids: Vec<Child> = s
@@ -195,7 +209,11 @@ impl Stand {
             .enumerate()
             .map(|(i, k)| {
                 let o = k.wait_with_output().expect("wait for carve-workload");
-                assert!(o.status.success(), "tenant t{i}: carve-workload {}", o.status);
+                assert!(
+                    o.status.success(),
+                    "tenant t{i}: carve-workload {}",
+                    o.status
+                );
                 let v: serde_json::Value =
                     serde_json::from_slice(&o.stdout).expect("carve-workload --json");
                 let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
@@ -259,15 +277,11 @@ pub fn simulated(s: &Scenario, seconds: f64, seed: u64) -> Vec<Figures> {
         })
         .collect();
     let slicing = Slicing {
-        policy: match s.policy {
-            PolicyName::BestEffort => Policy::BestEffort,
-            PolicyName::EqualShare => Policy::EqualShare,
-            PolicyName::FixedShare => Policy::FixedShare,
-        },
-        slice_ms: None,
+        settings: s.schedule().settings,
         ..Slicing::default()
     };
     simulate(&tenants, &slicing, seconds, seed)
+        .expect("valid scenario")
         .tenants
         .into_iter()
         .map(|t| Figures {

@@ -2,7 +2,12 @@
 //! time-sliced GPU against what its policy promises.
 
 use carve_simulate::*;
-use carve_timeslice::Policy;
+use carve_timeslice::{Policy, Settings};
+
+/// A simulation whose settings are valid by construction here.
+fn sim(tenants: &[Tenant], slicing: &Slicing, duration_s: f64, seed: u64) -> GroupResult {
+    simulate(tenants, slicing, duration_s, seed).expect("valid settings")
+}
 
 fn dedicated(name: &str, rate: f64, work_ms: f64, service: Service) -> Tenant {
     Tenant {
@@ -29,7 +34,7 @@ fn mm1_p95_matches_theory() {
     let (lambda, mu) = (60.0, 100.0);
     let runs: Vec<TenantResult> = (1..=4)
         .map(|seed| {
-            let r = simulate(
+            let r = sim(
                 &[dedicated("a", lambda, 1e3 / mu, Service::Exponential)],
                 &Slicing::default(),
                 3600.0,
@@ -60,7 +65,7 @@ fn md1_mean_wait_matches_theory() {
     // M/D/1: W_q = ρ / (2 μ (1 − ρ)).
     let (lambda, mu) = (70.0, 100.0);
     let rho = lambda / mu;
-    let r = simulate(
+    let r = sim(
         &[dedicated("a", lambda, 1e3 / mu, Service::Deterministic)],
         &Slicing::default(),
         3600.0,
@@ -83,7 +88,7 @@ fn a_smaller_slice_is_slower_by_its_fractions() {
         sm: 0.5,
         bandwidth: 0.25,
     };
-    let r = simulate(&[t], &Slicing::default(), 600.0, 3);
+    let r = sim(&[t], &Slicing::default(), 600.0, 3);
     assert!(
         (r.tenants[0].p50_ms - 6.0).abs() < 0.01,
         "{}",
@@ -104,14 +109,14 @@ fn time_slicing_follows_the_policy_and_a_noisy_neighbour_hurts() {
         placement: Placement::TimeShared,
         share: None,
     };
-    let alone = simulate(&[quiet("q")], &Slicing::default(), 600.0, 4);
+    let alone = sim(&[quiet("q")], &Slicing::default(), 600.0, 4);
     let mut noisy = quiet("noisy");
     noisy.load.arrivals = Arrivals::Closed {
         clients: 8,
         think_ms: 0.0,
     };
     noisy.load.work_ms = 20.0;
-    let both = simulate(&[quiet("q"), noisy.clone()], &Slicing::default(), 600.0, 4);
+    let both = sim(&[quiet("q"), noisy.clone()], &Slicing::default(), 600.0, 4);
     assert!(
         both.tenants[0].p95_ms > 2.0 * alone.tenants[0].p95_ms,
         "{:?} vs {:?}",
@@ -125,10 +130,13 @@ fn time_slicing_follows_the_policy_and_a_noisy_neighbour_hurts() {
     let mut b = noisy;
     b.share = Some(0.25);
     let sl = Slicing {
-        policy: Policy::FixedShare,
+        settings: Settings {
+            policy: Policy::FixedShare,
+            ..Settings::default()
+        },
         ..Slicing::default()
     };
-    let r = simulate(&[a, b], &sl, 300.0, 5);
+    let r = sim(&[a, b], &sl, 300.0, 5);
     let (ua, ub) = (
         r.tenants[0].utilisation * 0.75,
         r.tenants[1].utilisation * 0.25,
@@ -141,8 +149,8 @@ fn time_slicing_follows_the_policy_and_a_noisy_neighbour_hurts() {
 fn same_seed_same_answer() {
     let t = [dedicated("a", 50.0, 5.0, Service::Lognormal { cv: 1.5 })];
     assert_eq!(
-        simulate(&t, &Slicing::default(), 60.0, 9),
-        simulate(&t, &Slicing::default(), 60.0, 9)
+        sim(&t, &Slicing::default(), 60.0, 9),
+        sim(&t, &Slicing::default(), 60.0, 9)
     );
 }
 
@@ -159,15 +167,46 @@ fn time_slicing_inside_a_slice_runs_at_the_slice_speed() {
         placement: Placement::TimeShared,
         share: None,
     };
-    let whole = simulate(std::slice::from_ref(&t), &Slicing::default(), 300.0, 6);
+    let whole = sim(std::slice::from_ref(&t), &Slicing::default(), 300.0, 6);
     let half = Slicing {
         inside: Some((0.5, 0.5)),
         ..Slicing::default()
     };
-    let r = simulate(&[t], &half, 300.0, 6);
+    let r = sim(&[t], &half, 300.0, 6);
     let (w, h) = (whole.tenants[0].p50_ms, r.tenants[0].p50_ms);
     assert!(
         (h / w - 2.0).abs() < 0.05,
         "whole {w} ms, half slice {h} ms"
     );
+}
+
+#[test]
+fn settings_the_daemon_would_refuse_are_an_error_not_a_panic() {
+    let t = dedicated("a", 10.0, 1.0, Service::Deterministic);
+    let shared = Tenant {
+        placement: Placement::TimeShared,
+        ..t
+    };
+    let bad_slice = Slicing {
+        settings: Settings {
+            slice_ns: Some(0),
+            ..Settings::default()
+        },
+        ..Slicing::default()
+    };
+    let e = simulate(std::slice::from_ref(&shared), &bad_slice, 1.0, 1).unwrap_err();
+    assert!(e.to_string().contains("1 to 30 ms"), "{e}");
+    let mut greedy = vec![shared.clone(), shared];
+    greedy[0].share = Some(0.7);
+    greedy[1].share = Some(0.7);
+    greedy[1].name = "b".into();
+    let fixed = Slicing {
+        settings: Settings {
+            policy: Policy::FixedShare,
+            ..Settings::default()
+        },
+        ..Slicing::default()
+    };
+    let e = simulate(&greedy, &fixed, 1.0, 1).unwrap_err();
+    assert!(e.to_string().contains("more than 1"), "{e}");
 }

@@ -217,18 +217,34 @@ impl Store {
 
     // --- desired state ------------------------------------------------------------------------
 
-    /// Records the desired state of GPUs (replacing earlier records for the same GPUs).
-    pub fn set_desired(&self, targets: &[(String, serde_json::Value)]) -> Result<()> {
+    /// Records the desired state of GPUs (replacing earlier records for the same GPUs) and, in
+    /// the same transaction, sets (`Some`) or deletes (`None`) the key–value documents that go
+    /// with it (the plan the node follows), so that a crash never leaves one without the other.
+    pub fn set_desired(
+        &self,
+        targets: &[(String, serde_json::Value)],
+        with: &[(&str, Option<serde_json::Value>)],
+    ) -> Result<()> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.db(e))?;
         for (uuid, target) in targets {
-            self.conn
-                .execute(
-                    "INSERT INTO desired (gpu_uuid, target, updated) VALUES (?1, ?2, datetime('now'))
-                     ON CONFLICT(gpu_uuid) DO UPDATE SET target = excluded.target, updated = excluded.updated",
-                    params![uuid, target.to_string()],
-                )
-                .map_err(|e| self.db(e))?;
+            tx.execute(
+                "INSERT INTO desired (gpu_uuid, target, updated) VALUES (?1, ?2, datetime('now'))
+                 ON CONFLICT(gpu_uuid) DO UPDATE SET target = excluded.target, updated = excluded.updated",
+                params![uuid, target.to_string()],
+            )
+            .map_err(|e| self.db(e))?;
         }
-        Ok(())
+        for (key, value) in with {
+            match value {
+                Some(v) => tx.execute(
+                    "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    params![key, v.to_string()],
+                ),
+                None => tx.execute("DELETE FROM kv WHERE key = ?1", [key]),
+            }
+            .map_err(|e| self.db(e))?;
+        }
+        tx.commit().map_err(|e| self.db(e))
     }
 
     /// Every recorded desired state: (GPU UUID, target).
@@ -372,14 +388,24 @@ mod tests {
         assert_eq!((u.len(), u[0].done), (1, 1));
         s.journal_finish(id, "done").unwrap();
         assert!(s2.journal_unfinished().unwrap().is_empty());
-        s.set_desired(&[("GPU-1".into(), serde_json::json!({"x": 1}))])
-            .unwrap();
-        s.set_desired(&[("GPU-1".into(), serde_json::json!({"x": 2}))])
+        s.set_desired(
+            &[("GPU-1".into(), serde_json::json!({"x": 1}))],
+            &[("plan", Some(serde_json::json!({"p": 1})))],
+        )
+        .unwrap();
+        s.set_desired(&[("GPU-1".into(), serde_json::json!({"x": 2}))], &[])
             .unwrap();
         assert_eq!(
             s2.desired().unwrap(),
             vec![("GPU-1".to_string(), serde_json::json!({"x": 2}))]
         );
+        // The documents that go with the desired state are set and removed with it.
+        assert_eq!(
+            s2.get::<serde_json::Value>("plan").unwrap(),
+            Some(serde_json::json!({"p": 1}))
+        );
+        s.set_desired(&[], &[("plan", None)]).unwrap();
+        assert_eq!(s2.get::<serde_json::Value>("plan").unwrap(), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! `cargo run -p carve-timeslice --example fairness --release`
 
-use carve_timeslice::{Config, Decision, Policy, Scheduler, TenantId};
+use carve_timeslice::{Decision, Policy, Scheduler, Settings, TenantId};
 
 const MS: u64 = 1_000_000;
 const US: u64 = 1_000;
@@ -39,9 +39,9 @@ struct Outcome {
 }
 
 fn simulate(policy: Policy, shares: &[Option<f64>], seconds: u64) -> Outcome {
-    let mut s = Scheduler::new(Config {
+    let mut s = Scheduler::new(Settings {
         policy,
-        ..Config::default()
+        ..Settings::default()
     })
     .expect("valid");
     for (i, sh) in shares.iter().enumerate() {

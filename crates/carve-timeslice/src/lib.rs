@@ -19,7 +19,7 @@
 //!   derives it from the vGPU type (1 / max per GPU); carve takes it from the configuration, and
 //!   tenants without a share split what is left equally (nothing, when the given shares add up
 //!   to 1). Not work-conserving: unassigned share and idle tenants' shares stay idle.
-//! - [`Config::work_conserving`] (carve's option; NVIDIA has none) makes equal and fixed share
+//! - [`Settings::work_conserving`] (carve's option; NVIDIA has none) makes equal and fixed share
 //!   hand time nobody with work is owed to the tenants with work, in proportion to their shares.
 //! - **Time slice** (§2, `TT` field of `RmPVMRL`): 1–30 ms. The default is vGPU's Table 1
 //!   ("Default Time Slice Length … by vGPU Density"): 2 ms with up to 8 tenants, 1 ms above 8.
@@ -66,14 +66,23 @@
 //! granted tenant launch until `until` (work launched before then may run past it), and reports
 //! the GPU time the turn took with [`Scheduler::finish`]. Time must not go backwards.
 
+mod schedule;
+
+pub use schedule::{Schedule, ScheduledTenant};
+
+use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::str::FromStr;
 
 /// A tenant, as the caller numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(pub u32);
 
-/// vGPU's scheduling policies (timeslicing.md §1; NVML's `NVML_VGPU_SCHEDULER_POLICY_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// vGPU's scheduling policies (timeslicing.md §1; NVML's `NVML_VGPU_SCHEDULER_POLICY_*`). The one
+/// policy type of carve: plans, scheduler configurations and the simulator all use it, spelled
+/// `best-effort`, `equal-share` and `fixed-share` in every file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Policy {
     /// Round robin among tenants with work; work-conserving, nothing guaranteed.
     BestEffort,
@@ -83,10 +92,52 @@ pub enum Policy {
     FixedShare,
 }
 
-/// The scheduler's settings. [`Config::default`] is vGPU's default: best effort, default slice,
+impl Policy {
+    /// Every policy, in vGPU's order.
+    pub const ALL: [Policy; 3] = [Policy::BestEffort, Policy::EqualShare, Policy::FixedShare];
+
+    /// The name files and commands use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::BestEffort => "best-effort",
+            Policy::EqualShare => "equal-share",
+            Policy::FixedShare => "fixed-share",
+        }
+    }
+
+    /// Equal and fixed share keep shares (with credits); best effort does not.
+    pub fn keeps_shares(self) -> bool {
+        self != Policy::BestEffort
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Policy {
+    type Err = SettingsError;
+
+    /// Reads `best-effort`, `equal-share` or `fixed-share`; anything else is an error that lists
+    /// them (never a silent default).
+    fn from_str(s: &str) -> Result<Policy, SettingsError> {
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s.trim())
+            .ok_or_else(|| {
+                SettingsError(format!(
+                    "unknown policy '{s}': expected best-effort, equal-share or fixed-share"
+                ))
+            })
+    }
+}
+
+/// The scheduler's settings. [`Settings::default`] is vGPU's default: best effort, default slice,
 /// averaging factor 33.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
     /// The policy.
     pub policy: Policy,
     /// Time slice, 1–30 ms; `None` is vGPU's default (2 ms up to 8 tenants, 1 ms above), see
@@ -99,9 +150,9 @@ pub struct Config {
     pub averaging_factor: u32,
 }
 
-impl Default for Config {
-    fn default() -> Config {
-        Config {
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
             policy: Policy::BestEffort,
             slice_ns: None,
             work_conserving: false,
@@ -120,6 +171,10 @@ pub const MAX_AVERAGING_FACTOR: u32 = 60;
 pub const MIN_SLICE_NS: u64 = 1_000_000;
 /// The longest time slice.
 pub const MAX_SLICE_NS: u64 = 30_000_000;
+/// A slice given in whole milliseconds (how plans and configuration files write it), in ns.
+pub const fn slice_ns_from_ms(ms: u32) -> u64 {
+    ms as u64 * 1_000_000
+}
 /// Overrun compensation never cuts a turn below this.
 pub const MIN_TURN_NS: u64 = 100_000;
 
@@ -135,30 +190,30 @@ pub fn default_slice_ns(tenants: usize) -> u64 {
 
 /// An invalid setting, in words.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
+pub struct SettingsError(pub String);
 
-impl fmt::Display for ConfigError {
+impl fmt::Display for SettingsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for SettingsError {}
 
-impl Config {
+impl Settings {
     /// Checks the ranges of timeslicing.md §2: slice 1–30 ms, averaging factor 1–60. (The driver
     /// silently caps out-of-range values; carve rejects them.)
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), SettingsError> {
         if let Some(s) = self.slice_ns {
             if !(MIN_SLICE_NS..=MAX_SLICE_NS).contains(&s) {
-                return Err(ConfigError(format!(
+                return Err(SettingsError(format!(
                     "the time slice must be 1 to 30 ms, not {} ms",
                     s as f64 / 1e6
                 )));
             }
         }
         if !(MIN_AVERAGING_FACTOR..=MAX_AVERAGING_FACTOR).contains(&self.averaging_factor) {
-            return Err(ConfigError(format!(
+            return Err(SettingsError(format!(
                 "the averaging factor must be 1 to 60, not {}",
                 self.averaging_factor
             )));
@@ -232,7 +287,7 @@ struct Tenant {
 /// The scheduler. See the crate documentation for the rules.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
-    config: Config,
+    settings: Settings,
     /// Sorted by id.
     tenants: Vec<Tenant>,
     /// Time credits were last brought up to date.
@@ -244,11 +299,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler with no tenants; fails if the configuration does not validate.
-    pub fn new(config: Config) -> Result<Scheduler, ConfigError> {
-        config.validate()?;
+    /// A scheduler with no tenants; fails if the settings do not validate.
+    pub fn new(settings: Settings) -> Result<Scheduler, SettingsError> {
+        settings.validate()?;
         Ok(Scheduler {
-            config,
+            settings,
             tenants: Vec::new(),
             clock: 0,
             running: None,
@@ -256,14 +311,14 @@ impl Scheduler {
         })
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// The time slice in force (the default depends on how many tenants there are).
     pub fn slice_ns(&self) -> u64 {
-        self.config
+        self.settings
             .slice_ns
             .unwrap_or_else(|| default_slice_ns(self.tenants.len()))
     }
@@ -271,7 +326,7 @@ impl Scheduler {
     /// The most overrun debt a tenant carries: averaging factor × slice, where the cut is a whole
     /// slice already.
     pub fn debt_cap_ns(&self) -> u64 {
-        self.config.averaging_factor as u64 * self.slice_ns()
+        self.settings.averaging_factor as u64 * self.slice_ns()
     }
 
     /// Registers a tenant (a vGPU that starts running). `share` is used by fixed share only; it
@@ -282,27 +337,27 @@ impl Scheduler {
         id: TenantId,
         share: Option<f64>,
         now: u64,
-    ) -> Result<(), ConfigError> {
+    ) -> Result<(), SettingsError> {
         if self.tenants.iter().any(|t| t.id == id) {
-            return Err(ConfigError(format!("tenant {} is already there", id.0)));
+            return Err(SettingsError(format!("tenant {} is already there", id.0)));
         }
         if let Some(s) = share {
             if !(s.is_finite() && s > 0.0 && s <= 1.0) {
-                return Err(ConfigError(format!("a share must be in (0, 1], not {s}")));
+                return Err(SettingsError(format!("a share must be in (0, 1], not {s}")));
             }
             let sum: f64 = self.tenants.iter().filter_map(|t| t.share).sum::<f64>() + s;
             if sum > 1.0 + 1e-9 {
-                return Err(ConfigError(format!(
+                return Err(SettingsError(format!(
                     "the shares would add up to {sum:.3}, more than 1"
                 )));
             }
         }
         self.accrue(now);
-        let credit = if self.config.policy == Policy::BestEffort {
+        let credit = if self.settings.policy == Policy::BestEffort {
             0.0
         } else {
             // One slice, as the slice will be with this tenant in.
-            self.config
+            self.settings
                 .slice_ns
                 .unwrap_or_else(|| default_slice_ns(self.tenants.len() + 1)) as f64
         };
@@ -357,7 +412,7 @@ impl Scheduler {
     /// The share each tenant is due under the policy (best effort: 1/N, for reference).
     fn targets(&self) -> Vec<f64> {
         let n = self.tenants.len().max(1) as f64;
-        match self.config.policy {
+        match self.settings.policy {
             Policy::BestEffort | Policy::EqualShare => vec![1.0 / n; self.tenants.len()],
             Policy::FixedShare => {
                 let given: f64 = self.tenants.iter().filter_map(|t| t.share).sum();
@@ -394,7 +449,7 @@ impl Scheduler {
     /// them have share 0), and nothing for anyone when none counts.
     fn rates(&self) -> Vec<f64> {
         let targets = self.targets();
-        if !self.config.work_conserving {
+        if !self.settings.work_conserving {
             return targets;
         }
         let (sum, count) = self
@@ -416,13 +471,13 @@ impl Scheduler {
     /// where a grace period ends and the rates change); a tenant without work earns at most one
     /// slice per idle spell.
     fn accrue(&mut self, now: u64) {
-        if self.config.policy == Policy::BestEffort {
+        if self.settings.policy == Policy::BestEffort {
             self.clock = self.clock.max(now);
             return;
         }
         while self.clock < now {
             let slice = self.slice_ns();
-            let until = if self.config.work_conserving {
+            let until = if self.settings.work_conserving {
                 self.tenants
                     .iter()
                     .filter_map(|t| t.idle_since.map(|s| s + slice))
@@ -478,11 +533,11 @@ impl Scheduler {
     /// with a large bill, or come back, would otherwise let the others' credits wander off, far
     /// from where a returning tenant starts.)
     fn settle(&mut self) {
-        if self.config.policy == Policy::BestEffort {
+        if self.settings.policy == Policy::BestEffort {
             return;
         }
         self.mark_idle();
-        if self.config.work_conserving {
+        if self.settings.work_conserving {
             let lead = self
                 .tenants
                 .iter()
@@ -511,7 +566,7 @@ impl Scheduler {
         let slice = self.slice_ns();
         let t = &mut self.tenants[i];
         let cut =
-            (t.debt / self.config.averaging_factor as u64).min(slice.saturating_sub(MIN_TURN_NS));
+            (t.debt / self.settings.averaging_factor as u64).min(slice.saturating_sub(MIN_TURN_NS));
         t.debt -= cut;
         slice - cut
     }
@@ -530,7 +585,7 @@ impl Scheduler {
             .and_then(|l| self.tenants.iter().position(|t| t.id > l))
             .unwrap_or(0);
         let order = (0..n).map(|k| (start + k) % n);
-        let pick = match self.config.policy {
+        let pick = match self.settings.policy {
             Policy::BestEffort => order.clone().find(|&i| self.tenants[i].pending),
             Policy::EqualShare | Policy::FixedShare => {
                 let best = order.clone().filter(|&i| self.tenants[i].pending).fold(
@@ -540,7 +595,7 @@ impl Scheduler {
                         _ => Some(i),
                     },
                 );
-                best.filter(|&i| self.tenants[i].credit > 0.0 || self.config.work_conserving)
+                best.filter(|&i| self.tenants[i].credit > 0.0 || self.settings.work_conserving)
             }
         };
         let Some(i) = pick else {
@@ -602,7 +657,7 @@ impl Scheduler {
 
     fn pay(&mut self, id: TenantId, used: u64, overrun: u64) {
         let cap = self.debt_cap_ns();
-        let share_policy = self.config.policy != Policy::BestEffort;
+        let share_policy = self.settings.policy != Policy::BestEffort;
         if let Some(t) = self.tenants.iter_mut().find(|t| t.id == id) {
             if share_policy {
                 t.credit -= used as f64;

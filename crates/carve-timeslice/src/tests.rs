@@ -4,15 +4,15 @@ use super::*;
 
 const MS: u64 = 1_000_000;
 
-fn cfg(policy: Policy) -> Config {
-    Config {
+fn cfg(policy: Policy) -> Settings {
+    Settings {
         policy,
-        ..Config::default()
+        ..Settings::default()
     }
 }
 
 fn sched(policy: Policy, work_conserving: bool, shares: &[Option<f64>]) -> Scheduler {
-    let mut s = Scheduler::new(Config {
+    let mut s = Scheduler::new(Settings {
         work_conserving,
         ..cfg(policy)
     })
@@ -84,7 +84,7 @@ fn default_slice_follows_vgpu_table_1() {
     assert_eq!(default_slice_ns(0), 2 * MS);
     assert_eq!(default_slice_ns(9), MS);
     // A configured slice holds whatever the count.
-    let mut s = Scheduler::new(Config {
+    let mut s = Scheduler::new(Settings {
         slice_ns: Some(24 * MS),
         ..cfg(Policy::BestEffort)
     })
@@ -97,11 +97,11 @@ fn default_slice_follows_vgpu_table_1() {
 
 #[test]
 fn config_is_validated() {
-    let with_slice = |ns| Config {
+    let with_slice = |ns| Settings {
         slice_ns: Some(ns),
         ..cfg(Policy::BestEffort)
     };
-    let with_factor = |averaging_factor| Config {
+    let with_factor = |averaging_factor| Settings {
         averaging_factor,
         ..cfg(Policy::BestEffort)
     };
@@ -274,7 +274,7 @@ fn idle_until_the_first_tenant_with_work_has_credit() {
 
 #[test]
 fn overrun_is_carried_and_cut_from_later_slices() {
-    let mut s = Scheduler::new(Config {
+    let mut s = Scheduler::new(Settings {
         slice_ns: Some(2 * MS),
         averaging_factor: 10,
         ..cfg(Policy::BestEffort)

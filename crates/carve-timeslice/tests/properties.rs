@@ -3,7 +3,7 @@
 //! overrun their slice. Tenants come and go, go idle, come back, and some have finite bursts of
 //! work (they yield early). Every step checks the invariants; long runs check the shares.
 
-use carve_timeslice::{Config, Decision, Policy, Scheduler, TenantId};
+use carve_timeslice::{Decision, Policy, Scheduler, Settings, TenantId};
 use proptest::prelude::*;
 
 const MS: u64 = 1_000_000;
@@ -79,7 +79,7 @@ fn drive(
     let mut since: Vec<Option<u64>> = vec![None; n];
     // Credit of each tenant when its idle spell began (as first seen).
     let mut idle_credit: Vec<Option<i64>> = vec![None; n];
-    let absolute = !s.config().work_conserving;
+    let absolute = !s.settings().work_conserving;
     let mut r = Run {
         busy: vec![0; n],
         max_wait: vec![0; n],
@@ -87,7 +87,8 @@ fn drive(
         end,
         ..Run::default()
     };
-    let share_idle_allowed = s.config().policy != Policy::BestEffort && !s.config().work_conserving;
+    let share_idle_allowed =
+        s.settings().policy != Policy::BestEffort && !s.settings().work_conserving;
     let mut now = 0u64;
     while now < end {
         while let Some(&(_, i, ev)) = script.peek().filter(|e| e.0 <= now) {
@@ -184,7 +185,7 @@ fn drive(
                 assert!(
                     share_idle_allowed,
                     "{:?} idled with work waiting",
-                    s.config()
+                    s.settings()
                 );
                 assert!(until > now, "idle must move time forward");
                 let to = until.min(next_event);
@@ -201,7 +202,7 @@ fn drive(
 }
 
 fn sched(policy: Policy, work_conserving: bool) -> Scheduler {
-    Scheduler::new(Config {
+    Scheduler::new(Settings {
         policy,
         slice_ns: None,
         work_conserving,
@@ -344,7 +345,7 @@ proptest! {
         max_us in 200u64..2000,
         factor in 1u32..61,
     ) {
-        let config = Config { averaging_factor: factor, ..Config::default() };
+        let config = Settings { averaging_factor: factor, ..Settings::default() };
         let mut s = Scheduler::new(config).unwrap();
         let ids: Vec<usize> = (0..n).collect();
         let r = drive(&mut s, n, &start(&vec![None; n], &ids), seed, max_us, 5_000 * MS);
