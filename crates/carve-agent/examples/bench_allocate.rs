@@ -6,7 +6,7 @@
 //!
 //! `cargo run --release -p carve-agent --example bench_allocate [-- CALLERS CALLS_EACH]`
 
-use carve_agent::agent::{self, Node};
+use carve_agent::agent::{self, GpuNode};
 use carve_agent::plugin::unix_channel;
 use carve_agent::proto::device_plugin_client::DevicePluginClient;
 use carve_agent::proto::{AllocateRequest, ContainerAllocateRequest, Empty};
@@ -70,11 +70,11 @@ async fn main() {
         node: "bench".into(),
         source: "plan.json".into(),
     };
-    let cfg = agent::Config {
+    let cfg = agent::AgentConfig {
         shim: Some(shim),
-        ..agent::Config::new(dir.join("dp"), dir.join("run"), desired)
+        ..agent::AgentConfig::new(dir.join("dp"), dir.join("run"), desired)
     };
-    let node = Node {
+    let node = GpuNode {
         backend: Box::new(sim),
         store: Store::open(&dir.join("state")).unwrap(),
         catalog,

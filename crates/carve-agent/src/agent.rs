@@ -8,14 +8,14 @@
 //! plugins and registers them again.
 
 use crate::allocate::HostPaths;
+use crate::control::{Command, Control, ReconcileError, Reconciled};
 use crate::inventory::{self, Inventory, Options};
 use crate::plugin::{self, Running, KUBELET_SOCKET};
-use crate::state::{Sched, State, Xid};
+use crate::state::{AgentState, Sched, Xid};
 use crate::{api, cdi, labels};
 use carve_apply::{Desired, NodePlan, Observed};
 use carve_backend::Backend;
 use carve_model::Catalog;
-use carve_plan::plan::Plan;
 use carve_state::Store;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,10 +24,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 #[derive(Debug, Clone)]
-pub struct Config {
+pub struct AgentConfig {
     pub device_plugin_dir: PathBuf,
     pub cdi_dir: Option<PathBuf>,
     pub labels_file: Option<PathBuf>,
@@ -54,12 +54,12 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
 }
 
-impl Config {
+impl AgentConfig {
     /// Plugins in `device_plugin_dir`, schedulers and tokens in `run_dir`, and everything
     /// optional off: no CDI spec, labels file, API (and an empty token, which no request
     /// matches), shim, injected health, resync or node labelling; default options; 100 ms poll.
-    pub fn new(device_plugin_dir: PathBuf, run_dir: PathBuf, desired: Desired) -> Config {
-        Config {
+    pub fn new(device_plugin_dir: PathBuf, run_dir: PathBuf, desired: Desired) -> AgentConfig {
+        AgentConfig {
             device_plugin_dir,
             cdi_dir: None,
             labels_file: None,
@@ -79,50 +79,15 @@ impl Config {
 }
 
 /// A backend and the store its applies are journaled in, owned by the control task.
-pub struct Node {
+pub struct GpuNode {
     pub backend: Box<dyn Backend + Send>,
     pub store: Store,
     pub catalog: Catalog,
 }
 
-/// What a reconcile did.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Reconciled {
-    pub ops: Vec<String>,
-    pub kept: Vec<String>,
-}
-
-enum Command {
-    Apply(
-        Box<Plan>,
-        String,
-        oneshot::Sender<Result<Reconciled, ReconcileError>>,
-    ),
-    Stop,
-}
-
-/// Asks the running agent to do something.
-#[derive(Clone)]
-pub struct Control {
-    tx: mpsc::Sender<Command>,
-}
-
-impl Control {
-    /// Applies a new plan (this node's part), then offers the new devices.
-    pub async fn apply(&self, plan: Plan, node: String) -> Result<Reconciled, ReconcileError> {
-        let stopping = || ReconcileError::Failed("the agent is stopping".into());
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Apply(Box::new(plan), node, tx))
-            .await
-            .map_err(|_| stopping())?;
-        rx.await.map_err(|_| stopping())?
-    }
-}
-
 /// A running agent.
 pub struct Handle {
-    pub state: Arc<State>,
+    pub state: Arc<AgentState>,
     /// Where the HTTP API listens, when it does.
     pub api: Option<SocketAddr>,
     pub control: Control,
@@ -147,34 +112,11 @@ impl Handle {
     }
 }
 
-/// Why a reconcile did not happen (nothing was changed unless it is `Failed`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReconcileError {
-    /// The desired state does not fit these GPUs (wrong node, models, layout).
-    #[error("{0}")]
-    Input(String),
-    /// It fits, but would destroy instances in use, or cannot be realised.
-    #[error("{0}")]
-    Refused(String),
-    /// A GPU or state operation failed part-way (the journal finishes it at the next start).
-    #[error("{0}")]
-    Failed(String),
-}
-
-fn apply_err(e: carve_apply::ApplyError) -> ReconcileError {
-    use carve_apply::ErrorKind;
-    match e.kind() {
-        ErrorKind::Input => ReconcileError::Input(e.to_string()),
-        ErrorKind::Refused => ReconcileError::Refused(e.to_string()),
-        ErrorKind::Failed => ReconcileError::Failed(e.to_string()),
-    }
-}
-
 /// Brings the GPUs to `desired` (`carve apply`'s pipeline: finishes interrupted applies, then
 /// makes the fewest changes, recording the plan the node follows). Returns the GPUs afterwards,
 /// that plan, and what was done.
 pub fn reconcile(
-    node: &mut Node,
+    node: &mut GpuNode,
     desired: &Desired,
 ) -> Result<(Vec<Observed>, Option<NodePlan>, Reconciled), ReconcileError> {
     let r = carve_apply::reconcile(
@@ -190,8 +132,7 @@ pub fn reconcile(
             }
             _ => {}
         },
-    )
-    .map_err(apply_err)?;
+    )?;
     let done = Reconciled {
         ops: r
             .outcome
@@ -205,7 +146,11 @@ pub fn reconcile(
 
 /// Starts a scheduler per time-sliced GPU of `inv` (stopping the previous ones) and returns the
 /// host paths Allocate hands out.
-fn start_schedulers(state: &State, cfg: &Config, inv: &Inventory) -> Result<HostPaths, String> {
+fn start_schedulers(
+    state: &AgentState,
+    cfg: &AgentConfig,
+    inv: &Inventory,
+) -> Result<HostPaths, String> {
     let old: Vec<Sched> =
         std::mem::take(&mut *state.scheds.lock().unwrap_or_else(|p| p.into_inner()));
     for s in old {
@@ -244,8 +189,8 @@ fn start_schedulers(state: &State, cfg: &Config, inv: &Inventory) -> Result<Host
 
 /// Works out and installs what the node offers for `observed`.
 fn install(
-    state: &State,
-    cfg: &Config,
+    state: &AgentState,
+    cfg: &AgentConfig,
     observed: Vec<Observed>,
     plan: Option<NodePlan>,
 ) -> Result<(), String> {
@@ -309,7 +254,7 @@ impl Plugins {
         self.registered_with = None;
     }
 
-    async fn start_all(&mut self, state: &Arc<State>) {
+    async fn start_all(&mut self, state: &Arc<AgentState>) {
         self.stop_all().await;
         let inv = state.inventory();
         for r in &inv.resources {
@@ -324,7 +269,7 @@ impl Plugins {
     }
 
     /// Keeps plugins served and registered: called every poll.
-    async fn tend(&mut self, state: &Arc<State>) {
+    async fn tend(&mut self, state: &Arc<AgentState>) {
         let missing = self.running.iter().any(|r| !r.socket.exists());
         if missing {
             tracing::info!("plugin sockets were removed (kubelet restart?): serving again");
@@ -360,7 +305,7 @@ impl Plugins {
 }
 
 /// Watches a simulated node's store for injected XIDs.
-fn watch_sim_health(state: Arc<State>, dir: PathBuf, poll: Duration, stop: Arc<AtomicBool>) {
+fn watch_sim_health(state: Arc<AgentState>, dir: PathBuf, poll: Duration, stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let mut seen = 0u64;
         let mut store: Option<Store> = None;
@@ -396,9 +341,9 @@ fn watch_sim_health(state: Arc<State>, dir: PathBuf, poll: Duration, stop: Arc<A
 /// devices differ from what is offered now. Returns what was done and whether it installed.
 /// Runs on a blocking thread (it talks to the GPUs).
 async fn reconcile_install(
-    node: &Arc<Mutex<Node>>,
-    state: &Arc<State>,
-    cfg: &Config,
+    node: &Arc<Mutex<GpuNode>>,
+    state: &Arc<AgentState>,
+    cfg: &AgentConfig,
     desired: &Desired,
     always: bool,
 ) -> Result<(Reconciled, bool), ReconcileError> {
@@ -425,7 +370,7 @@ async fn reconcile_install(
 }
 
 /// Starts the agent: reconciles, serves, registers. Returns once everything is up.
-pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
+pub async fn start(cfg: AgentConfig, node: GpuNode) -> Result<Handle, String> {
     // The API's address first: a port in use fails before anything is changed or started.
     let listener = match cfg.listen {
         Some(addr) => Some(
@@ -435,7 +380,7 @@ pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
         ),
         None => None,
     };
-    let state = Arc::new(State::new(cfg.options.clone()));
+    let state = Arc::new(AgentState::new(cfg.options.clone()));
     let node = Arc::new(Mutex::new(node));
     reconcile_install(&node, &state, &cfg, &cfg.desired, true)
         .await
@@ -456,7 +401,7 @@ pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
         #[cfg(feature = "kube")]
         {
             let (client, node) = (kube_client.clone(), cfg.label_node.clone());
-            move |st: Arc<State>| {
+            move |st: Arc<AgentState>| {
                 if let (Some(c), Some(n)) = (client.clone(), node.clone()) {
                     tokio::spawn(async move {
                         match crate::kube::apply_labels(c, &n, &st.labels()).await {
@@ -472,7 +417,7 @@ pub async fn start(cfg: Config, node: Node) -> Result<Handle, String> {
         }
         #[cfg(not(feature = "kube"))]
         {
-            |_: Arc<State>| {}
+            |_: Arc<AgentState>| {}
         }
     };
     label_node(state.clone());
@@ -604,7 +549,7 @@ fn observed_uuids(observed: &[Observed]) -> Vec<String> {
 }
 
 /// The list of sockets the agent serves (for printing).
-pub fn sockets(state: &State, dir: &Path) -> BTreeMap<String, PathBuf> {
+pub fn sockets(state: &AgentState, dir: &Path) -> BTreeMap<String, PathBuf> {
     state
         .inventory()
         .resources

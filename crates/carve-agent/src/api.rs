@@ -6,8 +6,8 @@
 //!   `Authorization: Bearer <token>`. A plan that does not fit this node is 400 (nothing is
 //!   changed), one that would destroy instances in use 409, a failed GPU operation 500.
 
-use crate::agent::Control;
-use crate::state::{State, Xid};
+use crate::control::{Control, ReconcileError};
+use crate::state::{AgentState, Xid};
 use axum::extract::{Query, State as AxState};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct Ctx {
-    pub state: Arc<State>,
+    pub state: Arc<AgentState>,
     pub token: String,
     pub control: Control,
 }
@@ -70,7 +70,7 @@ async fn metrics(AxState(ctx): AxState<Ctx>) -> Response {
 }
 
 /// The GPUs as observed, with the devices offered on each.
-pub fn gpus_json(state: &State) -> Value {
+pub fn gpus_json(state: &AgentState) -> Value {
     let inv = state.inventory();
     let unhealthy = state.unhealthy();
     let gpus: Vec<Value> = state
@@ -118,7 +118,7 @@ async fn get_plan(AxState(ctx): AxState<Ctx>) -> Response {
 
 /// Tenants of this node: what the plan says and, for time-sliced ones, how their scheduler sees
 /// them.
-pub fn tenants_json(state: &State) -> Value {
+pub fn tenants_json(state: &AgentState) -> Value {
     let inv = state.inventory();
     let scheds = state.sched_status();
     let mut names: Vec<String> = inv
@@ -186,7 +186,7 @@ async fn post_plan(
     match ctx.control.apply(plan, node.clone()).await {
         Ok(done) => Json(json!({"node": node, "applied": done})).into_response(),
         Err(e) => {
-            use crate::agent::ReconcileError as R;
+            use ReconcileError as R;
             let code = match e {
                 R::Input(_) => StatusCode::BAD_REQUEST,
                 R::Refused(_) => StatusCode::CONFLICT,

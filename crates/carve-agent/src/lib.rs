@@ -7,13 +7,14 @@
 //! - [`plugin`]: the kubelet device plugin API v1beta1 (gRPC over unix sockets) per resource.
 //! - [`state`]: shared state and Prometheus metrics.
 //! - [`api`]: the HTTP API.
-//! - [`agent`]: the control loop tying them together.
+//! - [`agent`]: the control loop tying them together; [`control`]: the commands it takes.
 //! - `kube` (feature `kube`): the labels onto the Node object through the Kubernetes API.
 
 pub mod agent;
 pub mod allocate;
 pub mod api;
 pub mod cdi;
+pub mod control;
 pub mod host;
 pub mod inventory;
 #[cfg(feature = "kube")]

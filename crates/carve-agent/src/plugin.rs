@@ -11,7 +11,7 @@ use crate::proto::{
     Mount, NumaNode, PreStartContainerRequest, PreStartContainerResponse,
     PreferredAllocationRequest, PreferredAllocationResponse, RegisterRequest, TopologyInfo,
 };
-use crate::state::State;
+use crate::state::AgentState;
 use futures_util::{Stream, StreamExt};
 use hyper_util::rt::TokioIo;
 use std::os::unix::fs::PermissionsExt;
@@ -33,13 +33,13 @@ pub const KUBELET_SOCKET: &str = "kubelet.sock";
 /// The service for one resource.
 pub struct Plugin {
     resource: String,
-    state: Arc<State>,
+    state: Arc<AgentState>,
     /// Set when this plugin instance stops: open ListAndWatch streams end.
     stop: watch::Receiver<bool>,
 }
 
 impl Plugin {
-    pub fn new(resource: &str, state: Arc<State>, stop: watch::Receiver<bool>) -> Plugin {
+    pub fn new(resource: &str, state: Arc<AgentState>, stop: watch::Receiver<bool>) -> Plugin {
         Plugin {
             resource: resource.to_string(),
             state,
@@ -242,7 +242,7 @@ impl Running {
 
 /// Serves `resource` on `dir/endpoint` (owner-only socket).
 pub fn serve(
-    state: Arc<State>,
+    state: Arc<AgentState>,
     dir: &Path,
     resource: &str,
     endpoint: &str,

@@ -43,7 +43,7 @@ pub struct Xid {
     pub xid: u64,
 }
 
-pub struct State {
+pub struct AgentState {
     options: Options,
     inventory: RwLock<Arc<Inventory>>,
     observed: RwLock<Arc<Vec<Observed>>>,
@@ -57,9 +57,9 @@ pub struct State {
     pub metrics: Metrics,
 }
 
-impl State {
-    pub fn new(options: Options) -> State {
-        State {
+impl AgentState {
+    pub fn new(options: Options) -> AgentState {
+        AgentState {
             options,
             inventory: RwLock::new(Arc::new(Inventory::default())),
             observed: RwLock::new(Arc::new(Vec::new())),
@@ -356,7 +356,7 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn of(s: &State) -> Snapshot {
+    fn of(s: &AgentState) -> Snapshot {
         let gpus = s
             .observed()
             .iter()

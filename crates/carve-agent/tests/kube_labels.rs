@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::patch;
 use axum::{Json, Router};
-use carve_agent::agent::{self, Node};
+use carve_agent::agent::{self, GpuNode};
 use carve_apply::Desired;
 use carve_model::Catalog;
 use carve_simnode::SimBackend;
@@ -95,12 +95,12 @@ async fn labels_are_applied_to_the_node_object() {
         config: Box::new(cfg_parsed.resolve("c").unwrap().clone()),
         source: "inline".into(),
     };
-    let cfg = agent::Config {
+    let cfg = agent::AgentConfig {
         label_node: Some("gpu-node-7".into()),
         kubeconfig: Some(kubeconfig),
-        ..agent::Config::new(tmp.path().join("dp"), tmp.path().join("run"), desired)
+        ..agent::AgentConfig::new(tmp.path().join("dp"), tmp.path().join("run"), desired)
     };
-    let node = Node {
+    let node = GpuNode {
         backend: Box::new(sim),
         store: Store::open(&state).unwrap(),
         catalog,

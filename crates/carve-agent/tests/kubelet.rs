@@ -2,7 +2,7 @@
 //! what registers, then dials each plugin as the kubelet does. The node is a simulated one,
 //! planned from a tenancy; health is injected the way `carve sim xid` does.
 
-use carve_agent::agent::{self, Handle, Node};
+use carve_agent::agent::{self, GpuNode, Handle};
 use carve_agent::inventory::Options;
 use carve_agent::plugin::unix_channel;
 use carve_agent::proto::device_plugin_client::DevicePluginClient;
@@ -223,16 +223,16 @@ async fn setup_with(options: Options, resync: Option<Duration>) -> Setup {
         node: "k1".into(),
         source: "plan.json".into(),
     };
-    let cfg = agent::Config {
+    let cfg = agent::AgentConfig {
         cdi_dir: Some(dir.join("cdi")),
         labels_file: Some(dir.join("labels")),
         shim: Some(shim),
         options,
         sim_health: Some(state.clone()),
         resync,
-        ..agent::Config::new(plugins.clone(), dir.join("run"), desired)
+        ..agent::AgentConfig::new(plugins.clone(), dir.join("run"), desired)
     };
-    let node = Node {
+    let node = GpuNode {
         backend: Box::new(sim),
         store: Store::open(&state).unwrap(),
         catalog,
@@ -640,15 +640,15 @@ async fn plugins_wait_for_a_kubelet_that_comes_later() {
         carve_backend::Backend::set_mig_mode(&mut sim, g, false).unwrap();
         sim.reset(g).unwrap();
     }
-    let cfg = agent::Config {
+    let cfg = agent::AgentConfig {
         options: Options {
             replicas: 3,
             rename_shared: true,
             ..Options::default()
         },
-        ..agent::Config::new(plugins.clone(), tmp.path().join("run"), Desired::AsIs)
+        ..agent::AgentConfig::new(plugins.clone(), tmp.path().join("run"), Desired::AsIs)
     };
-    let node = Node {
+    let node = GpuNode {
         backend: Box::new(sim),
         store: Store::open(&state).unwrap(),
         catalog,

@@ -85,6 +85,30 @@ pub fn plan_node<'p>(
     )))
 }
 
+/// The node `carve up` takes a plan's part of: `requested`, else as [`plan_node`] chooses
+/// (the only node, or the one named like this machine), else the first Kubernetes node with GPUs
+/// in use, else the first node.
+pub fn up_node<'p>(
+    plan: &'p Plan,
+    requested: Option<&str>,
+    hostname: Option<&str>,
+) -> Result<&'p str, ApplyError> {
+    if requested.is_some() {
+        return plan_node(plan, requested, None);
+    }
+    if let Ok(n) = plan_node(plan, None, hostname) {
+        return Ok(n);
+    }
+    let kubernetes = plan.nodes.iter().find(|n| {
+        n.platform == carve_plan::plan::Platform::Kubernetes
+            && plan.node_gpus(&n.name).any(|g| g.is_used())
+    });
+    kubernetes
+        .or(plan.nodes.first())
+        .map(|n| n.name.as_str())
+        .ok_or_else(|| ApplyError::Input("the fleet has no nodes".into()))
+}
+
 /// Turns the part of `plan` for `node` into targets for the observed GPUs (plan GPU index `i` is
 /// the node's GPU with index `i`). Every check happens before anything is returned, so invalid
 /// input never reaches a GPU.
@@ -385,6 +409,20 @@ mod tests {
             let e = err(json!([g]));
             assert!(e.contains(want), "{e}\n  wanted: {want}");
         }
+    }
+
+    #[test]
+    fn up_takes_the_first_kubernetes_node_in_use() {
+        let mut p = plan(json!([
+            gpu("node-a", 0, "H100-80GB", "unused", &[]),
+            gpu("node-b", 0, "H100-80GB", "mig", &[("7g.80gb", 0, 8)]),
+        ]));
+        assert_eq!(up_node(&p, None, Some("elsewhere")).unwrap(), "node-b");
+        assert_eq!(up_node(&p, None, Some("node-a")).unwrap(), "node-a");
+        assert_eq!(up_node(&p, Some("node-a"), None).unwrap(), "node-a");
+        assert!(up_node(&p, Some("node-c"), None).is_err());
+        p.gpus[1].mode = carve_plan::plan::GpuMode::Unused;
+        assert_eq!(up_node(&p, None, None).unwrap(), "node-a");
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod from_plan;
 mod reconcile;
 
 pub use desired::{recorded_plan, Desired, NodePlan};
-pub use from_plan::{hostname, plan_node, plan_node_names, targets_from_plan};
+pub use from_plan::{hostname, plan_node, plan_node_names, targets_from_plan, up_node};
 pub use reconcile::{compare, reconcile, Event, Options, Reconciled};
 
 use carve_backend::{Backend, BackendError, GpuInfo, GpuInstance, Process};

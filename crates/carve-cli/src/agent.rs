@@ -3,7 +3,7 @@
 
 use crate::node::{self, Ctx};
 use crate::output::{self, Failure, Out};
-use carve_agent::agent::{self, Handle, Node};
+use carve_agent::agent::{self, GpuNode, Handle};
 use carve_agent::inventory::{MigStrategy, Options, Preference};
 use carve_apply::Desired;
 use carve_model::Catalog;
@@ -323,7 +323,7 @@ fn run(
     a: &AgentArgs,
     p: Paths,
     desired: Desired,
-    node: Node,
+    node: GpuNode,
     backend_note: String,
     sim_health: Option<PathBuf>,
 ) -> Result<Out, Failure> {
@@ -338,7 +338,7 @@ fn run(
     let resync = resync(a)?;
     let (token, token_file) = api_token(a, &p.state)?;
     let shim = crate::sched::shim_path().ok();
-    let cfg = agent::Config {
+    let cfg = agent::AgentConfig {
         device_plugin_dir: p.plugins.clone(),
         cdi_dir: Some(p.cdi.clone()),
         labels_file: Some(p.labels.clone()),
@@ -423,7 +423,7 @@ pub fn agent_cmd(
     let (backend, note) = node::open_backend(ctx, &catalog)?;
     let sim_health = (backend.kind() == "sim").then(|| state.clone());
     let store = node::open_store(ctx)?;
-    let node = Node {
+    let node = GpuNode {
         backend,
         store,
         catalog,
@@ -461,29 +461,9 @@ pub fn up_cmd(
     }
     // The node: --node, this machine's name, or the first Kubernetes node with GPUs in use.
     let host = carve_apply::hostname();
-    let chosen = match node_name {
-        Some(n) => carve_apply::plan_node(&plan, Some(n), None)
-            .map_err(|e| Failure::bad(format!("{}: {e}", tenancy.display())))?
-            .to_string(),
-        None => {
-            let by_host = host.as_deref().and_then(|h| {
-                plan.nodes
-                    .iter()
-                    .find(|n| n.name == h || Some(n.name.as_str()) == h.split('.').next())
-            });
-            let k8s = plan.nodes.iter().find(|n| {
-                n.platform == carve_plan::plan::Platform::Kubernetes
-                    && plan.node_gpus(&n.name).any(|g| g.is_used())
-            });
-            by_host
-                .or(k8s)
-                .or(plan.nodes.first())
-                .map(|n| n.name.clone())
-                .ok_or_else(|| {
-                    Failure::bad(format!("{}: the fleet has no nodes", tenancy.display()))
-                })?
-        }
-    };
+    let chosen = carve_apply::up_node(&plan, node_name, host.as_deref())
+        .map_err(|e| Failure::bad(format!("{}: {e}", tenancy.display())))?
+        .to_string();
     let mut gpus: Vec<_> = plan.node_gpus(&chosen).collect();
     gpus.sort_by_key(|g| g.index);
     let spec: Vec<String> = gpus.iter().map(|g| g.model.clone()).collect();
@@ -553,7 +533,7 @@ pub fn up_cmd(
         a,
         p,
         desired,
-        Node {
+        GpuNode {
             backend,
             store,
             catalog,
