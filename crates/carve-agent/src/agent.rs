@@ -9,6 +9,7 @@
 
 use crate::allocate::HostPaths;
 use crate::control::{Command, Control, ReconcileError, Reconciled};
+use crate::error::{AgentError, InstallError};
 use crate::inventory::{self, Inventory, Options};
 use crate::plugin::{self, Running, KUBELET_SOCKET};
 use crate::state::{AgentState, Sched, Xid};
@@ -150,7 +151,7 @@ fn start_schedulers(
     state: &AgentState,
     cfg: &AgentConfig,
     inv: &Inventory,
-) -> Result<HostPaths, String> {
+) -> Result<HostPaths, InstallError> {
     let old: Vec<Sched> =
         std::mem::take(&mut *state.scheds.lock().unwrap_or_else(|p| p.into_inner()));
     for s in old {
@@ -169,13 +170,16 @@ fn start_schedulers(
                 carve_sched::tokens::token_path(&tokens_dir, &t.name),
             );
         }
+        let cannot = |message: String| InstallError::Scheduler {
+            gpu: g.gpu_index,
+            message,
+        };
         let config = carve_sched::tokens::identities(g.schedule.clone(), &tokens_dir)
-            .map_err(|e| e.to_string())?;
-        config
-            .validate()
-            .map_err(|e| format!("the scheduler of GPU {} cannot start: {e}", g.gpu_index))?;
+            .map_err(|e| cannot(e.to_string()))?;
+        config.validate().map_err(|e| cannot(e.to_string()))?;
         let socket = cfg.run_dir.join(format!("sched-gpu{}.sock", g.gpu_index));
-        let server = carve_sched::server::Server::start(config, &socket)?;
+        let server = carve_sched::server::Server::start(config, &socket)
+            .map_err(|e| cannot(e.to_string()))?;
         host.sched_sockets.insert(g.gpu_index, socket.clone());
         scheds.push(Sched {
             gpu_index: g.gpu_index,
@@ -193,7 +197,7 @@ fn install(
     cfg: &AgentConfig,
     observed: Vec<Observed>,
     plan: Option<NodePlan>,
-) -> Result<(), String> {
+) -> Result<(), InstallError> {
     let inv = inventory::inventory(
         &observed,
         plan.as_ref().map(|p| (&p.plan, p.node.as_str())),
@@ -215,8 +219,10 @@ fn install(
         plan.as_ref().map(|p| p.node.as_str()),
     );
     if let Some(dir) = &cfg.cdi_dir {
-        cdi::write(dir, &cdi::spec(&inv, &host))
-            .map_err(|e| format!("cannot write the CDI spec in {}: {e}", dir.display()))?;
+        cdi::write(dir, &cdi::spec(&inv, &host)).map_err(|e| InstallError::Write {
+            path: dir.join(cdi::SPEC_FILE),
+            message: e.to_string(),
+        })?;
     }
     if let Some(f) = &cfg.labels_file {
         if let Some(d) = f.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -225,7 +231,10 @@ fn install(
         let tmp = f.with_extension("tmp");
         std::fs::write(&tmp, labels::to_file_text(&lab))
             .and_then(|()| std::fs::rename(&tmp, f))
-            .map_err(|e| format!("cannot write {}: {e}", f.display()))?;
+            .map_err(|e| InstallError::Write {
+                path: f.clone(),
+                message: e.to_string(),
+            })?;
     }
     state.set_node(observed, inv, host, plan, lab);
     Ok(())
@@ -354,7 +363,8 @@ async fn reconcile_install(
         let changed =
             !done.ops.is_empty() || observed_uuids(&observed) != observed_uuids(&st.observed());
         if always || changed {
-            install(&st, &cfg, observed, plan).map_err(ReconcileError::Failed)?;
+            install(&st, &cfg, observed, plan)
+                .map_err(|e| ReconcileError::Failed(e.to_string()))?;
         }
         Ok((done, always || changed))
     })
@@ -370,27 +380,23 @@ async fn reconcile_install(
 }
 
 /// Starts the agent: reconciles, serves, registers. Returns once everything is up.
-pub async fn start(cfg: AgentConfig, node: GpuNode) -> Result<Handle, String> {
+pub async fn start(cfg: AgentConfig, node: GpuNode) -> Result<Handle, AgentError> {
     // The API's address first: a port in use fails before anything is changed or started.
     let listener = match cfg.listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+                .map_err(|source| AgentError::Listen { addr, source })?,
         ),
         None => None,
     };
     let state = Arc::new(AgentState::new(cfg.options.clone()));
     let node = Arc::new(Mutex::new(node));
-    reconcile_install(&node, &state, &cfg, &cfg.desired, true)
-        .await
-        .map_err(|e| e.to_string())?;
+    reconcile_install(&node, &state, &cfg, &cfg.desired, true).await?;
 
     #[cfg(not(feature = "kube"))]
     if cfg.label_node.is_some() {
-        return Err(
-            "this carve was built without the `kube` feature: it cannot label nodes".into(),
-        );
+        return Err(AgentError::NoKube);
     }
     #[cfg(feature = "kube")]
     let kube_client = match &cfg.label_node {
@@ -445,7 +451,10 @@ pub async fn start(cfg: AgentConfig, node: GpuNode) -> Result<Handle, String> {
 
     let (api, api_stop, api_task) = match listener {
         Some(listener) => {
-            let bound = listener.local_addr().map_err(|e| e.to_string())?;
+            let bound = listener.local_addr().map_err(|source| AgentError::Listen {
+                addr: cfg.listen.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
+                source,
+            })?;
             let (s_tx, mut s_rx) = watch::channel(false);
             let app = api::router(api::Ctx {
                 state: state.clone(),

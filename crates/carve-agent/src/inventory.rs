@@ -11,6 +11,7 @@
 //!   devices `GPU-<uuid>::<i>` when replicas are asked for (each replica is then a tenant of its
 //!   own under an equal-share scheduler).
 
+use crate::error::InventoryError;
 use carve_apply::Observed;
 use carve_plan::plan::{GpuMode, Plan};
 use carve_timeslice::Schedule;
@@ -182,7 +183,7 @@ pub fn inventory(
     observed: &[Observed],
     plan: Option<(&Plan, &str)>,
     opts: &Options,
-) -> Result<Inventory, String> {
+) -> Result<Inventory, InventoryError> {
     let mut res: Vec<Resource> = Vec::new();
     let mut shared = Vec::new();
     let mut warnings = Vec::new();
@@ -354,19 +355,18 @@ pub fn inventory(
             kinds.sort_unstable();
             kinds.dedup();
             if kinds.len() > 1 && kinds.iter().any(|k| !k.contains(' ')) {
-                return Err(format!(
-                    "the single MIG strategy needs one kind of device on the node, found {}; use --mig-strategy mixed",
-                    kinds.join(", ")
-                ));
+                return Err(InventoryError::MixedKinds {
+                    kinds: kinds.iter().map(|k| k.to_string()).collect(),
+                });
             }
         }
     }
     for r in &res {
         if !valid_resource_name(&r.name) {
-            return Err(format!("'{}' is not a valid resource name", r.name));
+            return Err(InventoryError::ResourceName(r.name.clone()));
         }
         if let Some(d) = r.devices.iter().find(|d| d.id.len() > 63) {
-            return Err(format!("device ID '{}' is longer than 63 characters", d.id));
+            return Err(InventoryError::DeviceId(d.id.clone()));
         }
     }
     Ok(Inventory {

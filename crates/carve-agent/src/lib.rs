@@ -7,7 +7,8 @@
 //! - [`plugin`]: the kubelet device plugin API v1beta1 (gRPC over unix sockets) per resource.
 //! - [`state`]: shared state and Prometheus metrics.
 //! - [`api`]: the HTTP API.
-//! - [`agent`]: the control loop tying them together; [`control`]: the commands it takes.
+//! - [`agent`]: the control loop tying them together; [`control`]: the commands it takes;
+//!   [`error`]: what can go wrong.
 //! - `kube` (feature `kube`): the labels onto the Node object through the Kubernetes API.
 
 pub mod agent;
@@ -15,6 +16,7 @@ pub mod allocate;
 pub mod api;
 pub mod cdi;
 pub mod control;
+pub mod error;
 pub mod host;
 pub mod inventory;
 #[cfg(feature = "kube")]

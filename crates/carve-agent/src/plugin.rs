@@ -2,6 +2,7 @@
 //! socket in the device-plugin directory, and its registration with the kubelet.
 
 use crate::allocate::{self, AllocError};
+use crate::error::RegisterError;
 use crate::inventory;
 use crate::proto::device_plugin_server::{DevicePlugin, DevicePluginServer};
 use crate::proto::registration_client::RegistrationClient;
@@ -294,10 +295,13 @@ pub async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Erro
 }
 
 /// Registers `resource` served at `endpoint` with the kubelet at `kubelet`.
-pub async fn register(kubelet: &Path, resource: &str, endpoint: &str) -> Result<(), String> {
+pub async fn register(kubelet: &Path, resource: &str, endpoint: &str) -> Result<(), RegisterError> {
     let ch = unix_channel(kubelet)
         .await
-        .map_err(|e| format!("cannot reach the kubelet at {}: {e}", kubelet.display()))?;
+        .map_err(|source| RegisterError::Connect {
+            kubelet: kubelet.to_path_buf(),
+            source,
+        })?;
     let mut c = RegistrationClient::new(ch);
     let req = RegisterRequest {
         version: API_VERSION.into(),
@@ -307,7 +311,10 @@ pub async fn register(kubelet: &Path, resource: &str, endpoint: &str) -> Result<
     };
     tokio::time::timeout(Duration::from_secs(5), c.register(req))
         .await
-        .map_err(|_| "the kubelet did not answer the registration in 5 s".to_string())?
-        .map_err(|s| format!("the kubelet refused {resource}: {}", s.message()))?;
+        .map_err(|_| RegisterError::Timeout)?
+        .map_err(|s| RegisterError::Refused {
+            resource: resource.to_string(),
+            message: s.message().to_string(),
+        })?;
     Ok(())
 }

@@ -120,7 +120,11 @@ fn single_strategy_needs_one_kind() {
         ..Options::default()
     };
     let e = inventory(&obs, None, &single).unwrap_err();
-    assert!(e.contains("single MIG strategy"), "{e}");
+    assert!(
+        matches!(&e, carve_agent::error::InventoryError::MixedKinds { kinds } if kinds.len() > 1),
+        "{e}"
+    );
+    assert!(e.to_string().contains("single MIG strategy"), "{e}");
     let same = r#"
 version: v1
 mig-configs:

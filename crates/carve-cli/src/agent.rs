@@ -4,6 +4,8 @@
 use crate::node::{self, Ctx};
 use crate::output::{self, Failure, Out};
 use carve_agent::agent::{self, GpuNode, Handle};
+use carve_agent::control::ReconcileError;
+use carve_agent::error::AgentError;
 use carve_agent::inventory::{MigStrategy, Options, Preference};
 use carve_apply::Desired;
 use carve_model::Catalog;
@@ -357,7 +359,10 @@ fn run(
     let rt = runtime()?;
     let json = ctx.json;
     rt.block_on(async move {
-        let h = agent::start(cfg, node).await.map_err(Failure::no)?;
+        let h = agent::start(cfg, node).await.map_err(|e| match e {
+            AgentError::Reconcile(ReconcileError::Input(m)) => Failure::bad(m),
+            other => Failure::no(other.to_string()),
+        })?;
         // On GPUs, the driver's XID events drive device health.
         let stop_xids = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         if nvml {
