@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "../../../support/cargo_build.rs"]
-mod cargo_build;
+use carve_test_support::cargo_build;
 
 struct Env {
     bin: PathBuf,
@@ -109,7 +108,12 @@ fn main() {
         seconds = a.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(seconds);
     }
     let bin = cargo_build::build(
-        &["carve-cli", "carve-shim", "carve-fake-cuda", "carve-workload"],
+        &[
+            "carve-cli",
+            "carve-shim",
+            "carve-fake-cuda",
+            "carve-workload",
+        ],
         &[
             "carve",
             "libcarve_shim.so",
