@@ -1,42 +1,13 @@
 //! `carve apply` on the simulated node, through the real binary: fewest changes, busy instances,
 //! crash safety at every operation boundary, faults, reboot, assert and export.
 
-use assert_cmd::Command;
+use carve_test_support::cli::{
+    carve_in, mig_devices, placements, success_json, Devices, MIG_CONFIG,
+};
+use carve_test_support::fresh_dir;
 use predicates::prelude::*;
 use serde_json::Value;
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-
-const CONFIG: &str = r#"version: v1
-mig-configs:
-  balanced:
-    - devices: all
-      mig-enabled: true
-      mig-devices:
-        "1g.10gb": 2
-        "2g.20gb": 1
-        "3g.40gb": 1
-  small:
-    - devices: all
-      mig-enabled: true
-      mig-devices:
-        "1g.10gb": 4
-        "3g.40gb": 1
-  sevens:
-    - devices: all
-      mig-enabled: true
-      mig-devices:
-        "1g.10gb": 7
-  split:
-    - devices: all
-      mig-enabled: true
-      mig-devices:
-        "1c.3g.40gb": 1
-        "4g.40gb": 1
-  off:
-    - devices: all
-      mig-enabled: false
-"#;
 
 struct Node {
     dir: PathBuf,
@@ -45,24 +16,16 @@ struct Node {
 
 impl Node {
     fn new(tag: &str, spec: &str) -> Node {
-        let dir = std::env::temp_dir().join(format!("carve-apply-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir(&format!("carve-apply-{tag}"));
         let config = dir.join("config.yaml");
-        std::fs::write(&config, CONFIG).unwrap();
+        std::fs::write(&config, MIG_CONFIG).unwrap();
         let n = Node { dir, config };
         n.cmd().args(["--sim", spec, "status"]).assert().success();
         n
     }
 
-    fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("carve").unwrap();
-        c.env("CARVE_STATE_DIR", self.dir.join("state"))
-            .env_remove("CARVE_SIM_CRASH_AFTER")
-            .env_remove("CARVE_CATALOG")
-            .env("HOME", &self.dir)
-            .env("XDG_CONFIG_HOME", self.dir.join("config"));
-        c
+    fn cmd(&self) -> assert_cmd::Command {
+        carve_in(&self.dir)
     }
 
     fn apply(&self, config: &str) -> assert_cmd::assert::Assert {
@@ -72,37 +35,12 @@ impl Node {
     }
 
     fn status(&self) -> Value {
-        let out = self.cmd().args(["status", "--json"]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        success_json(&self.cmd().args(["status", "--json"]).output().unwrap())
     }
 
     /// Every MIG device UUID with its GPU, profile and placement start.
-    fn devices(&self) -> BTreeSet<(u64, String, u64, String)> {
-        let st = self.status();
-        let mut out = BTreeSet::new();
-        for (g, gpu) in st["gpus"].as_array().unwrap().iter().enumerate() {
-            for (gi, name) in gpu["instances"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .zip(gpu["profile_names"].as_array().unwrap())
-            {
-                for ci in gi["compute_instances"].as_array().unwrap() {
-                    out.insert((
-                        g as u64,
-                        name.as_str().unwrap().to_string(),
-                        gi["start"].as_u64().unwrap(),
-                        ci["uuid"].as_str().unwrap().to_string(),
-                    ));
-                }
-            }
-        }
-        out
+    fn devices(&self) -> Devices {
+        mig_devices(&self.status())
     }
 
     fn assert_matches(&self, config: &str) {
@@ -111,12 +49,6 @@ impl Node {
             .assert()
             .success();
     }
-}
-
-fn profiles(devs: &BTreeSet<(u64, String, u64, String)>) -> Vec<(u64, String, u64)> {
-    devs.iter()
-        .map(|(g, p, s, _)| (*g, p.clone(), *s))
-        .collect()
 }
 
 #[test]
@@ -272,7 +204,7 @@ fn a_crash_at_every_operation_boundary_converges() {
             want.push((g, "3g.40gb".into(), 4));
         }
         want.sort();
-        assert_eq!(profiles(&after), want, "crash {crash_after}");
+        assert_eq!(placements(&after), want, "crash {crash_after}");
     }
 }
 
@@ -309,7 +241,7 @@ fn boot_reapplies_the_last_desired_state() {
         .args(["apply", cfg.to_str().unwrap()])
         .assert()
         .success();
-    let before = profiles(&n.devices());
+    let before = placements(&n.devices());
     n.cmd().args(["sim", "reboot"]).assert().success();
     let st = n.status();
     assert_eq!(
@@ -323,7 +255,7 @@ fn boot_reapplies_the_last_desired_state() {
     assert!(n.devices().is_empty());
     n.cmd().args(["assert"]).assert().code(1);
     n.cmd().args(["apply", "--boot"]).assert().success();
-    assert_eq!(profiles(&n.devices()), before);
+    assert_eq!(placements(&n.devices()), before);
     n.cmd().args(["assert"]).assert().success();
 }
 
@@ -393,9 +325,7 @@ fn exists(p: &Path) -> bool {
 
 #[test]
 fn node_file_and_ampere_mode_change_needs_a_reset() {
-    let dir = std::env::temp_dir().join(format!("carve-apply-nodefile-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("carve-apply-nodefile");
     let node_file = dir.join("node.txt");
     std::fs::write(&node_file, "# a lab box\nA100-40GB\n").unwrap();
     let n = Node::new("ampere", node_file.to_str().unwrap());

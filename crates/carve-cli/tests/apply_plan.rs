@@ -2,38 +2,27 @@
 //! the real binary: exact placements, fewest changes between plans, MIG off for time-sliced GPUs,
 //! unused GPUs untouched, node choice, and bad input that changes nothing.
 
-use assert_cmd::Command;
+use carve_test_support::cli::{carve_in, mig_devices, placements, success_json, Devices};
+use carve_test_support::fresh_dir;
 use predicates::prelude::*;
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 struct Node {
     dir: PathBuf,
 }
 
-/// (GPU, profile, start, MIG UUID) of every MIG device.
-type Devices = BTreeSet<(u64, String, u64, String)>;
-
 impl Node {
     fn new(tag: &str, spec: &str) -> Node {
-        let dir =
-            std::env::temp_dir().join(format!("carve-apply-plan-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let n = Node { dir };
+        let n = Node {
+            dir: fresh_dir(&format!("carve-apply-plan-{tag}")),
+        };
         n.cmd().args(["--sim", spec, "status"]).assert().success();
         n
     }
 
-    fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("carve").unwrap();
-        c.env("CARVE_STATE_DIR", self.dir.join("state"))
-            .env_remove("CARVE_SIM_CRASH_AFTER")
-            .env_remove("CARVE_CATALOG")
-            .env("HOME", &self.dir)
-            .env("XDG_CONFIG_HOME", self.dir.join("config"));
-        c
+    fn cmd(&self) -> assert_cmd::Command {
+        carve_in(&self.dir)
     }
 
     /// Writes `text` to a file in the node's directory; returns its path.
@@ -48,49 +37,23 @@ impl Node {
     }
 
     fn apply_json(&self, args: &[&str]) -> Value {
-        let out = self
-            .cmd()
-            .arg("apply")
-            .args(args)
-            .arg("--json")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        success_json(
+            &self
+                .cmd()
+                .arg("apply")
+                .args(args)
+                .arg("--json")
+                .output()
+                .unwrap(),
+        )
     }
 
     fn status(&self) -> Value {
-        let out = self.cmd().args(["status", "--json"]).output().unwrap();
-        assert!(out.status.success());
-        serde_json::from_slice(&out.stdout).unwrap()
+        success_json(&self.cmd().args(["status", "--json"]).output().unwrap())
     }
 
     fn devices(&self) -> Devices {
-        let st = self.status();
-        let mut out = BTreeSet::new();
-        for (g, gpu) in st["gpus"].as_array().unwrap().iter().enumerate() {
-            for (gi, name) in gpu["instances"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .zip(gpu["profile_names"].as_array().unwrap())
-            {
-                for ci in gi["compute_instances"].as_array().unwrap() {
-                    out.insert((
-                        g as u64,
-                        name.as_str().unwrap().to_string(),
-                        gi["start"].as_u64().unwrap(),
-                        ci["uuid"].as_str().unwrap().to_string(),
-                    ));
-                }
-            }
-        }
-        out
+        mig_devices(&self.status())
     }
 
     fn mig_on(&self, gpu: usize) -> bool {
@@ -105,12 +68,6 @@ impl Node {
             .get(key)
             .unwrap()
     }
-}
-
-fn placements(devs: &Devices) -> Vec<(u64, String, u64)> {
-    devs.iter()
-        .map(|(g, p, s, _)| (*g, p.clone(), *s))
-        .collect()
 }
 
 /// Planned MIG instances: (profile, start, size).

@@ -1,39 +1,13 @@
 //! Runs the real `carve` binary: output, JSON shapes, exit codes and bad input for every command.
 
-use assert_cmd::Command;
+use carve_test_support::cli::{carve, example, json_with_code};
 use predicates::prelude::*;
 use serde_json::Value;
 use std::path::PathBuf;
 
-fn carve() -> Command {
-    let mut c = Command::cargo_bin("carve").unwrap();
-    // Never pick up a user's catalog from the environment or config dir.
-    c.env_remove("CARVE_CATALOG")
-        .env("XDG_CONFIG_HOME", "/nonexistent-carve-test")
-        .env("HOME", "/nonexistent-carve-test");
-    c
-}
-
-fn example(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples")
-        .join(rel)
-}
-
 fn json_of(args: &[&str], code: i32) -> Value {
     let out = carve().args(args).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{args:?}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    json_with_code(&out, code, &format!("{args:?}"))
 }
 
 fn temp_file(name: &str, content: &str) -> PathBuf {

@@ -3,30 +3,13 @@
 //! commands run unchanged on a GPU node, where the driver's library is found instead.
 
 use assert_cmd::Command;
+use carve_test_support::cli::{carve_in, read_ready, signal, success_json, MIG_CONFIG};
+use carve_test_support::fake_nvml::fake_nvml_lib as fake_lib;
+use carve_test_support::http::{get_json, http};
+use carve_test_support::{fresh_dir, wait_for};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-
-const CONFIG: &str = r#"version: v1
-mig-configs:
-  balanced:
-    - devices: all
-      mig-enabled: true
-      mig-devices:
-        "1g.10gb": 2
-        "2g.20gb": 1
-        "3g.40gb": 1
-  small:
-    - devices: all
-      mig-enabled: true
-      mig-devices:
-        "1g.10gb": 4
-        "3g.40gb": 1
-"#;
-
-#[path = "../../carve-fake-nvml/support/locate.rs"]
-mod locate;
-use locate::fake_nvml_lib as fake_lib;
 
 /// A node whose "driver" is the fake library, found through a `libnvidia-ml.so.1` symlink.
 struct Node {
@@ -37,12 +20,11 @@ struct Node {
 
 impl Node {
     fn new(tag: &str, spec: &str) -> Node {
-        let dir = std::env::temp_dir().join(format!("carve-nvml-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir(&format!("carve-nvml-{tag}"));
         std::fs::create_dir_all(dir.join("lib")).unwrap();
         std::os::unix::fs::symlink(fake_lib(), dir.join("lib/libnvidia-ml.so.1")).unwrap();
         let config = dir.join("config.yaml");
-        std::fs::write(&config, CONFIG).unwrap();
+        std::fs::write(&config, MIG_CONFIG).unwrap();
         let n = Node {
             state: dir.join("gpus.json"),
             dir,
@@ -58,15 +40,10 @@ impl Node {
 
     /// `carve` with the fake driver on the library path only (no `CARVE_NVML_LIB`).
     fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("carve").unwrap();
+        let mut c = carve_in(&self.dir);
         c.env("LD_LIBRARY_PATH", self.dir.join("lib"))
             .env_remove("CARVE_NVML_LIB")
-            .env("CARVE_FAKE_NVML_STATE", &self.state)
-            .env("CARVE_STATE_DIR", self.dir.join("carve"))
-            .env("HOME", &self.dir)
-            .env("XDG_CONFIG_HOME", self.dir.join("config"))
-            .env_remove("CARVE_SIM_CRASH_AFTER")
-            .env_remove("CARVE_CATALOG");
+            .env("CARVE_FAKE_NVML_STATE", &self.state);
         c
     }
 
@@ -81,17 +58,13 @@ impl Node {
     }
 
     fn status(&self) -> Value {
-        let out = self
-            .cmd()
-            .args(["--backend", "nvml", "status", "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        success_json(
+            &self
+                .cmd()
+                .args(["--backend", "nvml", "status", "--json"])
+                .output()
+                .unwrap(),
+        )
     }
 
     /// MIG device UUID → (GPU, GI start, GI profile id) read from the driver's own state.
@@ -272,15 +245,12 @@ fn a_busy_instance_through_nvml_is_refused_and_nothing_changes() {
     assert!(!n.devices().contains_key(&busy_uuid));
 }
 
-#[path = "support/http.rs"]
-mod http_client;
-
 /// `carve agent` on the NVML backend: it keeps the applied layout, offers its MIG devices, and an
 /// XID the driver reports (the stand-in's event file) makes exactly that MIG device unhealthy.
 #[test]
 fn agent_takes_health_from_nvml_xid_events() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::time::{Duration, Instant};
+    use std::io::Write;
+    use std::time::Duration;
     let n = Node::new("agent", "2xH100-80GB");
     n.cmd()
         .args(["--backend", "nvml", "apply"])
@@ -317,14 +287,9 @@ fn agent_takes_health_from_nvml_xid_events() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    let api = ready["api"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
-    let sockets = ready["sockets"].as_object().unwrap();
+    let ready = read_ready(&mut child);
+    let api = ready.api;
+    let sockets = ready.doc["sockets"].as_object().unwrap();
     for r in [
         "nvidia.com/mig-1g.10gb",
         "nvidia.com/mig-2g.20gb",
@@ -332,9 +297,7 @@ fn agent_takes_health_from_nvml_xid_events() {
     ] {
         assert!(sockets.contains_key(r), "{r}: {sockets:?}");
     }
-    let gpus = |api: &str| -> Value {
-        serde_json::from_str(&http_client::http(api, "GET", "/v1/gpus", None, "").1).unwrap()
-    };
+    let gpus = |api: &str| -> Value { get_json(api, "/v1/gpus") };
     let g = gpus(&api);
     let devs = g["gpus"][1]["devices"].as_array().unwrap().clone();
     assert_eq!(devs.len(), 4, "balanced: 2 + 1 + 1 MIG devices");
@@ -351,8 +314,7 @@ fn agent_takes_health_from_nvml_xid_events() {
     writeln!(f, "{{\"gpu\": 1, \"xid\": 13, \"gi\": {gi}, \"ci\": {ci}}}").unwrap();
     writeln!(f, "{{\"gpu\": 1, \"xid\": 48, \"gi\": {gi}, \"ci\": {ci}}}").unwrap();
     f.flush().unwrap();
-    let t0 = Instant::now();
-    loop {
+    wait_for(Duration::from_secs(3), Duration::from_millis(20), || {
         let g = gpus(&api);
         let all: Vec<&Value> = g["gpus"]
             .as_array()
@@ -367,15 +329,11 @@ fn agent_takes_health_from_nvml_xid_events() {
             .collect();
         if !sick.is_empty() {
             assert_eq!(sick, [victim["id"].as_str().unwrap()]);
-            break;
+            return Ok(());
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "the XID never arrived"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (_, m) = http_client::http(&api, "GET", "/metrics", None, "");
+        Err("the XID never arrived".to_string())
+    });
+    let (_, m) = http(&api, "GET", "/metrics", None, "");
     assert!(
         m.contains("carve_health_events_total{xid=\"13\",application=\"true\"} 1"),
         "{m}"
@@ -384,7 +342,7 @@ fn agent_takes_health_from_nvml_xid_events() {
         m.contains("carve_health_events_total{xid=\"48\",application=\"false\"} 1"),
         "{m}"
     );
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    signal(&child, libc::SIGTERM);
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 }

@@ -1,30 +1,14 @@
 //! `carve plan` through the real binary: the example tenancy, decisions with reasons, a proven
 //! optimum, shortfalls (exit 1) and `--allow-partial`, written files, and bad input (exit 2).
 
-use assert_cmd::Command;
+use carve_test_support::cli::{carve, example, json_with_code};
+use carve_test_support::fresh_dir;
 use predicates::prelude::*;
 use serde_json::Value;
 use std::path::PathBuf;
 
-fn carve() -> Command {
-    let mut c = Command::cargo_bin("carve").unwrap();
-    c.env_remove("CARVE_CATALOG")
-        .env("XDG_CONFIG_HOME", "/nonexistent-carve-test")
-        .env("HOME", "/nonexistent-carve-test");
-    c
-}
-
-fn example(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples")
-        .join(rel)
-}
-
 fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("carve-plan-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    fresh_dir(&format!("carve-plan-{tag}"))
 }
 
 fn plan_json(args: &[&str], code: i32) -> Value {
@@ -34,13 +18,7 @@ fn plan_json(args: &[&str], code: i32) -> Value {
         .arg("--json")
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    json_with_code(&out, code, &format!("carve plan {args:?}"))
 }
 
 fn tenancy(tag: &str, text: &str) -> PathBuf {

@@ -2,29 +2,16 @@
 //! `carve-workload` under `carve run` (the shim preloaded) against the stand-in `libcuda.so.1` on the
 //! library path. Shares, memory limits, identity refusal, fail-open and fail-closed.
 
+use carve_test_support::cli::success_json;
+use carve_test_support::fake_cuda::{
+    gpu_state_dir, install_libcuda, stand_artifacts as artifacts, FAKE_CUDA_LIB, SHIM_LIB,
+    WORKLOAD_BIN,
+};
+use carve_test_support::{fresh_dir, wait_for};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
-
-#[path = "../../../support/cargo_build.rs"]
-mod cargo_build;
-
-/// The stand-in driver, the shim and carve-workload, built (when stale) beside this test's carve.
-fn artifacts() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        cargo_build::build(
-            &["carve-fake-cuda", "carve-shim", "carve-workload"],
-            &[
-                "libcarve_fake_cuda.so",
-                "libcarve_shim.so",
-                "carve-workload",
-            ],
-        )
-    })
-}
+use std::time::Duration;
 
 struct Node {
     dir: PathBuf,
@@ -36,16 +23,9 @@ struct Node {
 
 impl Node {
     fn new(tag: &str) -> Node {
-        let a = artifacts();
-        let dir =
-            std::env::temp_dir().join(format!("carve-sched-cli-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("lib")).unwrap();
-        std::os::unix::fs::symlink(
-            a.join("libcarve_fake_cuda.so"),
-            dir.join("lib/libcuda.so.1"),
-        )
-        .unwrap();
+        let name = format!("carve-sched-cli-{tag}");
+        let dir = fresh_dir(&name);
+        install_libcuda(&dir, &artifacts().join(FAKE_CUDA_LIB));
         for t in ["a", "b", "c"] {
             std::fs::write(
                 dir.join(format!("{t}.tok")),
@@ -53,16 +33,8 @@ impl Node {
             )
             .unwrap();
         }
-        // The stand-in's shared state (its statistics file is rewritten at every
-        // synchronisation) in memory where there is a tmpfs: a rename on some /tmp file systems
-        // takes a millisecond, which the shim would take for work still running.
-        let shm = Path::new("/dev/shm");
-        let gpu = if shm.is_dir() {
-            shm.join(format!("carve-sched-cli-{tag}-{}", std::process::id()))
-        } else {
-            dir.join("gpu")
-        };
-        let _ = std::fs::remove_dir_all(&gpu);
+        // The stand-in's shared state in memory where there is a tmpfs.
+        let gpu = gpu_state_dir(&name, &dir);
         Node {
             socket: dir.join("sched.sock"),
             dir,
@@ -75,7 +47,7 @@ impl Node {
         let mut c = Command::new(prog);
         c.env("LD_LIBRARY_PATH", self.dir.join("lib"))
             .env("CARVE_FAKE_CUDA_DIR", &self.gpu)
-            .env("CARVE_SHIM_LIB", artifacts().join("libcarve_shim.so"))
+            .env("CARVE_SHIM_LIB", artifacts().join(SHIM_LIB))
             .env_remove("LD_PRELOAD");
         c
     }
@@ -88,7 +60,7 @@ impl Node {
         std::fs::write(self.dir.join("sched.yaml"), config).unwrap();
         let child = self
             .carve()
-            .args(["sched", "serve"])
+            .args(["sched", "serve", "--config"])
             .arg(self.dir.join("sched.yaml"))
             .arg("--socket")
             .arg(&self.socket)
@@ -96,14 +68,13 @@ impl Node {
             .spawn()
             .unwrap();
         self.sched = Some(child);
-        let t = Instant::now();
-        while !self.socket.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "the scheduler did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+            if self.socket.exists() {
+                Ok(())
+            } else {
+                Err("the scheduler did not start".to_string())
+            }
+        });
     }
 
     /// `carve run --tenant T -- carve-workload ...`, started.
@@ -114,7 +85,7 @@ impl Node {
             .arg("--token-file")
             .arg(self.dir.join(format!("{token}.tok")))
             .arg("--")
-            .arg(artifacts().join("carve-workload"))
+            .arg(artifacts().join(WORKLOAD_BIN))
             .args(spin_args)
             .arg("--json")
             .stdout(Stdio::piped())
@@ -173,8 +144,7 @@ fn fixed_shares_hold_under_the_shim() {
         .arg(&n.socket)
         .output()
         .unwrap();
-    assert!(out.status.success());
-    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let st = success_json(&out);
     let t = st["tenants"].as_array().unwrap();
     assert_eq!(t.len(), 2);
     for k in [
@@ -199,7 +169,7 @@ fn baseline_without_carve_splits_evenly() {
     let _one = TIMING.lock().unwrap_or_else(|p| p.into_inner());
     let n = Node::new("baseline");
     let run = || {
-        n.cmd(&artifacts().join("carve-workload"))
+        n.cmd(&artifacts().join(WORKLOAD_BIN))
             .args(["--kernel-us", "500", "--seconds", "2", "--json"])
             .stdout(Stdio::piped())
             .spawn()
@@ -327,12 +297,7 @@ fn an_idle_tenant_is_not_charged_for_its_pauses() {
         .arg(&n.socket)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let st = success_json(&out);
     let t = st["tenants"]
         .as_array()
         .unwrap()

@@ -1,23 +1,13 @@
 //! `carve simulate` through the real binary: every tenant under every mode, JSON and files, a
 //! noisy neighbour visible, bad input exits 2.
 
-use assert_cmd::Command;
+use carve_test_support::cli::{carve, success_json};
+use carve_test_support::fresh_dir;
 use serde_json::Value;
 use std::path::PathBuf;
 
-fn carve() -> Command {
-    let mut c = Command::cargo_bin("carve").unwrap();
-    c.env_remove("CARVE_CATALOG")
-        .env("HOME", "/nonexistent-carve-test")
-        .env("XDG_CONFIG_HOME", "/nonexistent-carve-test");
-    c
-}
-
 fn temp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("carve-simulate-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    fresh_dir(&format!("carve-simulate-cli-{tag}"))
 }
 
 const NOISY: &str = r#"fleet:
@@ -46,12 +36,7 @@ fn every_tenant_under_every_mode() {
         .arg(&f)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = success_json(&out);
     let ts = v["tenants"].as_array().unwrap();
     assert_eq!(ts.len(), 2);
     for t in ts {

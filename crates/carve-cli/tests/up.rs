@@ -8,61 +8,37 @@
 use carve_agent::plugin::unix_channel;
 use carve_agent::proto::device_plugin_client::DevicePluginClient;
 use carve_agent::proto::{AllocateRequest, ContainerAllocateRequest, Empty};
+use carve_test_support::cli::{assert_success, read_ready, signal};
+use carve_test_support::fake_cuda::WORKLOAD_BIN;
+use carve_test_support::fake_cuda::{install_libcuda, stand_artifacts, FAKE_CUDA_LIB, SHIM_LIB};
+use carve_test_support::http::{get_json, http};
+use carve_test_support::{fresh_dir, repo_root as repo, wait_for};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-#[path = "../../../support/cargo_build.rs"]
-mod cargo_build;
-#[path = "support/http.rs"]
-mod http_client;
-use http_client::http;
+use std::time::Duration;
 
 fn carve() -> Command {
     Command::new(env!("CARGO_BIN_EXE_carve"))
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 #[test]
 fn up_serves_allocates_and_enforces() {
-    let a = cargo_build::build(
-        &["carve-fake-cuda", "carve-shim", "carve-workload"],
-        &[
-            "libcarve_fake_cuda.so",
-            "libcarve_shim.so",
-            "carve-workload",
-        ],
-    );
-    let dir = std::env::temp_dir().join(format!("carve-up-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("lib")).unwrap();
-    std::os::unix::fs::symlink(
-        a.join("libcarve_fake_cuda.so"),
-        dir.join("lib/libcuda.so.1"),
-    )
-    .unwrap();
+    let a = stand_artifacts();
+    let dir = fresh_dir("carve-up");
+    install_libcuda(&dir, &a.join(FAKE_CUDA_LIB));
     let mut child = carve()
         .current_dir(repo())
         .args(["up", "--json", "--listen", "127.0.0.1:0", "--dir"])
         .arg(&dir)
-        .env("CARVE_SHIM_LIB", a.join("libcarve_shim.so"))
+        .env("CARVE_SHIM_LIB", a.join(SHIM_LIB))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let ready = read_ready(&mut child);
+    let (api, lines, ready) = (ready.api, ready.rest, ready.doc);
     assert_eq!(ready["ready"], true);
-    let api = ready["api"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
     let token = std::fs::read_to_string(ready["api_token_file"].as_str().unwrap()).unwrap();
     let sockets = ready["sockets"].as_object().unwrap();
     for want in [
@@ -103,7 +79,7 @@ fn up_serves_allocates_and_enforces() {
             .map(|m| m.host_path.clone())
             .unwrap_or_else(|| panic!("no mount for {container}"))
     };
-    let spin = Command::new(a.join("carve-workload"))
+    let spin = Command::new(a.join(WORKLOAD_BIN))
         .args(["--kernel-us", "300", "--seconds", "0.5", "--json"])
         .env("LD_LIBRARY_PATH", dir.join("lib"))
         .env("LD_PRELOAD", host(&r.envs["LD_PRELOAD"]))
@@ -214,7 +190,7 @@ fn up_serves_allocates_and_enforces() {
     assert!(body.contains("did you mean"), "{body}");
 
     // An XID through the simulated node reaches the API.
-    let gpus: Value = serde_json::from_str(&http(&api, "GET", "/v1/gpus", None, "").1).unwrap();
+    let gpus = get_json(&api, "/v1/gpus");
     let mig = gpus["gpus"][2]["devices"][0]["id"]
         .as_str()
         .unwrap()
@@ -225,21 +201,15 @@ fn up_serves_allocates_and_enforces() {
         .args(["sim", "xid", &mig, "79"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let t0 = Instant::now();
-    loop {
-        let g: Value = serde_json::from_str(&http(&api, "GET", "/v1/gpus", None, "").1).unwrap();
+    assert_success(&out);
+    wait_for(Duration::from_secs(2), Duration::from_millis(10), || {
+        let g = get_json(&api, "/v1/gpus");
         let d = &g["gpus"][2]["devices"][0];
         if d["healthy"] == false {
-            break;
+            return Ok(());
         }
-        assert!(t0.elapsed() < Duration::from_secs(2), "XID not seen: {d}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        Err(format!("XID not seen: {d}"))
+    });
     // A misspelt device is bad input with a suggestion.
     let mut wrong = mig.clone();
     wrong.pop();
@@ -266,18 +236,13 @@ fn up_serves_allocates_and_enforces() {
     assert_eq!(cdi["kind"], "carve.dev/gpu");
 
     // Ctrl-C: a clean stop, sockets gone.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "carve up did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    signal(&child, libc::SIGINT);
+    let status = wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+        child
+            .try_wait()
+            .unwrap()
+            .ok_or_else(|| "carve up did not stop".to_string())
+    });
     assert!(status.success(), "{status}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("\"stopped\"")), "{rest:?}");

@@ -2,10 +2,8 @@
 //! `libcuda.so.1` from a driver directory, exactly as programs load the real one. (The rlib is
 //! linked only for `SYMBOLS` and the constants.)
 
-#[path = "../support/locate.rs"]
-mod locate;
-
 use carve_fake_cuda::*;
+use carve_test_support::fake_cuda;
 use libloading::Library;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::path::PathBuf;
@@ -75,7 +73,7 @@ fn fake() -> (&'static Fake, MutexGuard<'static, ()>) {
     static F: OnceLock<Fake> = OnceLock::new();
     let guard = ONE.lock().unwrap_or_else(|p| p.into_inner());
     let f = F.get_or_init(|| {
-        let root = locate::driver_dir("carve-fake-cuda-api");
+        let root = fake_cuda::driver_dir("carve-fake-cuda-api");
         let gpu_dir = root.join("gpu");
         // Read by the library at cuInit; set before any thread could read the environment.
         std::env::set_var(ENV_DIR, &gpu_dir);

@@ -17,9 +17,7 @@ static ENV_LOCK: Mutex<()> = Mutex::new(());
 /// A pid that cannot exist (above Linux's PID_MAX_LIMIT of 4194304).
 const NO_SUCH_PID: u32 = 4_194_999;
 
-#[path = "../../carve-fake-nvml/support/locate.rs"]
-mod locate;
-use locate::fake_nvml_lib as fake_lib;
+use carve_test_support::fake_nvml::fake_nvml_lib as fake_lib;
 
 /// One test's environment: a temp dir with `libnvidia-ml.so.1` → the fake, and a state file.
 struct FakeEnv {

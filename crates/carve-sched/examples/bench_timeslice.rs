@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "../../../support/cargo_build.rs"]
-mod cargo_build;
+use carve_test_support::cargo_build;
 
 struct Env {
     bin: PathBuf,

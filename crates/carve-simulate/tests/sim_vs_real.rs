@@ -7,10 +7,8 @@
 //! simulator's host-side figures (hand-over, wake-up) are those of optimised builds of the
 //! daemon, the shim and the stand-in; unoptimised, the daemon alone hands over about 50 µs slower.
 
+use carve_test_support::cargo_build;
 use std::process::Command;
-
-#[path = "../../../support/cargo_build.rs"]
-mod cargo_build;
 
 #[test]
 fn simulated_p95_is_within_ten_percent_of_the_real_one() {

@@ -2,9 +2,7 @@
 //! `LD_LIBRARY_PATH` as the real driver would be: kernels of all processes share one GPU, memory
 //! is accounted across processes.
 
-#[path = "../../carve-fake-cuda/support/locate.rs"]
-mod locate;
-
+use carve_test_support::fake_cuda;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -21,7 +19,7 @@ struct Node {
 impl Node {
     fn new(tag: &str) -> Node {
         Node {
-            root: locate::driver_dir(&format!("carve-workload-{tag}")),
+            root: fake_cuda::driver_dir(&format!("carve-workload-{tag}")),
         }
     }
 

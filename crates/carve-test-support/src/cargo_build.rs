@@ -1,9 +1,7 @@
 //! For tests and benchmarks that need other workspace artifacts (the stand-in drivers, the shim,
-//! `carve-workload`): build them with the running binary's own profile and target directory, and say
-//! where they are. Included by source (`#[path = ".../support/cargo_build.rs"] mod cargo_build;`)
-//! so that nothing links the stand-ins' symbols into the caller.
-
-#![allow(dead_code)]
+//! `carve-workload`, the `carve` binary): build them with the running binary's own profile and
+//! target directory, and say where they are. They are built by cargo, never linked: nothing puts
+//! the stand-ins' symbols into the caller.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

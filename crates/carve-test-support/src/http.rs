@@ -48,3 +48,9 @@ pub fn http(
     };
     (status, body)
 }
+
+/// The body of `GET path`, parsed as JSON (whatever the status).
+pub fn get_json(addr: &str, path: &str) -> serde_json::Value {
+    let (_, body) = http(addr, "GET", path, None, "");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
+}
