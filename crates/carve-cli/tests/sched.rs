@@ -17,7 +17,11 @@ fn artifacts() -> &'static PathBuf {
     DIR.get_or_init(|| {
         cargo_build::build(
             &["carve-fake-cuda", "carve-shim", "carve-workload"],
-            &["libcarve_fake_cuda.so", "libcarve_shim.so", "carve-workload"],
+            &[
+                "libcarve_fake_cuda.so",
+                "libcarve_shim.so",
+                "carve-workload",
+            ],
         )
     })
 }

@@ -8,6 +8,7 @@
 use carve_agent::plugin::unix_channel;
 use carve_agent::proto::device_plugin_client::DevicePluginClient;
 use carve_agent::proto::{AllocateRequest, ContainerAllocateRequest, Empty};
+use carve_sched_proto::{ENV_FAIL, ENV_SCHED_SOCKET, ENV_TENANT, ENV_TOKEN_FILE};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -32,7 +33,11 @@ fn repo() -> PathBuf {
 fn up_serves_allocates_and_enforces() {
     let a = cargo_build::build(
         &["carve-fake-cuda", "carve-shim", "carve-workload"],
-        &["libcarve_fake_cuda.so", "libcarve_shim.so", "carve-workload"],
+        &[
+            "libcarve_fake_cuda.so",
+            "libcarve_shim.so",
+            "carve-workload",
+        ],
     );
     let dir = std::env::temp_dir().join(format!("carve-up-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -89,7 +94,7 @@ fn up_serves_allocates_and_enforces() {
         .into_inner()
     });
     let r = &resp.container_responses[0];
-    assert_eq!(r.envs["CARVE_TENANT"], "notebooks");
+    assert_eq!(r.envs[ENV_TENANT], "notebooks");
     // The "container": carve-workload with Allocate's environment, container paths mapped to the
     // host paths Allocate mounts there.
     let host = |container: &str| -> String {
@@ -103,10 +108,10 @@ fn up_serves_allocates_and_enforces() {
         .args(["--kernel-us", "300", "--seconds", "0.5", "--json"])
         .env("LD_LIBRARY_PATH", dir.join("lib"))
         .env("LD_PRELOAD", host(&r.envs["LD_PRELOAD"]))
-        .env("CARVE_SCHED_SOCKET", host(&r.envs["CARVE_SCHED_SOCKET"]))
-        .env("CARVE_TOKEN_FILE", host(&r.envs["CARVE_TOKEN_FILE"]))
-        .env("CARVE_TENANT", &r.envs["CARVE_TENANT"])
-        .env("CARVE_FAIL", "closed")
+        .env(ENV_SCHED_SOCKET, host(&r.envs[ENV_SCHED_SOCKET]))
+        .env(ENV_TOKEN_FILE, host(&r.envs[ENV_TOKEN_FILE]))
+        .env(ENV_TENANT, &r.envs[ENV_TENANT])
+        .env(ENV_FAIL, carve_sched_proto::FAIL_CLOSED)
         .env("NVIDIA_VISIBLE_DEVICES", &r.envs["NVIDIA_VISIBLE_DEVICES"])
         .output()
         .unwrap();

@@ -109,7 +109,12 @@ fn main() {
         seconds = a.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(seconds);
     }
     let bin = cargo_build::build(
-        &["carve-cli", "carve-shim", "carve-fake-cuda", "carve-workload"],
+        &[
+            "carve-cli",
+            "carve-shim",
+            "carve-fake-cuda",
+            "carve-workload",
+        ],
         &[
             "carve",
             "libcarve_shim.so",

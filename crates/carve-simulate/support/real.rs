@@ -15,6 +15,7 @@
 
 use carve_sched::config::{Config, Identity, PolicyName, TenantConfig};
 use carve_sched::server::Server;
+use carve_sched_proto as proto;
 use carve_simulate::{simulate, Arrivals, Load, Placement, Service, Slicing, Tenant};
 use carve_timeslice::Policy;
 use std::path::PathBuf;
@@ -110,7 +111,11 @@ impl Stand {
     pub fn new(tag: &str) -> Stand {
         let bin = cargo_build::build(
             &["carve-shim", "carve-fake-cuda", "carve-workload"],
-            &["libcarve_shim.so", "libcarve_fake_cuda.so", "carve-workload"],
+            &[
+                "libcarve_shim.so",
+                "libcarve_fake_cuda.so",
+                "carve-workload",
+            ],
         );
         let root = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
@@ -181,10 +186,10 @@ impl Stand {
                     .env("LD_PRELOAD", self.bin.join("libcarve_shim.so"))
                     .env("LD_LIBRARY_PATH", self.root.join("lib"))
                     .env("CARVE_FAKE_CUDA_DIR", &gpu)
-                    .env("CARVE_SCHED_SOCKET", &sock)
-                    .env("CARVE_TENANT", format!("t{i}"))
-                    .env("CARVE_TOKEN_FILE", &tok)
-                    .env("CARVE_FAIL", "closed")
+                    .env(proto::ENV_SCHED_SOCKET, &sock)
+                    .env(proto::ENV_TENANT, format!("t{i}"))
+                    .env(proto::ENV_TOKEN_FILE, &tok)
+                    .env(proto::ENV_FAIL, proto::FAIL_CLOSED)
                     .stdout(Stdio::piped())
                     .spawn()
                     .expect("carve-workload")
@@ -195,7 +200,11 @@ impl Stand {
             .enumerate()
             .map(|(i, k)| {
                 let o = k.wait_with_output().expect("wait for carve-workload");
-                assert!(o.status.success(), "tenant t{i}: carve-workload {}", o.status);
+                assert!(
+                    o.status.success(),
+                    "tenant t{i}: carve-workload {}",
+                    o.status
+                );
                 let v: serde_json::Value =
                     serde_json::from_slice(&o.stdout).expect("carve-workload --json");
                 let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
