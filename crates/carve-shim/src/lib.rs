@@ -90,64 +90,69 @@ const fn c_name(name: &'static str) -> &'static CStr {
     }
 }
 
-/// The hooked entry points: slot, driver name, the name `cuGetProcAddress` uses, our hook, and
-/// its type. Checked at compile time: each hook has its entry point's type.
+/// The hooked entry points: the slot of the real function, and our hook, which is exported
+/// under the driver's name and must have its type in cuda.h (checked at compile time).
 macro_rules! hooks {
-    ($( $idx:literal $slot:ident $name:literal $base:literal $hook:ident: $pfn:ty ),* $(,)?) => {
-        const HOOKS: &[(&str, &str, usize)] = &[ $( ($name, $base, $idx) ),* ];
+    ($( $slot:ident: $hook:ident as $pfn:ty ),* $(,)?) => {
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        enum Idx { $( $slot ),* }
+        /// The hooks' names, by slot.
+        const HOOKS: &[&str] = &[ $( stringify!($hook) ),* ];
         const SLOTS: usize = HOOKS.len();
         fn hook_ptr(idx: usize) -> *mut c_void {
-            match idx { $( $idx => $hook as *mut c_void, )* _ => std::ptr::null_mut() }
+            $( if idx == Idx::$slot as usize { return $hook as *mut c_void; } )*
+            std::ptr::null_mut()
         }
         $(
             const $slot: Slot<$pfn> = Slot {
-                idx: $idx,
-                name: c_name(concat!($name, "\0")),
+                idx: Idx::$slot as usize,
+                name: c_name(concat!(stringify!($hook), "\0")),
                 ty: PhantomData,
             };
             const _: $pfn = $hook;
-            const _: () = assert!(std::mem::size_of::<$pfn>() == std::mem::size_of::<*mut c_void>());
         )*
     };
 }
 
 hooks! {
-    0 LAUNCH_KERNEL "cuLaunchKernel" "cuLaunchKernel" cuLaunchKernel: PFN_cuLaunchKernel,
-    1 LAUNCH_KERNEL_EX "cuLaunchKernelEx" "cuLaunchKernelEx" cuLaunchKernelEx: PFN_cuLaunchKernelEx,
-    2 LAUNCH_COOPERATIVE "cuLaunchCooperativeKernel" "cuLaunchCooperativeKernel"
-        cuLaunchCooperativeKernel: PFN_cuLaunchCooperativeKernel,
-    3 GRAPH_LAUNCH "cuGraphLaunch" "cuGraphLaunch" cuGraphLaunch: PFN_cuGraphLaunch,
-    4 MEM_ALLOC "cuMemAlloc_v2" "cuMemAlloc" cuMemAlloc_v2: PFN_cuMemAlloc_v2,
-    5 MEM_ALLOC_MANAGED "cuMemAllocManaged" "cuMemAllocManaged" cuMemAllocManaged: PFN_cuMemAllocManaged,
-    6 MEM_ALLOC_PITCH "cuMemAllocPitch_v2" "cuMemAllocPitch" cuMemAllocPitch_v2: PFN_cuMemAllocPitch_v2,
-    7 MEM_FREE "cuMemFree_v2" "cuMemFree" cuMemFree_v2: PFN_cuMemFree_v2,
-    8 MEM_CREATE "cuMemCreate" "cuMemCreate" cuMemCreate: PFN_cuMemCreate,
-    9 MEM_RELEASE "cuMemRelease" "cuMemRelease" cuMemRelease: PFN_cuMemRelease,
-    10 ARRAY_CREATE "cuArrayCreate_v2" "cuArrayCreate" cuArrayCreate_v2: PFN_cuArrayCreate_v2,
-    11 ARRAY_DESTROY "cuArrayDestroy" "cuArrayDestroy" cuArrayDestroy: PFN_cuArrayDestroy,
-    12 MEM_GET_INFO "cuMemGetInfo_v2" "cuMemGetInfo" cuMemGetInfo_v2: PFN_cuMemGetInfo_v2,
-    13 DEVICE_TOTAL_MEM "cuDeviceTotalMem_v2" "cuDeviceTotalMem" cuDeviceTotalMem_v2: PFN_cuDeviceTotalMem_v2,
-    14 MEM_ALLOC_ASYNC "cuMemAllocAsync" "cuMemAllocAsync" cuMemAllocAsync: PFN_cuMemAllocAsync,
-    15 MEM_FREE_ASYNC "cuMemFreeAsync" "cuMemFreeAsync" cuMemFreeAsync: PFN_cuMemFreeAsync,
-    16 GET_PROC_ADDRESS "cuGetProcAddress" "cuGetProcAddress" cuGetProcAddress: PFN_cuGetProcAddress,
-    17 GET_PROC_ADDRESS_V2 "cuGetProcAddress_v2" "cuGetProcAddress_v2"
-        cuGetProcAddress_v2: PFN_cuGetProcAddress_v2,
-    18 CTX_SYNCHRONIZE "cuCtxSynchronize" "cuCtxSynchronize" cuCtxSynchronize: PFN_cuCtxSynchronize,
-    19 STREAM_SYNCHRONIZE "cuStreamSynchronize" "cuStreamSynchronize"
-        cuStreamSynchronize: PFN_cuStreamSynchronize,
-    20 EVENT_SYNCHRONIZE "cuEventSynchronize" "cuEventSynchronize"
-        cuEventSynchronize: PFN_cuEventSynchronize,
+    LAUNCH_KERNEL: cuLaunchKernel as PFN_cuLaunchKernel,
+    LAUNCH_KERNEL_EX: cuLaunchKernelEx as PFN_cuLaunchKernelEx,
+    LAUNCH_COOPERATIVE: cuLaunchCooperativeKernel as PFN_cuLaunchCooperativeKernel,
+    GRAPH_LAUNCH: cuGraphLaunch as PFN_cuGraphLaunch,
+    MEM_ALLOC: cuMemAlloc_v2 as PFN_cuMemAlloc_v2,
+    MEM_ALLOC_MANAGED: cuMemAllocManaged as PFN_cuMemAllocManaged,
+    MEM_ALLOC_PITCH: cuMemAllocPitch_v2 as PFN_cuMemAllocPitch_v2,
+    MEM_FREE: cuMemFree_v2 as PFN_cuMemFree_v2,
+    MEM_CREATE: cuMemCreate as PFN_cuMemCreate,
+    MEM_RELEASE: cuMemRelease as PFN_cuMemRelease,
+    ARRAY_CREATE: cuArrayCreate_v2 as PFN_cuArrayCreate_v2,
+    ARRAY_DESTROY: cuArrayDestroy as PFN_cuArrayDestroy,
+    MEM_GET_INFO: cuMemGetInfo_v2 as PFN_cuMemGetInfo_v2,
+    DEVICE_TOTAL_MEM: cuDeviceTotalMem_v2 as PFN_cuDeviceTotalMem_v2,
+    MEM_ALLOC_ASYNC: cuMemAllocAsync as PFN_cuMemAllocAsync,
+    MEM_FREE_ASYNC: cuMemFreeAsync as PFN_cuMemFreeAsync,
+    GET_PROC_ADDRESS: cuGetProcAddress as PFN_cuGetProcAddress,
+    GET_PROC_ADDRESS_V2: cuGetProcAddress_v2 as PFN_cuGetProcAddress_v2,
+    CTX_SYNCHRONIZE: cuCtxSynchronize as PFN_cuCtxSynchronize,
+    STREAM_SYNCHRONIZE: cuStreamSynchronize as PFN_cuStreamSynchronize,
+    EVENT_SYNCHRONIZE: cuEventSynchronize as PFN_cuEventSynchronize,
 }
 
 /// The real driver functions, filled as they are found.
 static REAL: [AtomicPtr<c_void>; SLOTS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; SLOTS];
 
+/// The slot of a hook by its exported name.
 fn hook_index(name: &str) -> Option<usize> {
-    HOOKS.iter().find(|h| h.0 == name).map(|h| h.2)
+    HOOKS.iter().position(|h| *h == name)
 }
 
-fn hook_index_base(base: &str) -> Option<usize> {
-    HOOKS.iter().find(|h| h.1 == base).map(|h| h.2)
+/// The slot of what `cuGetProcAddress` returns for `symbol`: the driver hands out the newest
+/// version of a base name (`cuMemAlloc` → `cuMemAlloc_v2`); exported names are accepted too.
+fn proc_index(symbol: &str) -> Option<usize> {
+    if symbol.starts_with("cuGetProcAddress") {
+        return hook_index(symbol);
+    }
+    hook_index(symbol).or_else(|| hook_index(&format!("{symbol}_v2")))
 }
 
 /// The real function of a slot: as found through `dlsym`/`cuGetProcAddress`, else the next
@@ -860,7 +865,7 @@ unsafe fn swap(symbol: *const c_char, pfn: VoidPtrPtr) {
     }
     // SAFETY: `symbol` is non-null (checked), and a C string by the caller's contract.
     let name = unsafe { CStr::from_ptr(symbol) }.to_str().unwrap_or("");
-    if let Some(i) = hook_index_base(name).or_else(|| hook_index(name)) {
+    if let Some(i) = proc_index(name) {
         if *pfn != hook_ptr(i) {
             REAL[i].store(*pfn, Release);
             *pfn = hook_ptr(i);
