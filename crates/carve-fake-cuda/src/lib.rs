@@ -178,6 +178,16 @@ impl Proc {
     }
 }
 
+/// A new object of the calling thread's context: a fresh handle, registered by `insert`.
+fn create(insert: impl FnOnce(&mut Proc, u64) -> Result<(), CUresult>) -> Result<u64, CUresult> {
+    with(|p| {
+        p.in_context()?;
+        let h = p.handle();
+        insert(p, h)?;
+        Ok(h)
+    })
+}
+
 fn worker(rx: Receiver<Job>, pending: Arc<AtomicU64>) {
     // Timed waits for the GPU end when asked, not up to 50 µs later (the default timer slack).
     // SAFETY: PR_SET_TIMERSLACK on the calling thread.
@@ -627,11 +637,9 @@ pub unsafe extern "C" fn cuStreamCreate(s: *mut CUstream, _flags: c_uint) -> CUr
         if s.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let h = with(|p| {
-            p.in_context()?;
-            let h = p.handle();
+        let h = create(|p, h| {
             p.streams.insert(h, new_stream()?);
-            Ok(h)
+            Ok(())
         })?;
         // SAFETY: `s` is the caller's `CUstream *phStream`, non-null (checked) and writable.
         unsafe { put(s, h as CUstream) }
@@ -682,9 +690,7 @@ pub unsafe extern "C" fn cuEventCreate(e: *mut CUevent, flags: c_uint) -> CUresu
         if e.is_null() || flags & !0xf != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let h = with(|p| {
-            p.in_context()?;
-            let h = p.handle();
+        let h = create(|p, h| {
             p.events.insert(
                 h,
                 Arc::new(Event {
@@ -693,7 +699,7 @@ pub unsafe extern "C" fn cuEventCreate(e: *mut CUevent, flags: c_uint) -> CUresu
                     cv: Condvar::new(),
                 }),
             );
-            Ok(h)
+            Ok(())
         })?;
         // SAFETY: `e` is the caller's `CUevent *phEvent`, non-null (checked) and writable.
         unsafe { put(e, h as CUevent) }
@@ -976,11 +982,9 @@ pub unsafe extern "C" fn cuModuleLoadData(m: *mut CUmodule, image: *const c_void
         if m.is_null() || image.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let h = with(|p| {
-            p.in_context()?;
-            let h = p.handle();
+        let h = create(|p, h| {
             p.modules.insert(h, Vec::new());
-            Ok(h)
+            Ok(())
         })?;
         // SAFETY: `m` is the caller's `CUmodule *module`, non-null (checked) and writable.
         unsafe { put(m, h as CUmodule) }
@@ -1187,11 +1191,9 @@ pub unsafe extern "C" fn carve_fake_cuda_graph_exec_create(
         if exec.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let h = with(|p| {
-            p.in_context()?;
-            let h = p.handle();
+        let h = create(|p, h| {
             p.graphs.insert(h, (kernels, ns.min(MAX_KERNEL_NS)));
-            Ok(h)
+            Ok(())
         })?;
         // SAFETY: `exec` is the caller's `CUgraphExec *`, non-null (checked) and writable.
         unsafe { put(exec, h as CUgraphExec) }

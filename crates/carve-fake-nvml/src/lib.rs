@@ -856,7 +856,8 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceProfileInfo(
                 memorySizeMB: f.gi_memory_mib(gpu, p)?,
             })
         })?;
-        // SAFETY: `info` is the caller's `nvmlGpuInstanceProfileInfo_t *`: null (refused) or writable.
+        // SAFETY: `info` is the caller's `nvmlGpuInstanceProfileInfo_t *`:
+        // null (refused) or writable.
         unsafe { put(info, i) }
     })
 }
@@ -1111,7 +1112,8 @@ pub unsafe extern "C" fn nvmlGpuInstanceGetComputeInstanceProfileInfo(
                 sharedOfaCount: gp.ofa.unwrap_or(0) as c_uint,
             })
         })?;
-        // SAFETY: `info` is the caller's `nvmlComputeInstanceProfileInfo_t *`: null (refused) or writable.
+        // SAFETY: `info` is the caller's `nvmlComputeInstanceProfileInfo_t *`:
+        // null (refused) or writable.
         unsafe { put(info, i) }
     })
 }
@@ -1137,7 +1139,8 @@ pub unsafe extern "C" fn nvmlGpuInstanceCreateComputeInstance(
             };
             Handle::Ci(gpu, gi, id).ptr()
         })?;
-        // SAFETY: `computeInstance` is the caller's `nvmlComputeInstance_t *`: null (refused) or writable.
+        // SAFETY: `computeInstance` is the caller's `nvmlComputeInstance_t *`:
+        // null (refused) or writable.
         unsafe { put(computeInstance, handle) }
     })
 }
@@ -1180,7 +1183,8 @@ pub unsafe extern "C" fn nvmlGpuInstanceGetComputeInstanceById(
             }
             Handle::Ci(gpu, gi, id).ptr()
         })?;
-        // SAFETY: `computeInstance` is the caller's `nvmlComputeInstance_t *`: null (refused) or writable.
+        // SAFETY: `computeInstance` is the caller's `nvmlComputeInstance_t *`:
+        // null (refused) or writable.
         unsafe { put(computeInstance, handle) }
     })
 }

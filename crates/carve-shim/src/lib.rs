@@ -533,6 +533,22 @@ fn allocation(
     r
 }
 
+/// An allocation of `bytes` that `alloc` makes and, on success, writes to `out` (a device
+/// pointer or an allocation handle), as [`allocation`].
+///
+/// # Safety
+/// `out` is null or the out-parameter that `alloc` writes when it succeeds.
+unsafe fn allocation_to(
+    out: *const u64,
+    bytes: usize,
+    alloc: impl FnOnce() -> CUresult,
+) -> CUresult {
+    allocation(bytes as u64, alloc, || {
+        // SAFETY: called only after `alloc` succeeded, i.e. wrote `out` (the caller's contract).
+        Some((unsafe { written(out) }?, bytes as u64))
+    })
+}
+
 /// What the driver wrote to an out-parameter, or `None` when the caller gave none.
 ///
 /// # Safety
@@ -622,13 +638,9 @@ pub unsafe extern "C" fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> C
 #[no_mangle]
 pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
     hook(MEM_ALLOC, |real| {
-        allocation(
-            bytes as u64,
-            // SAFETY: the driver's cuMemAlloc_v2 with the caller's arguments, unchanged.
-            || unsafe { real(dptr, bytes) },
-            // SAFETY: called only after that succeeded: the driver wrote the pointer to `dptr`.
-            || Some((unsafe { written(dptr) }?, bytes as u64)),
-        )
+        // SAFETY: the driver's cuMemAlloc_v2 with the caller's arguments, unchanged; on
+        // success it has written the new pointer to `dptr`.
+        unsafe { allocation_to(dptr, bytes, || real(dptr, bytes)) }
     })
 }
 
@@ -639,13 +651,9 @@ pub unsafe extern "C" fn cuMemAllocManaged(
     flags: c_uint,
 ) -> CUresult {
     hook(MEM_ALLOC_MANAGED, |real| {
-        allocation(
-            bytes as u64,
-            // SAFETY: the driver's cuMemAllocManaged with the caller's arguments, unchanged.
-            || unsafe { real(dptr, bytes, flags) },
-            // SAFETY: called only after that succeeded: the driver wrote the pointer to `dptr`.
-            || Some((unsafe { written(dptr) }?, bytes as u64)),
-        )
+        // SAFETY: the driver's cuMemAllocManaged with the caller's arguments, unchanged; on
+        // success it has written the new pointer to `dptr`.
+        unsafe { allocation_to(dptr, bytes, || real(dptr, bytes, flags)) }
     })
 }
 
@@ -656,13 +664,9 @@ pub unsafe extern "C" fn cuMemAllocAsync(
     stream: CUstream,
 ) -> CUresult {
     hook(MEM_ALLOC_ASYNC, |real| {
-        allocation(
-            bytes as u64,
-            // SAFETY: the driver's cuMemAllocAsync with the caller's arguments, unchanged.
-            || unsafe { real(dptr, bytes, stream) },
-            // SAFETY: called only after that succeeded: the driver wrote the pointer to `dptr`.
-            || Some((unsafe { written(dptr) }?, bytes as u64)),
-        )
+        // SAFETY: the driver's cuMemAllocAsync with the caller's arguments, unchanged; on
+        // success it has written the new pointer to `dptr`.
+        unsafe { allocation_to(dptr, bytes, || real(dptr, bytes, stream)) }
     })
 }
 
@@ -702,13 +706,9 @@ pub unsafe extern "C" fn cuMemCreate(
     flags: u64,
 ) -> CUresult {
     hook(MEM_CREATE, |real| {
-        allocation(
-            bytes as u64,
-            // SAFETY: the driver's cuMemCreate with the caller's arguments, unchanged.
-            || unsafe { real(handle, bytes, prop, flags) },
-            // SAFETY: called only after that succeeded: the driver wrote the handle to `handle`.
-            || Some((unsafe { written(handle) }?, bytes as u64)),
-        )
+        // SAFETY: the driver's cuMemCreate with the caller's arguments, unchanged; on success
+        // it has written the new allocation's handle to `handle`.
+        unsafe { allocation_to(handle, bytes, || real(handle, bytes, prop, flags)) }
     })
 }
 
