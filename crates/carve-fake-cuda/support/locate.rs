@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 #[path = "../../../support/cargo_build.rs"]
-mod cargo_build;
+pub mod cargo_build;
 
 /// The fake library, built (when stale) with the test's own profile and target directory.
 pub fn fake_cuda_lib() -> &'static Path {

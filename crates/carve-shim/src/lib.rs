@@ -146,13 +146,16 @@ fn hook_index(name: &str) -> Option<usize> {
     HOOKS.iter().position(|h| *h == name)
 }
 
-/// The slot of what `cuGetProcAddress` returns for `symbol`: the driver hands out the newest
-/// version of a base name (`cuMemAlloc` → `cuMemAlloc_v2`); exported names are accepted too.
-fn proc_index(symbol: &str) -> Option<usize> {
-    if symbol.starts_with("cuGetProcAddress") {
-        return hook_index(symbol);
+/// The slot of what `cuGetProcAddress` returns for `symbol` at CUDA `version`: the driver hands
+/// out the newest version of a base name (`cuMemAlloc` → `cuMemAlloc_v2`), and from CUDA 12.0
+/// `cuGetProcAddress` is `cuGetProcAddress_v2` (five arguments); exported names are accepted
+/// too.
+fn proc_index(symbol: &str, version: c_int) -> Option<usize> {
+    match symbol {
+        "cuGetProcAddress" if version >= CUDA_VERSION_12_0 => Some(GET_PROC_ADDRESS_V2.idx),
+        "cuGetProcAddress" | "cuGetProcAddress_v2" => hook_index(symbol),
+        _ => hook_index(symbol).or_else(|| hook_index(&format!("{symbol}_v2"))),
     }
-    hook_index(symbol).or_else(|| hook_index(&format!("{symbol}_v2")))
 }
 
 /// The real function of a slot: as found through `dlsym`/`cuGetProcAddress`, else the next
@@ -850,12 +853,13 @@ pub unsafe extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
 // ---------------------------------------------------------------------------------------------
 // cuGetProcAddress: the CUDA runtime's way to every driver function.
 
-/// Swaps a found pointer for our hook (by the runtime's base name, e.g. `cuMemAlloc`).
+/// Swaps a found pointer for our hook (by the runtime's base name, e.g. `cuMemAlloc`, and the
+/// CUDA version it asked for).
 ///
 /// # Safety
 /// `symbol` is null or a C string; `pfn` is null or points to a pointer that
 /// `cuGetProcAddress` has just written (it succeeded).
-unsafe fn swap(symbol: *const c_char, pfn: VoidPtrPtr) {
+unsafe fn swap(symbol: *const c_char, pfn: VoidPtrPtr, version: c_int) {
     // SAFETY: the caller's contract: `pfn` is null or readable and writable.
     let Some(pfn) = (unsafe { pfn.as_mut() }) else {
         return;
@@ -865,7 +869,7 @@ unsafe fn swap(symbol: *const c_char, pfn: VoidPtrPtr) {
     }
     // SAFETY: `symbol` is non-null (checked), and a C string by the caller's contract.
     let name = unsafe { CStr::from_ptr(symbol) }.to_str().unwrap_or("");
-    if let Some(i) = proc_index(name) {
+    if let Some(i) = proc_index(name, version) {
         if *pfn != hook_ptr(i) {
             REAL[i].store(*pfn, Release);
             *pfn = hook_ptr(i);
@@ -886,7 +890,7 @@ pub unsafe extern "C" fn cuGetProcAddress(
         if r == CUDA_SUCCESS {
             // SAFETY: the caller's arguments, which the driver has just accepted: `symbol` a C
             // string, `pfn` holding the entry point the driver wrote.
-            unsafe { swap(symbol, pfn) };
+            unsafe { swap(symbol, pfn, version) };
         }
         r
     })
@@ -906,7 +910,7 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
         if r == CUDA_SUCCESS {
             // SAFETY: the caller's arguments, which the driver has just accepted: `symbol` a C
             // string, `pfn` holding the entry point the driver wrote.
-            unsafe { swap(symbol, pfn) };
+            unsafe { swap(symbol, pfn, version) };
         }
         r
     })
