@@ -185,9 +185,11 @@ fn real(idx: usize, name: &CStr) -> *mut c_void {
             f = unsafe { dl(h, name.as_ptr()) };
         }
     }
-    if !f.is_null() && f != hook_ptr(idx) {
-        REAL[idx].store(f, Release);
+    // Never our own hook: calling it as the real function would call itself.
+    if f.is_null() || f == hook_ptr(idx) {
+        return std::ptr::null_mut();
     }
+    REAL[idx].store(f, Release);
     f
 }
 
@@ -504,10 +506,10 @@ fn hook<F: Copy>(slot: Slot<F>, body: impl FnOnce(F) -> CUresult) -> CUresult {
     })
 }
 
-/// A launch: waits for the turn, then `launch`.
+/// A launch: waits for the turn, then `launch` with the driver's function in `slot`.
 fn gated<F: Copy>(slot: Slot<F>, launch: impl FnOnce(F) -> CUresult) -> CUresult {
-    hook(slot, |real| match gate() {
-        Ok(()) => launch(real),
+    guard(|| match gate() {
+        Ok(()) => slot.get().map_or(CUDA_ERROR_NOT_FOUND, launch),
         Err(e) => e,
     })
 }
