@@ -64,7 +64,7 @@ fn real_dlsym() -> Option<DlsymFn> {
 }
 
 /// The real driver function of a hooked entry point, typed: `F` is the entry point's type in
-/// cuda.h ([`hooks!`] makes the only values, pairing each name with its `PFN_` type).
+/// cuda.h (`hooks!` makes the only values, pairing each name with its `PFN_` type).
 struct Slot<F> {
     idx: usize,
     name: &'static CStr,
