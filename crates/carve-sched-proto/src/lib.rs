@@ -45,8 +45,9 @@ pub const FAIL_OPEN: &str = "open";
 pub const FAIL_CLOSED: &str = "closed";
 
 /// How long after a turn ends the daemon waits for the holder's report (its real GPU time, with
-/// any overrun) before closing the turn without it, charging the turn's length. A client back
-/// after a longer pause knows its turn is gone (`carve-simulate` models the same wait).
+/// any overrun) before closing the turn without it, charging at least the grant's length. A
+/// client back after a longer pause knows its turn is gone (`carve-simulate` models the same
+/// wait).
 pub const GRACE_NS: u64 = 5_000_000;
 
 /// How long a client told to `yield` may take to drain before the next turn starts anyway.
