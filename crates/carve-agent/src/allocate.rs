@@ -3,16 +3,19 @@
 //! - Every device: its UUID in `NVIDIA_VISIBLE_DEVICES` (the NVIDIA container runtime's
 //!   interface) and its CDI name (`carve.dev/gpu=<uuid>`) for runtimes that read CDI.
 //! - A time-sliced share additionally gets the shim preloaded (`LD_PRELOAD`), the scheduler's
-//!   socket and its tenant's token mounted read-only, and `CARVE_TENANT`, so that every CUDA
-//!   launch in the container waits for its tenant's turn and its memory stays under the limit.
+//!   socket and its tenant's token mounted read-only, and the shim's environment
+//!   (`carve_sched_proto::ENV_*`), so that every CUDA launch in the container waits for its
+//!   tenant's turn and its memory stays under the limit.
 
 use crate::inventory::{DeviceKind, Inventory};
+use carve_sched_proto::{ENV_SCHED_SOCKET, ENV_TENANT, ENV_TOKEN_FILE};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Where things are inside a container.
 pub const CONTAINER_SHIM: &str = "/usr/local/carve/libcarve_shim.so";
-pub const CONTAINER_SCHED_SOCKET: &str = "/run/carve/sched.sock";
+/// The scheduler's socket: where the shim looks when `CARVE_SCHED_SOCKET` is unset.
+pub const CONTAINER_SCHED_SOCKET: &str = carve_sched_proto::DEFAULT_SOCKET;
 pub const CONTAINER_TOKEN: &str = "/run/carve/token";
 /// CDI kind of carve's devices.
 pub const CDI_KIND: &str = "carve.dev/gpu";
@@ -125,10 +128,9 @@ pub fn allocate(
             .ok_or_else(|| AllocError::Unavailable(format!("no token for tenant '{t}'")))?;
         a.envs.insert("LD_PRELOAD".into(), CONTAINER_SHIM.into());
         a.envs
-            .insert("CARVE_SCHED_SOCKET".into(), CONTAINER_SCHED_SOCKET.into());
-        a.envs.insert("CARVE_TENANT".into(), t.to_string());
-        a.envs
-            .insert("CARVE_TOKEN_FILE".into(), CONTAINER_TOKEN.into());
+            .insert(ENV_SCHED_SOCKET.into(), CONTAINER_SCHED_SOCKET.into());
+        a.envs.insert(ENV_TENANT.into(), t.to_string());
+        a.envs.insert(ENV_TOKEN_FILE.into(), CONTAINER_TOKEN.into());
         a.mounts = vec![
             Mount {
                 host: shim.clone(),

@@ -12,6 +12,7 @@ use crate::allocate::{
     HostPaths, CDI_KIND, CONTAINER_SCHED_SOCKET, CONTAINER_SHIM, CONTAINER_TOKEN,
 };
 use crate::inventory::{DeviceKind, Inventory};
+use carve_sched_proto::{ENV_SCHED_SOCKET, ENV_TENANT, ENV_TOKEN_FILE};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -75,9 +76,9 @@ pub fn spec(inv: &Inventory, host: &HostPaths) -> Value {
                         "env": [
                             format!("NVIDIA_VISIBLE_DEVICES={}", g.gpu_uuid),
                             format!("LD_PRELOAD={CONTAINER_SHIM}"),
-                            format!("CARVE_SCHED_SOCKET={CONTAINER_SCHED_SOCKET}"),
-                            format!("CARVE_TENANT={t}"),
-                            format!("CARVE_TOKEN_FILE={CONTAINER_TOKEN}"),
+                            format!("{ENV_SCHED_SOCKET}={CONTAINER_SCHED_SOCKET}"),
+                            format!("{ENV_TENANT}={t}"),
+                            format!("{ENV_TOKEN_FILE}={CONTAINER_TOKEN}"),
                         ],
                         "deviceNodes": [node(&host.nodes.gpu_node(g.gpu_index))],
                         "mounts": [

@@ -5,8 +5,8 @@ use crate::allocate::HostPaths;
 use crate::inventory::{Inventory, Options, APPLICATION_XIDS};
 use carve_apply::NodePlan;
 use carve_apply::Observed;
-use carve_sched::proto::StatusReport;
 use carve_sched::server::Server;
+use carve_sched_proto::StatusReport;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -525,7 +525,7 @@ impl Collector for SnapshotCollector {
             prometheus_client::metrics::MetricType::Histogram,
         )?;
         for (l, counts, sum) in &s.waits {
-            let bounds = carve_sched::proto::WAIT_BUCKETS_NS
+            let bounds = carve_sched_proto::WAIT_BUCKETS_NS
                 .iter()
                 .map(|ns| *ns as f64 / 1e9)
                 .chain(std::iter::once(f64::MAX));

@@ -449,15 +449,15 @@ async fn registers_lists_allocates_and_reregisters() {
     let r = &a.container_responses[0];
     let gpu = list.devices[3].id.split("::").next().unwrap();
     assert_eq!(r.envs["NVIDIA_VISIBLE_DEVICES"], gpu);
-    assert_eq!(r.envs["CARVE_TENANT"], "notebooks");
+    assert_eq!(r.envs[carve_sched_proto::ENV_TENANT], "notebooks");
     assert_eq!(r.envs["LD_PRELOAD"], "/usr/local/carve/libcarve_shim.so");
     let mounts: BTreeMap<&str, &str> = r
         .mounts
         .iter()
         .map(|m| (m.container_path.as_str(), m.host_path.as_str()))
         .collect();
-    let sock = mounts[r.envs["CARVE_SCHED_SOCKET"].as_str()];
-    let token = mounts[r.envs["CARVE_TOKEN_FILE"].as_str()];
+    let sock = mounts[r.envs[carve_sched_proto::ENV_SCHED_SOCKET].as_str()];
+    let token = mounts[r.envs[carve_sched_proto::ENV_TOKEN_FILE].as_str()];
     assert!(std::os::unix::fs::FileTypeExt::is_socket(
         &std::fs::metadata(sock).unwrap().file_type()
     ));

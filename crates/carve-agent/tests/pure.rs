@@ -255,7 +255,7 @@ fn allocate_answers_and_refusals() {
     assert!(matches!(e, AllocError::Invalid(_)), "{e}");
     // One replica: its tenant's identity.
     let a = allocate(&inv, "nvidia.com/gpu", &shares[1..2], &host).unwrap();
-    assert_eq!(a.envs["CARVE_TENANT"], "gpu2-r1");
+    assert_eq!(a.envs[carve_sched_proto::ENV_TENANT], "gpu2-r1");
     assert_eq!(a.envs["NVIDIA_VISIBLE_DEVICES"], obs[2].info.uuid);
     assert_eq!(a.mounts.len(), 3);
     // Unknown resource, unknown device, nothing asked.

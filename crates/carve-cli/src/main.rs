@@ -168,13 +168,14 @@ enum Command {
         /// The tenant to run as; the scheduler checks the claim (token, user or cgroup).
         #[arg(long)]
         tenant: String,
-        #[arg(long, value_name = "PATH", default_value = carve_sched::proto::DEFAULT_SOCKET)]
+        #[arg(long, value_name = "PATH", default_value = carve_sched_proto::DEFAULT_SOCKET)]
         socket: PathBuf,
         /// File holding the tenant's token (given to the tenant by the agent).
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
         /// When the scheduler cannot be reached: run unscheduled (open) or refuse work (closed).
-        #[arg(long, default_value = "open", value_parser = ["open", "closed"])]
+        #[arg(long, default_value = carve_sched_proto::FAIL_OPEN,
+              value_parser = [carve_sched_proto::FAIL_OPEN, carve_sched_proto::FAIL_CLOSED])]
         fail: String,
         /// The command and its arguments.
         #[arg(last = true, required = true, value_name = "COMMAND")]

@@ -5,10 +5,8 @@ use crate::commands::read_input;
 use crate::output::{table, Failure, Out};
 use carve_plan::plan::Sniff;
 use carve_sched::config::DaemonConfig;
-use carve_sched::proto::{self, Reply, Request, StatusReport};
+use carve_sched_proto::{self as proto, ENV_FAIL, ENV_SCHED_SOCKET, ENV_TENANT, ENV_TOKEN_FILE};
 use clap::Subcommand;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -97,7 +95,7 @@ pub fn sched_cmd(cmd: SchedCommand, json: bool) -> Result<Out, Failure> {
             Ok(Out::ok(String::new()))
         }
         SchedCommand::Status { socket } => {
-            let st = status(&socket).map_err(Failure::no)?;
+            let st = proto::status(&socket).map_err(|e| Failure::no(e.to_string()))?;
             if json {
                 return Ok(Out::json(&st, 0));
             }
@@ -134,24 +132,6 @@ pub fn sched_cmd(cmd: SchedCommand, json: bool) -> Result<Out, Failure> {
                 table(&rows)
             )))
         }
-    }
-}
-
-/// Asks a running scheduler for its status.
-pub fn status(socket: &Path) -> Result<StatusReport, String> {
-    let mut s = UnixStream::connect(socket)
-        .map_err(|e| format!("no scheduler at {} ({e})", socket.display()))?;
-    s.write_all(proto::encode(&Request::Status).as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    BufReader::new(&s)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    match serde_json::from_str::<Reply>(&line) {
-        Ok(Reply::Status { status }) => Ok(status),
-        Ok(Reply::Error { message }) => Err(message),
-        Ok(other) => Err(format!("unexpected reply {other:?}")),
-        Err(e) => Err(format!("bad reply: {e}")),
     }
 }
 
@@ -192,7 +172,7 @@ pub fn run_cmd(
             "nothing to run: carve run --tenant NAME -- COMMAND [ARGS...]",
         ));
     };
-    if fail != "open" && fail != "closed" {
+    if fail != proto::FAIL_OPEN && fail != proto::FAIL_CLOSED {
         return Err(Failure::bad(format!(
             "--fail must be open or closed, not {fail}"
         )));
@@ -205,15 +185,15 @@ pub fn run_cmd(
     let mut cmd = std::process::Command::new(prog);
     cmd.args(args)
         .env("LD_PRELOAD", preload)
-        .env("CARVE_SCHED_SOCKET", socket)
-        .env("CARVE_TENANT", tenant)
-        .env("CARVE_FAIL", fail);
+        .env(ENV_SCHED_SOCKET, socket)
+        .env(ENV_TENANT, tenant)
+        .env(ENV_FAIL, fail);
     match token_file {
         Some(t) => {
-            cmd.env("CARVE_TOKEN_FILE", t);
+            cmd.env(ENV_TOKEN_FILE, t);
         }
         None => {
-            cmd.env_remove("CARVE_TOKEN_FILE");
+            cmd.env_remove(ENV_TOKEN_FILE);
         }
     }
     let err = cmd.exec();

@@ -8,6 +8,7 @@
 use carve_agent::plugin::unix_channel;
 use carve_agent::proto::device_plugin_client::DevicePluginClient;
 use carve_agent::proto::{AllocateRequest, ContainerAllocateRequest, Empty};
+use carve_sched_proto::{ENV_FAIL, ENV_SCHED_SOCKET, ENV_TENANT, ENV_TOKEN_FILE};
 use carve_test_support::cli::{assert_success, read_ready, signal};
 use carve_test_support::fake_cuda::WORKLOAD_BIN;
 use carve_test_support::fake_cuda::{install_libcuda, stand_artifacts, FAKE_CUDA_LIB, SHIM_LIB};
@@ -69,7 +70,7 @@ fn up_serves_allocates_and_enforces() {
         .into_inner()
     });
     let r = &resp.container_responses[0];
-    assert_eq!(r.envs["CARVE_TENANT"], "notebooks");
+    assert_eq!(r.envs[ENV_TENANT], "notebooks");
     // The "container": carve-workload with Allocate's environment, container paths mapped to the
     // host paths Allocate mounts there.
     let host = |container: &str| -> String {
@@ -83,10 +84,10 @@ fn up_serves_allocates_and_enforces() {
         .args(["--kernel-us", "300", "--seconds", "0.5", "--json"])
         .env("LD_LIBRARY_PATH", dir.join("lib"))
         .env("LD_PRELOAD", host(&r.envs["LD_PRELOAD"]))
-        .env("CARVE_SCHED_SOCKET", host(&r.envs["CARVE_SCHED_SOCKET"]))
-        .env("CARVE_TOKEN_FILE", host(&r.envs["CARVE_TOKEN_FILE"]))
-        .env("CARVE_TENANT", &r.envs["CARVE_TENANT"])
-        .env("CARVE_FAIL", "closed")
+        .env(ENV_SCHED_SOCKET, host(&r.envs[ENV_SCHED_SOCKET]))
+        .env(ENV_TOKEN_FILE, host(&r.envs[ENV_TOKEN_FILE]))
+        .env(ENV_TENANT, &r.envs[ENV_TENANT])
+        .env(ENV_FAIL, carve_sched_proto::FAIL_CLOSED)
         .env("NVIDIA_VISIBLE_DEVICES", &r.envs["NVIDIA_VISIBLE_DEVICES"])
         .output()
         .unwrap();

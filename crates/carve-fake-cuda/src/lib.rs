@@ -26,17 +26,23 @@
 //! graph of N spin kernels so that `cuGraphLaunch` can be tested.
 //!
 //! No panic crosses the C boundary: a failing call returns an error code, never aborts.
+//!
+//! The C ABI (codes, handles, structs, entry-point types) is `carve-cuda-abi`'s; every exported
+//! driver function is checked at compile time to have its type there. Pointer arguments carry
+//! cuda.h's contract: null, or valid for what the function does with them (an out-parameter is
+//! written, an input read) for the duration of the call.
 
+// The driver's names, and its safety contract (cuda.h) for every exported function.
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
 mod node;
 
 pub use node::stats_file;
 
-use libc::{c_char, c_int, c_uint, c_void, size_t};
+use carve_cuda_abi::*;
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::ffi::CStr;
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, Once};
@@ -47,22 +53,6 @@ pub const ENV_DIR: &str = "CARVE_FAKE_CUDA_DIR";
 /// Device memory in MiB (default 81920).
 pub const ENV_MEM_MIB: &str = "CARVE_FAKE_CUDA_MEM_MIB";
 
-pub type CUresult = c_int;
-pub const CUDA_SUCCESS: CUresult = 0;
-pub const CUDA_ERROR_INVALID_VALUE: CUresult = 1;
-pub const CUDA_ERROR_OUT_OF_MEMORY: CUresult = 2;
-pub const CUDA_ERROR_NOT_INITIALIZED: CUresult = 3;
-pub const CUDA_ERROR_INVALID_DEVICE: CUresult = 101;
-pub const CUDA_ERROR_INVALID_CONTEXT: CUresult = 201;
-pub const CUDA_ERROR_INVALID_HANDLE: CUresult = 400;
-pub const CUDA_ERROR_NOT_FOUND: CUresult = 500;
-pub const CUDA_ERROR_NOT_READY: CUresult = 600;
-pub const CUDA_ERROR_UNKNOWN: CUresult = 999;
-
-/// `CUdriverProcAddressQueryResult`.
-pub const CU_GET_PROC_ADDRESS_SUCCESS: c_int = 0;
-pub const CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND: c_int = 1;
-
 /// Kernels longer than this are cut short (a wrong parameter must not hang a test for hours).
 const MAX_KERNEL_NS: u64 = 60_000_000_000;
 /// `CU_EVENT_DISABLE_TIMING`.
@@ -70,8 +60,6 @@ const EVENT_DISABLE_TIMING: c_uint = 0x2;
 /// `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD`: both are the null stream here.
 const STREAM_LEGACY: u64 = 0x1;
 const STREAM_PER_THREAD: u64 = 0x2;
-
-type Ptr = *mut c_void;
 
 // ---------------------------------------------------------------------------------------------
 // Process state.
@@ -188,6 +176,16 @@ impl Proc {
         }
         self.streams.get(&h).ok_or(CUDA_ERROR_INVALID_HANDLE)
     }
+}
+
+/// A new object of the calling thread's context: a fresh handle, registered by `insert`.
+fn create(insert: impl FnOnce(&mut Proc, u64) -> Result<(), CUresult>) -> Result<u64, CUresult> {
+    with(|p| {
+        p.in_context()?;
+        let h = p.handle();
+        insert(p, h)?;
+        Ok(h)
+    })
 }
 
 fn worker(rx: Receiver<Job>, pending: Arc<AtomicU64>) {
@@ -342,11 +340,16 @@ fn guard(f: impl FnOnce() -> Result<(), CUresult>) -> CUresult {
     }
 }
 
-unsafe fn out<T>(p: *mut T, v: T) -> Result<(), CUresult> {
+/// Writes an answer to the caller's out-parameter; a null one is `CUDA_ERROR_INVALID_VALUE`.
+///
+/// # Safety
+/// `p` is null or valid for writes of a `T` (cuda.h's contract for out-parameters).
+unsafe fn put<T>(p: *mut T, v: T) -> Result<(), CUresult> {
     if p.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    p.write(v);
+    // SAFETY: non-null (checked), hence writable by the caller's contract.
+    unsafe { p.write(v) };
     Ok(())
 }
 
@@ -384,27 +387,30 @@ pub unsafe extern "C" fn cuInit(flags: c_uint) -> CUresult {
 
 #[no_mangle]
 pub unsafe extern "C" fn cuDriverGetVersion(v: *mut c_int) -> CUresult {
-    guard(|| out(v, 12040))
+    // SAFETY: `v` is the caller's `int *driverVersion`, null or writable.
+    guard(|| unsafe { put(v, 12040) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetCount(n: *mut c_int) -> CUresult {
     guard(|| {
         with(|p| p.initialised())?;
-        out(n, 1)
+        // SAFETY: `n` is the caller's `int *count`, null or writable.
+        unsafe { put(n, 1) }
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuDeviceGet(d: *mut c_int, ordinal: c_int) -> CUresult {
+pub unsafe extern "C" fn cuDeviceGet(d: *mut CUdevice, ordinal: c_int) -> CUresult {
     guard(|| {
         check_device(ordinal)?;
-        out(d, 0)
+        // SAFETY: `d` is the caller's `CUdevice *device`, null or writable.
+        unsafe { put(d, 0) }
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: c_int) -> CUresult {
+pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: CUdevice) -> CUresult {
     guard(|| {
         check_device(dev)?;
         if name.is_null() || len <= 0 {
@@ -412,17 +418,22 @@ pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: c_i
         }
         let s = b"carve stand-in GPU (NVIDIA H100 80GB HBM3)";
         let n = s.len().min(len as usize - 1);
-        std::ptr::copy_nonoverlapping(s.as_ptr() as *const c_char, name, n);
-        *name.add(n) = 0;
+        // SAFETY: `name` is non-null (checked) and, by the caller's contract, a buffer of `len`
+        // chars: `n` + 1 <= `len` are written, from our own static bytes (no overlap).
+        unsafe {
+            std::ptr::copy_nonoverlapping(s.as_ptr() as *const c_char, name, n);
+            *name.add(n) = 0;
+        }
         Ok(())
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut size_t, dev: c_int) -> CUresult {
+pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult {
     guard(|| {
         check_device(dev)?;
-        out(bytes, node::total_bytes() as size_t)
+        // SAFETY: `bytes` is the caller's `size_t *bytes`, null or writable.
+        unsafe { put(bytes, node::total_bytes() as usize) }
     })
 }
 
@@ -463,10 +474,16 @@ fn attribute(attr: c_int) -> Option<c_int> {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuDeviceGetAttribute(v: *mut c_int, attr: c_int, dev: c_int) -> CUresult {
+pub unsafe extern "C" fn cuDeviceGetAttribute(
+    v: *mut c_int,
+    attr: CUdevice_attribute,
+    dev: CUdevice,
+) -> CUresult {
     guard(|| {
         check_device(dev)?;
-        out(v, attribute(attr).ok_or(CUDA_ERROR_INVALID_VALUE)?)
+        let a = attribute(attr).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        // SAFETY: `v` is the caller's `int *pi`, null or writable.
+        unsafe { put(v, a) }
     })
 }
 
@@ -474,7 +491,7 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(v: *mut c_int, attr: c_int, dev: c
 // Contexts.
 
 #[no_mangle]
-pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut Ptr, dev: c_int) -> CUresult {
+pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut CUcontext, dev: CUdevice) -> CUresult {
     guard(|| {
         check_device(dev)?;
         if ctx.is_null() {
@@ -489,11 +506,12 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut Ptr, dev: c_int) -> 
             p.contexts.insert(h, ());
             Ok(h)
         })?;
-        out(ctx, h as Ptr)
+        // SAFETY: `ctx` is the caller's `CUcontext *pctx`, non-null (checked) and writable.
+        unsafe { put(ctx, h as CUcontext) }
     })
 }
 
-fn primary_release(dev: c_int) -> Result<(), CUresult> {
+fn primary_release(dev: CUdevice) -> Result<(), CUresult> {
     check_device(dev)?;
     let gone = with(|p| match p.primary {
         Some((h, 1)) => {
@@ -514,18 +532,22 @@ fn primary_release(dev: c_int) -> Result<(), CUresult> {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: c_int) -> CUresult {
+pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult {
     guard(|| primary_release(dev))
 }
 
 /// The pre-11.0 name, which the driver still exports.
 #[no_mangle]
-pub unsafe extern "C" fn cuDevicePrimaryCtxRelease(dev: c_int) -> CUresult {
+pub unsafe extern "C" fn cuDevicePrimaryCtxRelease(dev: CUdevice) -> CUresult {
     guard(|| primary_release(dev))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuCtxCreate_v2(ctx: *mut Ptr, _flags: c_uint, dev: c_int) -> CUresult {
+pub unsafe extern "C" fn cuCtxCreate_v2(
+    ctx: *mut CUcontext,
+    _flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
     guard(|| {
         check_device(dev)?;
         if ctx.is_null() {
@@ -537,12 +559,13 @@ pub unsafe extern "C" fn cuCtxCreate_v2(ctx: *mut Ptr, _flags: c_uint, dev: c_in
             Ok(h)
         })?;
         CURRENT.set(h);
-        out(ctx, h as Ptr)
+        // SAFETY: `ctx` is the caller's `CUcontext *pctx`, non-null (checked) and writable.
+        unsafe { put(ctx, h as CUcontext) }
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
     guard(|| {
         let h = ctx as u64;
         let streams = with(|p| {
@@ -565,7 +588,7 @@ pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: Ptr) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuCtxSetCurrent(ctx: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuCtxSetCurrent(ctx: CUcontext) -> CUresult {
     guard(|| {
         let h = ctx as u64;
         with(|p| {
@@ -581,14 +604,15 @@ pub unsafe extern "C" fn cuCtxSetCurrent(ctx: Ptr) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuCtxGetCurrent(ctx: *mut Ptr) -> CUresult {
+pub unsafe extern "C" fn cuCtxGetCurrent(ctx: *mut CUcontext) -> CUresult {
     guard(|| {
         let h = with(|p| {
             p.initialised()?;
             let h = CURRENT.get();
             Ok(if p.contexts.contains_key(&h) { h } else { 0 })
         })?;
-        out(ctx, h as Ptr)
+        // SAFETY: `ctx` is the caller's `CUcontext *pctx`, null or writable.
+        unsafe { put(ctx, h as CUcontext) }
     })
 }
 
@@ -608,24 +632,23 @@ pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
 // Streams and events.
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamCreate(s: *mut Ptr, _flags: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuStreamCreate(s: *mut CUstream, _flags: c_uint) -> CUresult {
     guard(|| {
         if s.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let h = with(|p| {
-            p.in_context()?;
-            let h = p.handle();
+        let h = create(|p, h| {
             p.streams.insert(h, new_stream()?);
-            Ok(h)
+            Ok(())
         })?;
-        out(s, h as Ptr)
+        // SAFETY: `s` is the caller's `CUstream *phStream`, non-null (checked) and writable.
+        unsafe { put(s, h as CUstream) }
     })
 }
 
 /// Returns at once; work already queued still runs (the worker drains its queue and ends).
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamDestroy_v2(s: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuStreamDestroy_v2(s: CUstream) -> CUresult {
     guard(|| {
         with(|p| {
             p.in_context()?;
@@ -642,12 +665,12 @@ pub unsafe extern "C" fn cuStreamDestroy_v2(s: Ptr) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamSynchronize(s: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuStreamSynchronize(s: CUstream) -> CUresult {
     guard(|| drain(&[s as u64]))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamQuery(s: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuStreamQuery(s: CUstream) -> CUresult {
     guard(|| {
         let n = with(|p| {
             p.in_context()?;
@@ -662,14 +685,12 @@ pub unsafe extern "C" fn cuStreamQuery(s: Ptr) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuEventCreate(e: *mut Ptr, flags: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuEventCreate(e: *mut CUevent, flags: c_uint) -> CUresult {
     guard(|| {
         if e.is_null() || flags & !0xf != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let h = with(|p| {
-            p.in_context()?;
-            let h = p.handle();
+        let h = create(|p, h| {
             p.events.insert(
                 h,
                 Arc::new(Event {
@@ -678,13 +699,14 @@ pub unsafe extern "C" fn cuEventCreate(e: *mut Ptr, flags: c_uint) -> CUresult {
                     cv: Condvar::new(),
                 }),
             );
-            Ok(h)
+            Ok(())
         })?;
-        out(e, h as Ptr)
+        // SAFETY: `e` is the caller's `CUevent *phEvent`, non-null (checked) and writable.
+        unsafe { put(e, h as CUevent) }
     })
 }
 
-fn event(h: Ptr) -> Result<Arc<Event>, CUresult> {
+fn event(h: CUevent) -> Result<Arc<Event>, CUresult> {
     with(|p| {
         p.initialised()?;
         p.events
@@ -695,7 +717,7 @@ fn event(h: Ptr) -> Result<Arc<Event>, CUresult> {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuEventRecord(e: Ptr, s: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuEventRecord(e: CUevent, s: CUstream) -> CUresult {
     guard(|| {
         let ev = event(e)?;
         let generation = {
@@ -714,7 +736,7 @@ fn event_done(st: &EventState) -> bool {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuEventQuery(e: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuEventQuery(e: CUevent) -> CUresult {
     guard(|| {
         let ev = event(e)?;
         let st = ev.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -727,7 +749,7 @@ pub unsafe extern "C" fn cuEventQuery(e: Ptr) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuEventSynchronize(e: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuEventSynchronize(e: CUevent) -> CUresult {
     guard(|| {
         let ev = event(e)?;
         let mut st = ev.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -739,9 +761,13 @@ pub unsafe extern "C" fn cuEventSynchronize(e: Ptr) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, start: Ptr, end: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuEventElapsedTime(
+    ms: *mut f32,
+    start: CUevent,
+    end: CUevent,
+) -> CUresult {
     guard(|| {
-        let time = |h: Ptr| -> Result<Instant, CUresult> {
+        let time = |h: CUevent| -> Result<Instant, CUresult> {
             let ev = event(h)?;
             if ev.flags & EVENT_DISABLE_TIMING != 0 {
                 return Err(CUDA_ERROR_INVALID_HANDLE);
@@ -758,12 +784,13 @@ pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, start: Ptr, end: Ptr) 
         } else {
             -(a - b).as_secs_f64()
         };
-        out(ms, (d * 1000.0) as f32)
+        // SAFETY: `ms` is the caller's `float *pMilliseconds`, null or writable.
+        unsafe { put(ms, (d * 1000.0) as f32) }
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuEventDestroy_v2(e: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuEventDestroy_v2(e: CUevent) -> CUresult {
     guard(|| {
         with(|p| {
             p.initialised()?;
@@ -779,28 +806,40 @@ pub unsafe extern "C" fn cuEventDestroy_v2(e: Ptr) -> CUresult {
 // Memory.
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemAlloc_v2(d: *mut u64, bytes: size_t) -> CUresult {
+pub unsafe extern "C" fn cuMemAlloc_v2(d: *mut CUdeviceptr, bytes: usize) -> CUresult {
     guard(|| {
         if d.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        out(d, alloc(Mem::Device, bytes as u64)?)
+        let dptr = alloc(Mem::Device, bytes as u64)?;
+        // SAFETY: `d` is the caller's `CUdeviceptr *dptr`, non-null (checked) and writable.
+        unsafe { put(d, dptr) }
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemAllocManaged(d: *mut u64, bytes: size_t, flags: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuMemAllocManaged(
+    d: *mut CUdeviceptr,
+    bytes: usize,
+    flags: c_uint,
+) -> CUresult {
     guard(|| {
         // CU_MEM_ATTACH_GLOBAL or CU_MEM_ATTACH_HOST.
         if d.is_null() || !(flags == 0x1 || flags == 0x2) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        out(d, alloc(Mem::Device, bytes as u64)?)
+        let dptr = alloc(Mem::Device, bytes as u64)?;
+        // SAFETY: `d` is the caller's `CUdeviceptr *dptr`, non-null (checked) and writable.
+        unsafe { put(d, dptr) }
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemAllocAsync(d: *mut u64, bytes: size_t, s: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuMemAllocAsync(
+    d: *mut CUdeviceptr,
+    bytes: usize,
+    s: CUstream,
+) -> CUresult {
     guard(|| {
         with(|p| {
             p.in_context()?;
@@ -809,16 +848,18 @@ pub unsafe extern "C" fn cuMemAllocAsync(d: *mut u64, bytes: size_t, s: Ptr) -> 
         if d.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        out(d, alloc(Mem::Device, bytes as u64)?)
+        let dptr = alloc(Mem::Device, bytes as u64)?;
+        // SAFETY: `d` is the caller's `CUdeviceptr *dptr`, non-null (checked) and writable.
+        unsafe { put(d, dptr) }
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemAllocPitch_v2(
-    d: *mut u64,
-    pitch: *mut size_t,
-    width: size_t,
-    height: size_t,
+    d: *mut CUdeviceptr,
+    pitch: *mut usize,
+    width: usize,
+    height: usize,
     elem: c_uint,
 ) -> CUresult {
     guard(|| {
@@ -832,18 +873,23 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(
             .checked_next_multiple_of(512)
             .ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let bytes = p.checked_mul(height).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
-        out(d, alloc(Mem::Device, bytes as u64)?)?;
-        out(pitch, p)
+        let dptr = alloc(Mem::Device, bytes as u64)?;
+        // SAFETY: `d` (`CUdeviceptr *dptr`) and `pitch` (`size_t *pPitch`) are the caller's,
+        // both non-null (checked) and writable.
+        unsafe {
+            put(d, dptr)?;
+            put(pitch, p)
+        }
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemFree_v2(d: u64) -> CUresult {
+pub unsafe extern "C" fn cuMemFree_v2(d: CUdeviceptr) -> CUresult {
     guard(|| free(Mem::Device, d))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemFreeAsync(d: u64, s: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuMemFreeAsync(d: CUdeviceptr, s: CUstream) -> CUresult {
     guard(|| {
         with(|p| {
             p.in_context()?;
@@ -854,7 +900,7 @@ pub unsafe extern "C" fn cuMemFreeAsync(d: u64, s: Ptr) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemGetInfo_v2(free_b: *mut size_t, total: *mut size_t) -> CUresult {
+pub unsafe extern "C" fn cuMemGetInfo_v2(free_b: *mut usize, total: *mut usize) -> CUresult {
     guard(|| {
         with(|p| p.in_context())?;
         let t = node::total_bytes();
@@ -862,68 +908,67 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free_b: *mut size_t, total: *mut size_t
             let _lock = node::Flock::take("mem.lock");
             node::others_used().saturating_add(with(|p| Ok(p.mem_used))?)
         };
-        out(free_b, t.saturating_sub(used) as size_t)?;
-        out(total, t as size_t)
+        // SAFETY: `free_b` and `total` are the caller's `size_t *free, *total`, each null or
+        // writable.
+        unsafe {
+            put(free_b, t.saturating_sub(used) as usize)?;
+            put(total, t as usize)
+        }
     })
 }
 
 /// `cuMemCreate(CUmemGenericAllocationHandle*, size_t, const CUmemAllocationProp*, flags)`.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemCreate(
-    h: *mut u64,
-    bytes: size_t,
-    prop: *const c_void,
+    h: *mut CUmemGenericAllocationHandle,
+    bytes: usize,
+    prop: *const CUmemAllocationProp,
     flags: u64,
 ) -> CUresult {
     guard(|| {
         if h.is_null() || prop.is_null() || flags != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        out(h, alloc(Mem::Generic, bytes as u64)?)
+        let handle = alloc(Mem::Generic, bytes as u64)?;
+        // SAFETY: `h` is the caller's `CUmemGenericAllocationHandle *handle`, non-null
+        // (checked) and writable.
+        unsafe { put(h, handle) }
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemRelease(h: u64) -> CUresult {
+pub unsafe extern "C" fn cuMemRelease(h: CUmemGenericAllocationHandle) -> CUresult {
     guard(|| free(Mem::Generic, h))
 }
 
-/// `CUDA_ARRAY_DESCRIPTOR`.
-#[repr(C)]
-pub struct ArrayDescriptor {
-    pub width: size_t,
-    pub height: size_t,
-    pub format: c_uint,
-    pub channels: c_uint,
-}
-
 #[no_mangle]
-pub unsafe extern "C" fn cuArrayCreate_v2(a: *mut Ptr, desc: *const ArrayDescriptor) -> CUresult {
+pub unsafe extern "C" fn cuArrayCreate_v2(
+    a: *mut CUarray,
+    desc: *const CUDA_ARRAY_DESCRIPTOR,
+) -> CUresult {
     guard(|| {
-        if desc.is_null() || a.is_null() {
+        if a.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let d = &*desc;
-        // CUarray_format: (U)INT8 1 byte, (U)INT16 and HALF 2, (U)INT32 and FLOAT 4.
-        let elem: u64 = match d.format {
-            0x01 | 0x08 => 1,
-            0x02 | 0x09 | 0x10 => 2,
-            0x03 | 0x0a | 0x20 => 4,
-            _ => return Err(CUDA_ERROR_INVALID_VALUE),
-        };
-        if d.width == 0 || !matches!(d.channels, 1 | 2 | 4) {
+        // SAFETY: `desc` is the caller's `const CUDA_ARRAY_DESCRIPTOR *`: null (refused) or
+        // readable.
+        let d = unsafe { desc.as_ref() }.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let elem = array_format_bytes(d.Format).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if d.Width == 0 || !matches!(d.NumChannels, 1 | 2 | 4) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let bytes = (d.width as u64)
-            .checked_mul(d.height.max(1) as u64)
-            .and_then(|b| b.checked_mul(elem * d.channels as u64))
+        let bytes = (d.Width as u64)
+            .checked_mul(d.Height.max(1) as u64)
+            .and_then(|b| b.checked_mul(elem * d.NumChannels as u64))
             .ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
-        out(a, alloc(Mem::Array, bytes)? as Ptr)
+        let array = alloc(Mem::Array, bytes)? as CUarray;
+        // SAFETY: `a` is the caller's `CUarray *pHandle`, non-null (checked) and writable.
+        unsafe { put(a, array) }
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuArrayDestroy(a: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuArrayDestroy(a: CUarray) -> CUresult {
     guard(|| free(Mem::Array, a as u64))
 }
 
@@ -932,23 +977,22 @@ pub unsafe extern "C" fn cuArrayDestroy(a: Ptr) -> CUresult {
 
 /// Any image loads (it is not read); the module has one function, `spin`.
 #[no_mangle]
-pub unsafe extern "C" fn cuModuleLoadData(m: *mut Ptr, image: *const c_void) -> CUresult {
+pub unsafe extern "C" fn cuModuleLoadData(m: *mut CUmodule, image: *const c_void) -> CUresult {
     guard(|| {
         if m.is_null() || image.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let h = with(|p| {
-            p.in_context()?;
-            let h = p.handle();
+        let h = create(|p, h| {
             p.modules.insert(h, Vec::new());
-            Ok(h)
+            Ok(())
         })?;
-        out(m, h as Ptr)
+        // SAFETY: `m` is the caller's `CUmodule *module`, non-null (checked) and writable.
+        unsafe { put(m, h as CUmodule) }
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuModuleUnload(m: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuModuleUnload(m: CUmodule) -> CUresult {
     guard(|| {
         with(|p| {
             p.in_context()?;
@@ -965,12 +1009,17 @@ pub unsafe extern "C" fn cuModuleUnload(m: Ptr) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuModuleGetFunction(f: *mut Ptr, m: Ptr, name: *const c_char) -> CUresult {
+pub unsafe extern "C" fn cuModuleGetFunction(
+    f: *mut CUfunction,
+    m: CUmodule,
+    name: *const c_char,
+) -> CUresult {
     guard(|| {
         if f.is_null() || name.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let spin = CStr::from_ptr(name).to_bytes() == b"spin";
+        // SAFETY: `name` is non-null (checked) and the caller's C string (`const char *name`).
+        let spin = unsafe { CStr::from_ptr(name) }.to_bytes() == b"spin";
         let h = with(|p| {
             p.in_context()?;
             if !p.modules.contains_key(&(m as u64)) {
@@ -986,49 +1035,74 @@ pub unsafe extern "C" fn cuModuleGetFunction(f: *mut Ptr, m: Ptr, name: *const c
             }
             Ok(h)
         })?;
-        out(f, h as Ptr)
+        // SAFETY: `f` is the caller's `CUfunction *hfunc`, non-null (checked) and writable.
+        unsafe { put(f, h as CUfunction) }
     })
 }
 
 /// The spin kernel's one parameter, from `kernelParams` or the `extra` buffer.
-unsafe fn kernel_ns(params: *mut Ptr, extra: *mut Ptr) -> Result<u64, CUresult> {
+///
+/// # Safety
+/// As cuda.h says for a launch of a kernel with one `u64` parameter: `params` is null or an
+/// array whose first entry points to the parameter's 8 bytes; `extra` is null or a list of
+/// key/value pointers ending with `CU_LAUNCH_PARAM_END`, whose buffer pointer points to
+/// (at least) the size the size entry gives.
+unsafe fn kernel_ns(params: VoidPtrPtr, extra: VoidPtrPtr) -> Result<u64, CUresult> {
     if !params.is_null() {
-        let p0 = *params;
+        // SAFETY: `params` is non-null (checked), so its first entry exists (the kernel has a
+        // parameter).
+        let p0 = unsafe { *params };
         if p0.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        return Ok((p0 as *const u64).read_unaligned());
+        // SAFETY: `p0` is non-null (checked) and points to the parameter, a u64 (any alignment).
+        return Ok(unsafe { (p0 as *const u64).read_unaligned() });
     }
     if !extra.is_null() {
         // CU_LAUNCH_PARAM_BUFFER_POINTER (1), _SIZE (2), _END (0), as key/value pairs.
         let (mut buf, mut size): (*const u8, usize) = (std::ptr::null(), 0);
+        // SAFETY (for the reads of `extra` below): `extra` is non-null (checked) and, by the
+        // caller's contract, a list of keys each followed by its value, ended by the end key;
+        // it is read only up to that key, and a value only after its key.
         for i in (0..64).step_by(2) {
-            match *extra.add(i) as usize {
-                0 => break,
-                1 => buf = *extra.add(i + 1) as *const u8,
+            // SAFETY: entry `i` is a key (see above).
+            let key = unsafe { *extra.add(i) } as usize;
+            if key == 0 {
+                break;
+            }
+            // SAFETY: a key other than the end key is followed by its value (see above).
+            let value = unsafe { *extra.add(i + 1) };
+            match key {
+                1 => buf = value as *const u8,
                 2 => {
-                    let s = *extra.add(i + 1) as *const size_t;
+                    let s = value as *const usize;
                     if !s.is_null() {
-                        size = *s;
+                        // SAFETY: the value of CU_LAUNCH_PARAM_BUFFER_SIZE points to a size_t.
+                        size = unsafe { *s };
                     }
                 }
                 _ => return Err(CUDA_ERROR_INVALID_VALUE),
             }
         }
         if !buf.is_null() && size >= 8 {
-            return Ok((buf as *const u64).read_unaligned());
+            // SAFETY: the buffer is non-null (checked) and holds `size` >= 8 bytes (checked).
+            return Ok(unsafe { (buf as *const u64).read_unaligned() });
         }
     }
     Err(CUDA_ERROR_INVALID_VALUE)
 }
 
+/// Queues a spin kernel on `stream`.
+///
+/// # Safety
+/// `params` and `extra` as for [`kernel_ns`].
 unsafe fn launch(
-    f: Ptr,
+    f: CUfunction,
     grid: [c_uint; 3],
     block: [c_uint; 3],
-    stream: Ptr,
-    params: *mut Ptr,
-    extra: *mut Ptr,
+    stream: CUstream,
+    params: VoidPtrPtr,
+    extra: VoidPtrPtr,
 ) -> Result<(), CUresult> {
     with(|p| {
         p.in_context()?;
@@ -1042,13 +1116,14 @@ unsafe fn launch(
     if grid.contains(&0) || block.contains(&0) || threads > 1024 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let ns = kernel_ns(params, extra)?;
+    // SAFETY: the caller's contract for `params` and `extra`.
+    let ns = unsafe { kernel_ns(params, extra)? };
     enqueue(stream as u64, Job::Kernel(ns.min(MAX_KERNEL_NS)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuLaunchKernel(
-    f: Ptr,
+    f: CUfunction,
     gx: c_uint,
     gy: c_uint,
     gz: c_uint,
@@ -1056,16 +1131,18 @@ pub unsafe extern "C" fn cuLaunchKernel(
     by: c_uint,
     bz: c_uint,
     _shmem: c_uint,
-    stream: Ptr,
-    params: *mut Ptr,
-    extra: *mut Ptr,
+    stream: CUstream,
+    params: VoidPtrPtr,
+    extra: VoidPtrPtr,
 ) -> CUresult {
-    guard(|| launch(f, [gx, gy, gz], [bx, by, bz], stream, params, extra))
+    // SAFETY: `params` and `extra` are the caller's `kernelParams` and `extra`, with cuda.h's
+    // contract for them.
+    guard(|| unsafe { launch(f, [gx, gy, gz], [bx, by, bz], stream, params, extra) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuLaunchCooperativeKernel(
-    f: Ptr,
+    f: CUfunction,
     gx: c_uint,
     gy: c_uint,
     gz: c_uint,
@@ -1073,49 +1150,32 @@ pub unsafe extern "C" fn cuLaunchCooperativeKernel(
     by: c_uint,
     bz: c_uint,
     _shmem: c_uint,
-    stream: Ptr,
-    params: *mut Ptr,
+    stream: CUstream,
+    params: VoidPtrPtr,
 ) -> CUresult {
-    guard(|| {
-        launch(
-            f,
-            [gx, gy, gz],
-            [bx, by, bz],
-            stream,
-            params,
-            std::ptr::null_mut(),
-        )
-    })
-}
-
-/// `CUlaunchConfig`.
-#[repr(C)]
-pub struct LaunchConfig {
-    pub grid: [c_uint; 3],
-    pub block: [c_uint; 3],
-    pub shared_mem_bytes: c_uint,
-    pub stream: Ptr,
-    /// `CUlaunchAttribute*` (ignored).
-    pub attrs: Ptr,
-    pub num_attrs: c_uint,
+    let (grid, block, no_extra) = ([gx, gy, gz], [bx, by, bz], std::ptr::null_mut());
+    // SAFETY: `params` is the caller's `kernelParams`, with cuda.h's contract; no `extra`.
+    guard(|| unsafe { launch(f, grid, block, stream, params, no_extra) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuLaunchKernelEx(
-    config: *const LaunchConfig,
-    f: Ptr,
-    params: *mut Ptr,
-    extra: *mut Ptr,
+    config: *const CUlaunchConfig,
+    f: CUfunction,
+    params: VoidPtrPtr,
+    extra: VoidPtrPtr,
 ) -> CUresult {
     guard(|| {
-        if config.is_null() {
+        // SAFETY: `config` is the caller's `const CUlaunchConfig *`: null (refused) or readable.
+        let c = unsafe { config.as_ref() }.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if c.numAttrs > 0 && c.attrs.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let c = &*config;
-        if c.num_attrs > 0 && c.attrs.is_null() {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        launch(f, c.grid, c.block, c.stream, params, extra)
+        let grid = [c.gridDimX, c.gridDimY, c.gridDimZ];
+        let block = [c.blockDimX, c.blockDimY, c.blockDimZ];
+        // SAFETY: `params` and `extra` are the caller's `kernelParams` and `extra`, with
+        // cuda.h's contract for them.
+        unsafe { launch(f, grid, block, c.hStream, params, extra) }
     })
 }
 
@@ -1123,7 +1183,7 @@ pub unsafe extern "C" fn cuLaunchKernelEx(
 /// `cuGraphLaunch` (the fake cannot build graphs). Free it with `cuGraphExecDestroy`.
 #[no_mangle]
 pub unsafe extern "C" fn carve_fake_cuda_graph_exec_create(
-    exec: *mut Ptr,
+    exec: *mut CUgraphExec,
     kernels: c_uint,
     ns: u64,
 ) -> CUresult {
@@ -1131,18 +1191,17 @@ pub unsafe extern "C" fn carve_fake_cuda_graph_exec_create(
         if exec.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let h = with(|p| {
-            p.in_context()?;
-            let h = p.handle();
+        let h = create(|p, h| {
             p.graphs.insert(h, (kernels, ns.min(MAX_KERNEL_NS)));
-            Ok(h)
+            Ok(())
         })?;
-        out(exec, h as Ptr)
+        // SAFETY: `exec` is the caller's `CUgraphExec *`, non-null (checked) and writable.
+        unsafe { put(exec, h as CUgraphExec) }
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuGraphLaunch(exec: Ptr, stream: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult {
     guard(|| {
         let (n, ns) = with(|p| {
             p.in_context()?;
@@ -1167,7 +1226,7 @@ pub unsafe extern "C" fn cuGraphLaunch(exec: Ptr, stream: Ptr) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuGraphExecDestroy(exec: Ptr) -> CUresult {
+pub unsafe extern "C" fn cuGraphExecDestroy(exec: CUgraphExec) -> CUresult {
     guard(|| {
         with(|p| {
             p.initialised()?;
@@ -1183,145 +1242,133 @@ pub unsafe extern "C" fn cuGraphExecDestroy(exec: Ptr) -> CUresult {
 // Errors.
 
 /// (code, name, description) as the driver gives them.
-const ERRORS: &[(CUresult, &CStr, &CStr)] = &[
-    (0, c"CUDA_SUCCESS", c"no error"),
-    (1, c"CUDA_ERROR_INVALID_VALUE", c"invalid argument"),
-    (2, c"CUDA_ERROR_OUT_OF_MEMORY", c"out of memory"),
-    (3, c"CUDA_ERROR_NOT_INITIALIZED", c"initialization error"),
-    (4, c"CUDA_ERROR_DEINITIALIZED", c"driver shutting down"),
-    (
-        100,
-        c"CUDA_ERROR_NO_DEVICE",
-        c"no CUDA-capable device is detected",
-    ),
-    (101, c"CUDA_ERROR_INVALID_DEVICE", c"invalid device ordinal"),
-    (
-        200,
-        c"CUDA_ERROR_INVALID_IMAGE",
-        c"device kernel image is invalid",
-    ),
-    (
-        201,
-        c"CUDA_ERROR_INVALID_CONTEXT",
-        c"invalid device context",
-    ),
-    (
-        218,
-        c"CUDA_ERROR_INVALID_PTX",
-        c"a PTX JIT compilation failed",
-    ),
-    (
-        400,
-        c"CUDA_ERROR_INVALID_HANDLE",
-        c"invalid resource handle",
-    ),
-    (500, c"CUDA_ERROR_NOT_FOUND", c"named symbol not found"),
-    (600, c"CUDA_ERROR_NOT_READY", c"device not ready"),
-    (
-        700,
-        c"CUDA_ERROR_ILLEGAL_ADDRESS",
-        c"an illegal memory access was encountered",
-    ),
-    (
-        701,
-        c"CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES",
-        c"too many resources requested for launch",
-    ),
-    (
-        719,
-        c"CUDA_ERROR_LAUNCH_FAILED",
-        c"unspecified launch failure",
-    ),
-    (800, c"CUDA_ERROR_NOT_PERMITTED", c"operation not permitted"),
-    (801, c"CUDA_ERROR_NOT_SUPPORTED", c"operation not supported"),
-    (999, c"CUDA_ERROR_UNKNOWN", c"unknown error"),
-];
+macro_rules! errors {
+    ($($code:ident: $text:literal,)*) => {
+        &[$(($code, c_name(concat!(stringify!($code), "\0")), $text)),*]
+    };
+}
 
+const ERRORS: &[(CUresult, &CStr, &CStr)] = errors! {
+    CUDA_SUCCESS: c"no error",
+    CUDA_ERROR_INVALID_VALUE: c"invalid argument",
+    CUDA_ERROR_OUT_OF_MEMORY: c"out of memory",
+    CUDA_ERROR_NOT_INITIALIZED: c"initialization error",
+    CUDA_ERROR_DEINITIALIZED: c"driver shutting down",
+    CUDA_ERROR_NO_DEVICE: c"no CUDA-capable device is detected",
+    CUDA_ERROR_INVALID_DEVICE: c"invalid device ordinal",
+    CUDA_ERROR_INVALID_IMAGE: c"device kernel image is invalid",
+    CUDA_ERROR_INVALID_CONTEXT: c"invalid device context",
+    CUDA_ERROR_INVALID_PTX: c"a PTX JIT compilation failed",
+    CUDA_ERROR_INVALID_HANDLE: c"invalid resource handle",
+    CUDA_ERROR_NOT_FOUND: c"named symbol not found",
+    CUDA_ERROR_NOT_READY: c"device not ready",
+    CUDA_ERROR_ILLEGAL_ADDRESS: c"an illegal memory access was encountered",
+    CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: c"too many resources requested for launch",
+    CUDA_ERROR_LAUNCH_FAILED: c"unspecified launch failure",
+    CUDA_ERROR_NOT_PERMITTED: c"operation not permitted",
+    CUDA_ERROR_NOT_SUPPORTED: c"operation not supported",
+    CUDA_ERROR_UNKNOWN: c"unknown error",
+};
+
+/// A C string constant from a `&str` ending with its NUL.
+const fn c_name(name: &'static str) -> &'static CStr {
+    match CStr::from_bytes_with_nul(name.as_bytes()) {
+        Ok(c) => c,
+        Err(_) => panic!("not a C string"),
+    }
+}
+
+/// The name (`name`) or description of an error code, written to `*s` (null for an unknown
+/// code, which is `CUDA_ERROR_INVALID_VALUE`).
+///
+/// # Safety
+/// `s` is null or valid for writes of a pointer (the caller's `const char **pStr`).
 unsafe fn error_text(e: CUresult, s: *mut *const c_char, name: bool) -> Result<(), CUresult> {
-    if s.is_null() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    match ERRORS.iter().find(|x| x.0 == e) {
-        Some(&(_, n, d)) => out(s, if name { n } else { d }.as_ptr()),
-        None => {
-            *s = std::ptr::null();
-            Err(CUDA_ERROR_INVALID_VALUE)
-        }
-    }
+    let (text, r) = match ERRORS.iter().find(|x| x.0 == e) {
+        Some(&(_, n, d)) => (if name { n } else { d }.as_ptr(), Ok(())),
+        None => (std::ptr::null(), Err(CUDA_ERROR_INVALID_VALUE)),
+    };
+    // SAFETY: the caller's contract for `s`; `put` refuses null.
+    unsafe { put(s, text) }?;
+    r
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuGetErrorName(e: CUresult, s: *mut *const c_char) -> CUresult {
-    guard(|| error_text(e, s, true))
+    // SAFETY: `s` is the caller's `const char **pStr`, null or writable.
+    guard(|| unsafe { error_text(e, s, true) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuGetErrorString(e: CUresult, s: *mut *const c_char) -> CUresult {
-    guard(|| error_text(e, s, false))
+    // SAFETY: `s` is the caller's `const char **pStr`, null or writable.
+    guard(|| unsafe { error_text(e, s, false) })
 }
 
 // ---------------------------------------------------------------------------------------------
 // cuGetProcAddress.
 
 macro_rules! symbols {
-    ($($f:ident),* $(,)?) => {
+    ($($f:ident: $pfn:ty),* $(,)?) => {
         fn exported(name: &str) -> Option<*mut c_void> {
             match name { $( stringify!($f) => Some($f as *mut c_void), )* _ => None }
         }
         /// Every CUDA driver function this library exports, by its exported name.
         pub const SYMBOLS: &[&str] = &[$(stringify!($f)),*];
+        // Each has its type in cuda.h (`carve-cuda-abi`).
+        $( const _: $pfn = $f; )*
     };
 }
 
 symbols!(
-    cuInit,
-    cuDriverGetVersion,
-    cuDeviceGetCount,
-    cuDeviceGet,
-    cuDeviceGetName,
-    cuDeviceTotalMem_v2,
-    cuDeviceGetAttribute,
-    cuDevicePrimaryCtxRetain,
-    cuDevicePrimaryCtxRelease,
-    cuDevicePrimaryCtxRelease_v2,
-    cuCtxCreate_v2,
-    cuCtxDestroy_v2,
-    cuCtxSetCurrent,
-    cuCtxGetCurrent,
-    cuCtxSynchronize,
-    cuStreamCreate,
-    cuStreamDestroy_v2,
-    cuStreamSynchronize,
-    cuStreamQuery,
-    cuEventCreate,
-    cuEventRecord,
-    cuEventQuery,
-    cuEventSynchronize,
-    cuEventElapsedTime,
-    cuEventDestroy_v2,
-    cuMemAlloc_v2,
-    cuMemAllocManaged,
-    cuMemAllocAsync,
-    cuMemAllocPitch_v2,
-    cuMemFree_v2,
-    cuMemFreeAsync,
-    cuMemGetInfo_v2,
-    cuMemCreate,
-    cuMemRelease,
-    cuArrayCreate_v2,
-    cuArrayDestroy,
-    cuModuleLoadData,
-    cuModuleUnload,
-    cuModuleGetFunction,
-    cuLaunchKernel,
-    cuLaunchCooperativeKernel,
-    cuLaunchKernelEx,
-    cuGraphLaunch,
-    cuGraphExecDestroy,
-    cuGetErrorName,
-    cuGetErrorString,
-    cuGetProcAddress,
-    cuGetProcAddress_v2,
+    cuInit: PFN_cuInit,
+    cuDriverGetVersion: PFN_cuDriverGetVersion,
+    cuDeviceGetCount: PFN_cuDeviceGetCount,
+    cuDeviceGet: PFN_cuDeviceGet,
+    cuDeviceGetName: PFN_cuDeviceGetName,
+    cuDeviceTotalMem_v2: PFN_cuDeviceTotalMem_v2,
+    cuDeviceGetAttribute: PFN_cuDeviceGetAttribute,
+    cuDevicePrimaryCtxRetain: PFN_cuDevicePrimaryCtxRetain,
+    cuDevicePrimaryCtxRelease: PFN_cuDevicePrimaryCtxRelease_v2,
+    cuDevicePrimaryCtxRelease_v2: PFN_cuDevicePrimaryCtxRelease_v2,
+    cuCtxCreate_v2: PFN_cuCtxCreate_v2,
+    cuCtxDestroy_v2: PFN_cuCtxDestroy_v2,
+    cuCtxSetCurrent: PFN_cuCtxSetCurrent,
+    cuCtxGetCurrent: PFN_cuCtxGetCurrent,
+    cuCtxSynchronize: PFN_cuCtxSynchronize,
+    cuStreamCreate: PFN_cuStreamCreate,
+    cuStreamDestroy_v2: PFN_cuStreamDestroy_v2,
+    cuStreamSynchronize: PFN_cuStreamSynchronize,
+    cuStreamQuery: PFN_cuStreamQuery,
+    cuEventCreate: PFN_cuEventCreate,
+    cuEventRecord: PFN_cuEventRecord,
+    cuEventQuery: PFN_cuEventQuery,
+    cuEventSynchronize: PFN_cuEventSynchronize,
+    cuEventElapsedTime: PFN_cuEventElapsedTime,
+    cuEventDestroy_v2: PFN_cuEventDestroy_v2,
+    cuMemAlloc_v2: PFN_cuMemAlloc_v2,
+    cuMemAllocManaged: PFN_cuMemAllocManaged,
+    cuMemAllocAsync: PFN_cuMemAllocAsync,
+    cuMemAllocPitch_v2: PFN_cuMemAllocPitch_v2,
+    cuMemFree_v2: PFN_cuMemFree_v2,
+    cuMemFreeAsync: PFN_cuMemFreeAsync,
+    cuMemGetInfo_v2: PFN_cuMemGetInfo_v2,
+    cuMemCreate: PFN_cuMemCreate,
+    cuMemRelease: PFN_cuMemRelease,
+    cuArrayCreate_v2: PFN_cuArrayCreate_v2,
+    cuArrayDestroy: PFN_cuArrayDestroy,
+    cuModuleLoadData: PFN_cuModuleLoadData,
+    cuModuleUnload: PFN_cuModuleUnload,
+    cuModuleGetFunction: PFN_cuModuleGetFunction,
+    cuLaunchKernel: PFN_cuLaunchKernel,
+    cuLaunchCooperativeKernel: PFN_cuLaunchCooperativeKernel,
+    cuLaunchKernelEx: PFN_cuLaunchKernelEx,
+    cuGraphLaunch: PFN_cuGraphLaunch,
+    cuGraphExecDestroy: PFN_cuGraphExecDestroy,
+    cuGetErrorName: PFN_cuGetErrorName,
+    cuGetErrorString: PFN_cuGetErrorString,
+    cuGetProcAddress: PFN_cuGetProcAddress,
+    cuGetProcAddress_v2: PFN_cuGetProcAddress_v2,
 );
 
 /// The name `cuGetProcAddress` is asked for: the exported name without its `_v2`.
@@ -1334,7 +1381,7 @@ pub fn base_name(exported: &str) -> &str {
 /// names are accepted too.
 fn proc_address(symbol: &str, version: c_int) -> Option<*mut c_void> {
     if symbol == "cuGetProcAddress" {
-        return exported(if version >= 12000 {
+        return exported(if version >= CUDA_VERSION_12_0 {
             "cuGetProcAddress_v2"
         } else {
             "cuGetProcAddress"
@@ -1343,24 +1390,34 @@ fn proc_address(symbol: &str, version: c_int) -> Option<*mut c_void> {
     exported(&format!("{symbol}_v2")).or_else(|| exported(symbol))
 }
 
+/// Looks `symbol` up for `cuGetProcAddress[_v2]`: the entry point (or null) to `*pfn`, and
+/// to `*status`, when given, whether it was found.
+///
+/// # Safety
+/// `symbol` is null or a C string; `pfn` is null or valid for writes of a pointer; `status` is
+/// null or valid for writes of a `CUdriverProcAddressQueryResult`.
 unsafe fn get_proc_address(
     symbol: *const c_char,
-    pfn: *mut Ptr,
+    pfn: VoidPtrPtr,
     version: c_int,
-    status: *mut c_int,
+    status: *mut CUdriverProcAddressQueryResult,
 ) -> Result<(), CUresult> {
     if symbol.is_null() || pfn.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let name = CStr::from_ptr(symbol).to_str().unwrap_or("");
+    // SAFETY: `symbol` is non-null (checked), a C string by the caller's contract.
+    let name = unsafe { CStr::from_ptr(symbol) }.to_str().unwrap_or("");
     let found = proc_address(name, version);
-    *pfn = found.unwrap_or(std::ptr::null_mut());
+    // SAFETY: `pfn` is non-null (checked), writable by the caller's contract.
+    unsafe { put(pfn, found.unwrap_or(std::ptr::null_mut())) }?;
     if !status.is_null() {
-        *status = if found.is_some() {
+        let st = if found.is_some() {
             CU_GET_PROC_ADDRESS_SUCCESS
         } else {
             CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND
         };
+        // SAFETY: `status` is non-null (checked), writable by the caller's contract.
+        unsafe { put(status, st) }?;
     }
     found.map(|_| ()).ok_or(CUDA_ERROR_NOT_FOUND)
 }
@@ -1369,11 +1426,13 @@ unsafe fn get_proc_address(
 #[no_mangle]
 pub unsafe extern "C" fn cuGetProcAddress(
     symbol: *const c_char,
-    pfn: *mut Ptr,
+    pfn: VoidPtrPtr,
     version: c_int,
     _flags: u64,
 ) -> CUresult {
-    guard(|| get_proc_address(symbol, pfn, version, std::ptr::null_mut()))
+    // SAFETY: the caller's `symbol` (a C string) and `pfn` (`void **`), as cuda.h defines them;
+    // no status.
+    guard(|| unsafe { get_proc_address(symbol, pfn, version, std::ptr::null_mut()) })
 }
 
 /// `cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags, CUdriverProcAddressQueryResult*)`
@@ -1381,10 +1440,12 @@ pub unsafe extern "C" fn cuGetProcAddress(
 #[no_mangle]
 pub unsafe extern "C" fn cuGetProcAddress_v2(
     symbol: *const c_char,
-    pfn: *mut Ptr,
+    pfn: VoidPtrPtr,
     version: c_int,
     _flags: u64,
-    status: *mut c_int,
+    status: *mut CUdriverProcAddressQueryResult,
 ) -> CUresult {
-    guard(|| get_proc_address(symbol, pfn, version, status))
+    // SAFETY: the caller's `symbol` (a C string), `pfn` (`void **`) and `symbolStatus` (null or
+    // writable), as cuda.h defines them.
+    guard(|| unsafe { get_proc_address(symbol, pfn, version, status) })
 }

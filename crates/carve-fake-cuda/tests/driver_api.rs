@@ -1,17 +1,17 @@
 //! The stand-in driver through its C ABI: the built `libcarve_fake_cuda.so`, loaded as
-//! `libcuda.so.1` from a driver directory, exactly as programs load the real one. (The rlib is
-//! linked only for `SYMBOLS` and the constants.)
+//! `libcuda.so.1` from a driver directory, exactly as programs load the real one, and called
+//! through the entry-point types of `carve-cuda-abi`. (The rlib is linked only for `SYMBOLS`.)
 
-use carve_fake_cuda::*;
+use carve_cuda_abi::*;
+use carve_fake_cuda::{base_name, stats_file, ENV_DIR, ENV_MEM_MIB, SYMBOLS};
 use carve_test_support::fake_cuda;
 use libloading::Library;
-use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::ffi::{c_char, c_uint, c_void, CStr, CString};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 type Ptr = *mut c_void;
-type R = c_int;
 
 /// Every function the fake must provide (the brief's list), by exported name.
 const REQUIRED: &[&str] = &[
@@ -81,11 +81,9 @@ fn fake() -> (&'static Fake, MutexGuard<'static, ()>) {
         // SAFETY: loading the stand-in driver.
         let lib = unsafe { Library::new(root.join("lib/libcuda.so.1")) }.expect("load the fake");
         let f = Fake { lib, gpu_dir };
-        // SAFETY: cuInit(0).
-        assert_eq!(
-            unsafe { f.sym::<unsafe extern "C" fn(c_uint) -> R>("cuInit")(0) },
-            0
-        );
+        // SAFETY: cuInit with its one valid flag value; no pointers.
+        let r = unsafe { f.sym::<PFN_cuInit>("cuInit")(0) };
+        assert_eq!(r, 0);
         f
     });
     (f, guard)
@@ -108,10 +106,9 @@ impl Fake {
     }
 
     /// Makes the primary context current on the calling thread.
-    fn context(&self) -> Ptr {
-        let retain: unsafe extern "C" fn(*mut Ptr, c_int) -> R =
-            self.sym("cuDevicePrimaryCtxRetain");
-        let set: unsafe extern "C" fn(Ptr) -> R = self.sym("cuCtxSetCurrent");
+    fn context(&self) -> CUcontext {
+        let retain: PFN_cuDevicePrimaryCtxRetain = self.sym("cuDevicePrimaryCtxRetain");
+        let set: PFN_cuCtxSetCurrent = self.sym("cuCtxSetCurrent");
         let mut ctx = std::ptr::null_mut();
         // SAFETY: valid out-pointer; a context the driver gave.
         unsafe {
@@ -122,10 +119,9 @@ impl Fake {
     }
 
     /// A `spin` function from a module.
-    fn spin_function(&self) -> Ptr {
-        let load: unsafe extern "C" fn(*mut Ptr, *const c_void) -> R = self.sym("cuModuleLoadData");
-        let get: unsafe extern "C" fn(*mut Ptr, Ptr, *const c_char) -> R =
-            self.sym("cuModuleGetFunction");
+    fn spin_function(&self) -> CUfunction {
+        let load: PFN_cuModuleLoadData = self.sym("cuModuleLoadData");
+        let get: PFN_cuModuleGetFunction = self.sym("cuModuleGetFunction");
         let (mut m, mut f) = (std::ptr::null_mut(), std::ptr::null_mut());
         // SAFETY: valid out-pointers and C strings.
         unsafe {
@@ -136,38 +132,31 @@ impl Fake {
     }
 }
 
-type LaunchFn = unsafe extern "C" fn(
-    Ptr,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    Ptr,
-    *mut Ptr,
-    *mut Ptr,
-) -> R;
-
 /// Launches `spin` for `ns` on `stream` through cuLaunchKernel.
-unsafe fn launch(f: &Fake, func: Ptr, stream: Ptr, ns: u64) -> R {
-    let l: LaunchFn = f.sym("cuLaunchKernel");
+///
+/// # Safety
+/// As cuLaunchKernel for `func` and `stream` (the stand-in refuses handles it did not make).
+unsafe fn launch(f: &Fake, func: CUfunction, stream: CUstream, ns: u64) -> CUresult {
+    let l: PFN_cuLaunchKernel = f.sym("cuLaunchKernel");
     let mut ns = ns;
     let mut params = [&mut ns as *mut u64 as Ptr];
-    l(
-        func,
-        1,
-        1,
-        1,
-        32,
-        1,
-        1,
-        0,
-        stream,
-        params.as_mut_ptr(),
-        std::ptr::null_mut(),
-    )
+    // SAFETY: the handles are the caller's; the one parameter points to `ns`, live for the
+    // call (the driver copies parameters at launch); no `extra`.
+    unsafe {
+        l(
+            func,
+            1,
+            1,
+            1,
+            32,
+            1,
+            1,
+            0,
+            stream,
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
 }
 
 #[test]
@@ -184,10 +173,8 @@ fn every_required_function_is_exported() {
 #[test]
 fn get_proc_address_finds_every_implemented_symbol() {
     let (f, _one) = fake();
-    let v1: unsafe extern "C" fn(*const c_char, *mut Ptr, c_int, u64) -> R =
-        f.sym("cuGetProcAddress");
-    let v2: unsafe extern "C" fn(*const c_char, *mut Ptr, c_int, u64, *mut c_int) -> R =
-        f.sym("cuGetProcAddress_v2");
+    let v1: PFN_cuGetProcAddress = f.sym("cuGetProcAddress");
+    let v2: PFN_cuGetProcAddress_v2 = f.sym("cuGetProcAddress_v2");
     for name in SYMBOLS {
         let base = base_name(name);
         // The newest version of the base name, as the real driver hands it out.
@@ -248,7 +235,7 @@ fn a_bad_function_handle_is_an_error_not_a_crash() {
         let bare = std::thread::scope(|s| {
             s.spawn(|| {
                 // SAFETY: a launch with a made-up handle on a thread with no context.
-                unsafe { launch(f, 0xdead as Ptr, std::ptr::null_mut(), 1000) }
+                unsafe { launch(f, 0xdead as CUfunction, std::ptr::null_mut(), 1000) }
             })
             .join()
             .unwrap()
@@ -257,36 +244,29 @@ fn a_bad_function_handle_is_an_error_not_a_crash() {
         f.context();
         f.spin_function()
     };
-    let ex: unsafe extern "C" fn(*const LaunchConfig, Ptr, *mut Ptr, *mut Ptr) -> R =
-        f.sym("cuLaunchKernelEx");
-    let coop: unsafe extern "C" fn(
-        Ptr,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        Ptr,
-        *mut Ptr,
-    ) -> R = f.sym("cuLaunchCooperativeKernel");
-    let graph: unsafe extern "C" fn(Ptr, Ptr) -> R = f.sym("cuGraphLaunch");
-    let get: unsafe extern "C" fn(*mut Ptr, Ptr, *const c_char) -> R = f.sym("cuModuleGetFunction");
-    let sync: unsafe extern "C" fn() -> R = f.sym("cuCtxSynchronize");
+    let ex: PFN_cuLaunchKernelEx = f.sym("cuLaunchKernelEx");
+    let coop: PFN_cuLaunchCooperativeKernel = f.sym("cuLaunchCooperativeKernel");
+    let graph: PFN_cuGraphLaunch = f.sym("cuGraphLaunch");
+    let get: PFN_cuModuleGetFunction = f.sym("cuModuleGetFunction");
+    let sync: PFN_cuCtxSynchronize = f.sym("cuCtxSynchronize");
     let mut ns = 1000u64;
     let mut params = [&mut ns as *mut u64 as Ptr];
-    let cfg = LaunchConfig {
-        grid: [1, 1, 1],
-        block: [32, 1, 1],
-        shared_mem_bytes: 0,
-        stream: std::ptr::null_mut(),
+    let cfg = CUlaunchConfig {
+        gridDimX: 1,
+        gridDimY: 1,
+        gridDimZ: 1,
+        blockDimX: 32,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: 0,
+        hStream: std::ptr::null_mut(),
         attrs: std::ptr::null_mut(),
-        num_attrs: 0,
+        numAttrs: 0,
     };
     // SAFETY: every call gets well-formed arguments except the handle under test.
     unsafe {
-        for bad in [std::ptr::null_mut(), 0xdead as Ptr, 0x1010 as Ptr] {
+        for bad in [0usize, 0xdead, 0x1010] {
+            let (bad, bad_exec) = (bad as CUfunction, bad as CUgraphExec);
             assert_eq!(
                 launch(f, bad, std::ptr::null_mut(), 1000),
                 CUDA_ERROR_INVALID_HANDLE
@@ -310,17 +290,20 @@ fn a_bad_function_handle_is_an_error_not_a_crash() {
                 ),
                 CUDA_ERROR_INVALID_HANDLE
             );
-            assert_eq!(graph(bad, std::ptr::null_mut()), CUDA_ERROR_INVALID_HANDLE);
+            assert_eq!(
+                graph(bad_exec, std::ptr::null_mut()),
+                CUDA_ERROR_INVALID_HANDLE
+            );
         }
         // A good function with bad launch arguments.
         assert_eq!(
-            launch(f, good, 0xbad0 as Ptr, 1000),
+            launch(f, good, 0xbad0 as CUstream, 1000),
             CUDA_ERROR_INVALID_HANDLE,
             "unknown stream"
         );
-        let l: LaunchFn = f.sym("cuLaunchKernel");
-        let null: Ptr = std::ptr::null_mut();
-        let nullp: *mut Ptr = std::ptr::null_mut();
+        let l: PFN_cuLaunchKernel = f.sym("cuLaunchKernel");
+        let null: CUstream = std::ptr::null_mut();
+        let nullp: VoidPtrPtr = std::ptr::null_mut();
         assert_eq!(
             l(good, 1, 1, 1, 32, 1, 1, 0, null, nullp, nullp),
             CUDA_ERROR_INVALID_VALUE,
@@ -354,19 +337,19 @@ fn a_bad_function_handle_is_an_error_not_a_crash() {
         );
         let mut other = std::ptr::null_mut();
         let mut module = std::ptr::null_mut();
-        let load: unsafe extern "C" fn(*mut Ptr, *const c_void) -> R = f.sym("cuModuleLoadData");
+        let load: PFN_cuModuleLoadData = f.sym("cuModuleLoadData");
         assert_eq!(load(&mut module, c"x".as_ptr().cast()), 0);
         assert_eq!(
             get(&mut other, module, c"not_spin".as_ptr()),
             CUDA_ERROR_NOT_FOUND
         );
         assert_eq!(
-            get(&mut other, 0x77 as Ptr, c"spin".as_ptr()),
+            get(&mut other, 0x77 as CUmodule, c"spin".as_ptr()),
             CUDA_ERROR_INVALID_HANDLE
         );
         // An unloaded module's functions are gone.
         assert_eq!(get(&mut other, module, c"spin".as_ptr()), 0);
-        let unload: unsafe extern "C" fn(Ptr) -> R = f.sym("cuModuleUnload");
+        let unload: PFN_cuModuleUnload = f.sym("cuModuleUnload");
         assert_eq!(unload(module), 0);
         assert_eq!(launch(f, other, null, 1000), CUDA_ERROR_INVALID_HANDLE);
         // The process is still here and the driver still works.
@@ -402,19 +385,19 @@ fn kernels_run_for_their_duration_in_order_and_events_time_them() {
     let (f, _one) = fake();
     f.context();
     let func = f.spin_function();
-    let stream_create: unsafe extern "C" fn(*mut Ptr, c_uint) -> R = f.sym("cuStreamCreate");
-    let stream_query: unsafe extern "C" fn(Ptr) -> R = f.sym("cuStreamQuery");
-    let stream_sync: unsafe extern "C" fn(Ptr) -> R = f.sym("cuStreamSynchronize");
-    let stream_destroy: unsafe extern "C" fn(Ptr) -> R = f.sym("cuStreamDestroy_v2");
-    let ev_create: unsafe extern "C" fn(*mut Ptr, c_uint) -> R = f.sym("cuEventCreate");
-    let record: unsafe extern "C" fn(Ptr, Ptr) -> R = f.sym("cuEventRecord");
-    let query: unsafe extern "C" fn(Ptr) -> R = f.sym("cuEventQuery");
-    let ev_sync: unsafe extern "C" fn(Ptr) -> R = f.sym("cuEventSynchronize");
-    let elapsed: unsafe extern "C" fn(*mut f32, Ptr, Ptr) -> R = f.sym("cuEventElapsedTime");
-    let ev_destroy: unsafe extern "C" fn(Ptr) -> R = f.sym("cuEventDestroy_v2");
-    let graph_create: unsafe extern "C" fn(*mut Ptr, c_uint, u64) -> R =
+    let stream_create: PFN_cuStreamCreate = f.sym("cuStreamCreate");
+    let stream_query: PFN_cuStreamQuery = f.sym("cuStreamQuery");
+    let stream_sync: PFN_cuStreamSynchronize = f.sym("cuStreamSynchronize");
+    let stream_destroy: PFN_cuStreamDestroy_v2 = f.sym("cuStreamDestroy_v2");
+    let ev_create: PFN_cuEventCreate = f.sym("cuEventCreate");
+    let record: PFN_cuEventRecord = f.sym("cuEventRecord");
+    let query: PFN_cuEventQuery = f.sym("cuEventQuery");
+    let ev_sync: PFN_cuEventSynchronize = f.sym("cuEventSynchronize");
+    let elapsed: PFN_cuEventElapsedTime = f.sym("cuEventElapsedTime");
+    let ev_destroy: PFN_cuEventDestroy_v2 = f.sym("cuEventDestroy_v2");
+    let graph_create: unsafe extern "C" fn(*mut CUgraphExec, c_uint, u64) -> CUresult =
         f.sym("carve_fake_cuda_graph_exec_create");
-    let graph_launch: unsafe extern "C" fn(Ptr, Ptr) -> R = f.sym("cuGraphLaunch");
+    let graph_launch: PFN_cuGraphLaunch = f.sym("cuGraphLaunch");
     let stats = || -> serde_json::Value {
         let p = stats_file(&f.gpu_dir, std::process::id());
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
@@ -493,19 +476,16 @@ fn kernels_run_for_their_duration_in_order_and_events_time_them() {
 fn memory_is_accounted_and_limited() {
     let (f, _one) = fake();
     f.context();
-    let info: unsafe extern "C" fn(*mut usize, *mut usize) -> R = f.sym("cuMemGetInfo_v2");
-    let total_mem: unsafe extern "C" fn(*mut usize, c_int) -> R = f.sym("cuDeviceTotalMem_v2");
-    let alloc: unsafe extern "C" fn(*mut u64, usize) -> R = f.sym("cuMemAlloc_v2");
-    let managed: unsafe extern "C" fn(*mut u64, usize, c_uint) -> R = f.sym("cuMemAllocManaged");
-    let pitch: unsafe extern "C" fn(*mut u64, *mut usize, usize, usize, c_uint) -> R =
-        f.sym("cuMemAllocPitch_v2");
-    let free: unsafe extern "C" fn(u64) -> R = f.sym("cuMemFree_v2");
-    let create: unsafe extern "C" fn(*mut u64, usize, *const c_void, u64) -> R =
-        f.sym("cuMemCreate");
-    let release: unsafe extern "C" fn(u64) -> R = f.sym("cuMemRelease");
-    let array: unsafe extern "C" fn(*mut Ptr, *const ArrayDescriptor) -> R =
-        f.sym("cuArrayCreate_v2");
-    let array_destroy: unsafe extern "C" fn(Ptr) -> R = f.sym("cuArrayDestroy");
+    let info: PFN_cuMemGetInfo_v2 = f.sym("cuMemGetInfo_v2");
+    let total_mem: PFN_cuDeviceTotalMem_v2 = f.sym("cuDeviceTotalMem_v2");
+    let alloc: PFN_cuMemAlloc_v2 = f.sym("cuMemAlloc_v2");
+    let managed: PFN_cuMemAllocManaged = f.sym("cuMemAllocManaged");
+    let pitch: PFN_cuMemAllocPitch_v2 = f.sym("cuMemAllocPitch_v2");
+    let free: PFN_cuMemFree_v2 = f.sym("cuMemFree_v2");
+    let create: PFN_cuMemCreate = f.sym("cuMemCreate");
+    let release: PFN_cuMemRelease = f.sym("cuMemRelease");
+    let array: PFN_cuArrayCreate_v2 = f.sym("cuArrayCreate_v2");
+    let array_destroy: PFN_cuArrayDestroy = f.sym("cuArrayDestroy");
     const GIB: usize = 1 << 30;
     let free_now = || {
         let (mut fr, mut t) = (0usize, 0usize);
@@ -550,11 +530,11 @@ fn memory_is_accounted_and_limited() {
         let mut h = 0u64;
         assert_eq!(create(&mut h, 2 * GIB, prop.as_ptr().cast(), 0), 0);
         let mut arr = std::ptr::null_mut();
-        let desc = ArrayDescriptor {
-            width: 1024,
-            height: 1024,
-            format: 0x20, // FLOAT
-            channels: 4,
+        let desc = CUDA_ARRAY_DESCRIPTOR {
+            Width: 1024,
+            Height: 1024,
+            Format: CU_AD_FORMAT_FLOAT,
+            NumChannels: 4,
         };
         assert_eq!(array(&mut arr, &desc), 0);
         assert_eq!(
@@ -574,18 +554,18 @@ fn memory_is_accounted_and_limited() {
 #[test]
 fn devices_contexts_and_errors() {
     let (f, _one) = fake();
-    let version: unsafe extern "C" fn(*mut c_int) -> R = f.sym("cuDriverGetVersion");
-    let count: unsafe extern "C" fn(*mut c_int) -> R = f.sym("cuDeviceGetCount");
-    let get: unsafe extern "C" fn(*mut c_int, c_int) -> R = f.sym("cuDeviceGet");
-    let name: unsafe extern "C" fn(*mut c_char, c_int, c_int) -> R = f.sym("cuDeviceGetName");
-    let attr: unsafe extern "C" fn(*mut c_int, c_int, c_int) -> R = f.sym("cuDeviceGetAttribute");
-    let create: unsafe extern "C" fn(*mut Ptr, c_uint, c_int) -> R = f.sym("cuCtxCreate_v2");
-    let destroy: unsafe extern "C" fn(Ptr) -> R = f.sym("cuCtxDestroy_v2");
-    let current: unsafe extern "C" fn(*mut Ptr) -> R = f.sym("cuCtxGetCurrent");
-    let set: unsafe extern "C" fn(Ptr) -> R = f.sym("cuCtxSetCurrent");
-    let sync: unsafe extern "C" fn() -> R = f.sym("cuCtxSynchronize");
-    let err_name: unsafe extern "C" fn(R, *mut *const c_char) -> R = f.sym("cuGetErrorName");
-    let err_string: unsafe extern "C" fn(R, *mut *const c_char) -> R = f.sym("cuGetErrorString");
+    let version: PFN_cuDriverGetVersion = f.sym("cuDriverGetVersion");
+    let count: PFN_cuDeviceGetCount = f.sym("cuDeviceGetCount");
+    let get: PFN_cuDeviceGet = f.sym("cuDeviceGet");
+    let name: PFN_cuDeviceGetName = f.sym("cuDeviceGetName");
+    let attr: PFN_cuDeviceGetAttribute = f.sym("cuDeviceGetAttribute");
+    let create: PFN_cuCtxCreate_v2 = f.sym("cuCtxCreate_v2");
+    let destroy: PFN_cuCtxDestroy_v2 = f.sym("cuCtxDestroy_v2");
+    let current: PFN_cuCtxGetCurrent = f.sym("cuCtxGetCurrent");
+    let set: PFN_cuCtxSetCurrent = f.sym("cuCtxSetCurrent");
+    let sync: PFN_cuCtxSynchronize = f.sym("cuCtxSynchronize");
+    let err_name: PFN_cuGetErrorName = f.sym("cuGetErrorName");
+    let err_string: PFN_cuGetErrorString = f.sym("cuGetErrorString");
     // SAFETY: plain driver calls with valid out-pointers.
     unsafe {
         let mut v = 0;
@@ -611,11 +591,11 @@ fn devices_contexts_and_errors() {
         // A fresh thread has no context; cuCtxCreate makes one current, destroying it clears it.
         std::thread::scope(|s| {
             s.spawn(|| {
-                let mut c = 1 as Ptr;
+                let mut c = 1 as CUcontext;
                 assert_eq!(current(&mut c), 0);
                 assert!(c.is_null());
                 assert_eq!(sync(), CUDA_ERROR_INVALID_CONTEXT);
-                assert_eq!(set(0x4242 as Ptr), CUDA_ERROR_INVALID_CONTEXT);
+                assert_eq!(set(0x4242 as CUcontext), CUDA_ERROR_INVALID_CONTEXT);
                 let mut ctx = std::ptr::null_mut();
                 assert_eq!(create(&mut ctx, 0, 0), 0);
                 assert_eq!(current(&mut c), 0);

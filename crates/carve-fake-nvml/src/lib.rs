@@ -398,6 +398,13 @@ fn guard(f: impl FnOnce() -> Result<(), Rc>) -> Rc {
     }
 }
 
+/// Runs `f` on the initialised state with the opaque handle `p` decoded: how most entry points
+/// begin.
+fn query<P, T>(p: *mut P, f: impl FnOnce(&Fake, Handle) -> Result<T, Rc>) -> Result<T, Rc> {
+    let h = decode_ptr(p)?;
+    read(|fake| f(fake, h))
+}
+
 /// Runs `f` on the initialised state, re-read from the state file first.
 fn read<T>(f: impl FnOnce(&Fake) -> Result<T, Rc>) -> Result<T, Rc> {
     let mut guard = lock();
@@ -427,15 +434,25 @@ fn mutate<T>(f: impl FnOnce(&mut Fake) -> Result<T, Rc>) -> Result<T, Rc> {
     }
 }
 
-unsafe fn out<T>(p: *mut T, v: T) -> Result<(), Rc> {
+/// Writes an answer to the caller's out-parameter; a null one is `NVML_ERROR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `p` is null or valid for writes of a `T` (nvml.h's contract for out-parameters).
+unsafe fn put<T>(p: *mut T, v: T) -> Result<(), Rc> {
     if p.is_null() {
         return Err(ERROR_INVALID_ARGUMENT);
     }
-    p.write(v);
+    // SAFETY: non-null (checked), hence writable by the caller's contract.
+    unsafe { p.write(v) };
     Ok(())
 }
 
-unsafe fn out_str(buf: *mut c_char, len: c_uint, s: &str) -> Result<(), Rc> {
+/// Writes `s` and its NUL to the caller's buffer of `len` chars (`NVML_ERROR_INSUFFICIENT_SIZE`
+/// when it does not fit; nothing is written then).
+///
+/// # Safety
+/// `buf` is null or valid for writes of `len` chars.
+unsafe fn put_str(buf: *mut c_char, len: c_uint, s: &str) -> Result<(), Rc> {
     if buf.is_null() {
         return Err(ERROR_INVALID_ARGUMENT);
     }
@@ -443,9 +460,27 @@ unsafe fn out_str(buf: *mut c_char, len: c_uint, s: &str) -> Result<(), Rc> {
     if bytes.len() + 1 > len as usize {
         return Err(ERROR_INSUFFICIENT_SIZE);
     }
-    std::ptr::copy_nonoverlapping(bytes.as_ptr() as *const c_char, buf, bytes.len());
-    *buf.add(bytes.len()) = 0;
+    // SAFETY: `buf` is non-null (checked) and has room for `len` >= `bytes.len()` + 1 chars
+    // (checked; the caller's contract), and our string does not overlap the caller's buffer.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr() as *const c_char, buf, bytes.len());
+        *buf.add(bytes.len()) = 0;
+    }
     Ok(())
+}
+
+/// Writes `items` to the caller's array (when it gives one) and their number to `*count`.
+///
+/// # Safety
+/// `dst` is null or has room for `items.len()` entries; `count` is null or writable.
+unsafe fn put_list<T: Copy>(dst: *mut T, count: *mut c_uint, items: &[T]) -> Result<(), Rc> {
+    if !dst.is_null() {
+        // SAFETY: non-null (checked), with room for every item by the caller's contract; ours
+        // do not overlap it.
+        unsafe { std::ptr::copy_nonoverlapping(items.as_ptr(), dst, items.len()) };
+    }
+    // SAFETY: the caller's contract for `count`; `put` refuses null.
+    unsafe { put(count, items.len() as c_uint) }
 }
 
 fn fill_str<const N: usize>(dst: &mut [c_char; N], s: &str) {
@@ -570,7 +605,8 @@ fn error_string(result: Rc) -> &'static CStr {
 pub unsafe extern "C" fn nvmlSystemGetDriverVersion(version: *mut c_char, length: c_uint) -> Rc {
     guard(|| {
         read(|_| Ok(()))?;
-        out_str(version, length, DRIVER_VERSION)
+        // SAFETY: `version` is the caller's `char *` buffer of `length` chars, or null.
+        unsafe { put_str(version, length, DRIVER_VERSION) }
     })
 }
 
@@ -578,7 +614,8 @@ pub unsafe extern "C" fn nvmlSystemGetDriverVersion(version: *mut c_char, length
 pub unsafe extern "C" fn nvmlSystemGetNVMLVersion(version: *mut c_char, length: c_uint) -> Rc {
     guard(|| {
         read(|_| Ok(()))?;
-        out_str(version, length, NVML_VERSION)
+        // SAFETY: `version` is the caller's `char *` buffer of `length` chars, or null.
+        unsafe { put_str(version, length, NVML_VERSION) }
     })
 }
 
@@ -589,7 +626,8 @@ pub unsafe extern "C" fn nvmlSystemGetNVMLVersion(version: *mut c_char, length: 
 pub unsafe extern "C" fn nvmlDeviceGetCount_v2(deviceCount: *mut c_uint) -> Rc {
     guard(|| {
         let n = read(|f| Ok(f.node.gpus.len() as c_uint))?;
-        out(deviceCount, n)
+        // SAFETY: `deviceCount` is the caller's `unsigned int *`: null (refused) or writable.
+        unsafe { put(deviceCount, n) }
     })
 }
 
@@ -603,16 +641,17 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
             f.gpu(index)?;
             Handle::Device(index).ptr()
         })?;
-        out(device, h)
+        // SAFETY: `device` is the caller's `nvmlDevice_t *`: null (refused) or writable.
+        unsafe { put(device, h) }
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut c_uint) -> Rc {
     guard(|| {
-        let h = decode_ptr(device)?;
-        let i = read(|f| f.device(h))?;
-        out(index, i)
+        let i = query(device, |f, h| f.device(h))?;
+        // SAFETY: `index` is the caller's `unsigned int *`: null (refused) or writable.
+        unsafe { put(index, i) }
     })
 }
 
@@ -623,8 +662,7 @@ pub unsafe extern "C" fn nvmlDeviceGetName(
     length: c_uint,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(device)?;
-        let s = read(|f| {
+        let s = query(device, |f, h| {
             let (gpu, mig) = f.any_device(h)?;
             let g = f.gpu(gpu)?;
             Ok(match mig {
@@ -635,7 +673,8 @@ pub unsafe extern "C" fn nvmlDeviceGetName(
                 }
             })
         })?;
-        out_str(name, length, &s)
+        // SAFETY: `name` is the caller's `char *` buffer of `length` chars, or null.
+        unsafe { put_str(name, length, &s) }
     })
 }
 
@@ -646,15 +685,15 @@ pub unsafe extern "C" fn nvmlDeviceGetUUID(
     length: c_uint,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(device)?;
-        let s = read(|f| {
+        let s = query(device, |f, h| {
             let (gpu, mig) = f.any_device(h)?;
             Ok(match mig {
                 None => f.gpu(gpu)?.uuid.clone(),
                 Some((gi, ci)) => f.ci(gpu, gi, ci)?.uuid.clone(),
             })
         })?;
-        out_str(uuid, length, &s)
+        // SAFETY: `uuid` is the caller's `char *` buffer of `length` chars, or null.
+        unsafe { put_str(uuid, length, &s) }
     })
 }
 
@@ -664,13 +703,12 @@ pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(
     pci: *mut nvmlPciInfo_t,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(device)?;
-        let info = read(|f| {
+        let info = query(device, |f, h| {
             let (gpu, _) = f.any_device(h)?;
             let infos = f.node.gpu_infos();
             let i = infos.get(gpu as usize).ok_or(ERROR_INVALID_ARGUMENT)?;
-            // SAFETY: a plain C struct of integers and char arrays.
-            let mut p: nvmlPciInfo_t = std::mem::zeroed();
+            // SAFETY: a plain C struct of integers and char arrays, for which zero is valid.
+            let mut p: nvmlPciInfo_t = unsafe { std::mem::zeroed() };
             fill_str(&mut p.busId, &i.pci_bus_id);
             let legacy = i.pci_bus_id.get(4..).unwrap_or(&i.pci_bus_id);
             fill_str(&mut p.busIdLegacy, legacy);
@@ -681,7 +719,8 @@ pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(
             p.pciSubSystemId = 0x16c1_10de;
             Ok(p)
         })?;
-        out(pci, info)
+        // SAFETY: `pci` is the caller's `nvmlPciInfo_t *`: null (refused) or writable.
+        unsafe { put(pci, info) }
     })
 }
 
@@ -702,17 +741,15 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
     memory: *mut nvmlMemory_t,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(device)?;
-        let mib = read(|f| memory_of(f, h))?;
+        let mib = query(device, memory_of)?;
         let total = mib * 1024 * 1024;
-        out(
-            memory,
-            nvmlMemory_t {
-                total,
-                free: total,
-                used: 0,
-            },
-        )
+        let m = nvmlMemory_t {
+            total,
+            free: total,
+            used: 0,
+        };
+        // SAFETY: `memory` is the caller's `nvmlMemory_t *`: null (refused) or writable.
+        unsafe { put(memory, m) }
     })
 }
 
@@ -722,23 +759,23 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     memory: *mut nvmlMemory_v2_t,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(device)?;
-        let mib = read(|f| memory_of(f, h))?;
+        let mib = query(device, memory_of)?;
         if memory.is_null() {
             return Err(ERROR_INVALID_ARGUMENT);
         }
+        // SAFETY: `memory` is non-null (checked), the caller's `nvmlMemory_v2_t *`, whose
+        // `version` the caller sets before the call.
+        let version = unsafe { (*memory).version };
         let total = mib * 1024 * 1024;
-        let version = (*memory).version;
-        out(
-            memory,
-            nvmlMemory_v2_t {
-                version,
-                total,
-                reserved: 0,
-                free: total,
-                used: 0,
-            },
-        )
+        let m = nvmlMemory_v2_t {
+            version,
+            total,
+            reserved: 0,
+            free: total,
+            used: 0,
+        };
+        // SAFETY: `memory` is non-null (checked) and writable (the caller's).
+        unsafe { put(memory, m) }
     })
 }
 
@@ -749,10 +786,13 @@ pub unsafe extern "C" fn nvmlDeviceGetMigMode(
     pendingMode: *mut c_uint,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(device)?;
-        let m = read(|f| Ok(f.gpu(f.device(h)?)?.mig))?;
-        out(currentMode, m.current as c_uint)?;
-        out(pendingMode, m.pending as c_uint)
+        let m = query(device, |f, h| Ok(f.gpu(f.device(h)?)?.mig))?;
+        // SAFETY: `currentMode` and `pendingMode` are the caller's `unsigned int *`s, each null
+        // (refused) or writable.
+        unsafe {
+            put(currentMode, m.current as c_uint)?;
+            put(pendingMode, m.pending as c_uint)
+        }
     })
 }
 
@@ -776,7 +816,8 @@ pub unsafe extern "C" fn nvmlDeviceSetMigMode(
         } else {
             ERROR_RESET_REQUIRED
         };
-        out(activationStatus, status)
+        // SAFETY: `activationStatus` is the caller's `nvmlReturn_t *`: null (refused) or writable.
+        unsafe { put(activationStatus, status) }
     })
 }
 
@@ -790,8 +831,7 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceProfileInfo(
     info: *mut nvmlGpuInstanceProfileInfo_t,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(device)?;
-        let i = read(|f| {
+        let i = query(device, |f, h| {
             let gpu = f.device(h)?;
             if profile >= GI_PROFILE_COUNT {
                 return Err(ERROR_INVALID_ARGUMENT);
@@ -816,7 +856,9 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceProfileInfo(
                 memorySizeMB: f.gi_memory_mib(gpu, p)?,
             })
         })?;
-        out(info, i)
+        // SAFETY: `info` is the caller's `nvmlGpuInstanceProfileInfo_t *`:
+        // null (refused) or writable.
+        unsafe { put(info, i) }
     })
 }
 
@@ -843,12 +885,10 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstancePossiblePlacements_v2(
                 })
                 .collect::<Vec<_>>())
         })?;
-        if !placements.is_null() {
-            for (i, pl) in list.iter().enumerate() {
-                placements.add(i).write(*pl);
-            }
-        }
-        out(count, list.len() as c_uint)
+        // SAFETY: `placements` is the caller's array, null (only the count is asked for) or
+        // with room for every placement of the profile (nvml.h); `count` is non-null (checked)
+        // and writable.
+        unsafe { put_list(placements, count, &list) }
     })
 }
 
@@ -859,8 +899,7 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceRemainingCapacity(
     count: *mut c_uint,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(device)?;
-        let n = read(|f| {
+        let n = query(device, |f, h| {
             let (gpu, p) = f.mig_profile(h, profileId)?;
             // Greedy: how many more fit when placed at the lowest free starts.
             let mut node = f.node.clone();
@@ -876,7 +915,8 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceRemainingCapacity(
             }
             Ok(n)
         })?;
-        out(count, n)
+        // SAFETY: `count` is the caller's `unsigned int *`: null (refused) or writable.
+        unsafe { put(count, n) }
     })
 }
 
@@ -892,7 +932,9 @@ pub unsafe extern "C" fn nvmlDeviceCreateGpuInstanceWithPlacement(
         if placement.is_null() || gpuInstance.is_null() {
             return Err(ERROR_INVALID_ARGUMENT);
         }
-        let pl = *placement;
+        // SAFETY: `placement` is non-null (checked), the caller's
+        // `const nvmlGpuInstancePlacement_t *`.
+        let pl = unsafe { *placement };
         let handle = mutate(|f| {
             let (gpu, p) = f.mig_profile(h, profileId)?;
             if pl.size != p.slots as c_uint {
@@ -907,7 +949,8 @@ pub unsafe extern "C" fn nvmlDeviceCreateGpuInstanceWithPlacement(
             };
             Handle::Gi(gpu, id).ptr()
         })?;
-        out(gpuInstance, handle)
+        // SAFETY: `gpuInstance` is the caller's `nvmlGpuInstance_t *`: null (refused) or writable.
+        unsafe { put(gpuInstance, handle) }
     })
 }
 
@@ -935,7 +978,8 @@ pub unsafe extern "C" fn nvmlDeviceCreateGpuInstance(
             }
             Err(last)
         })?;
-        out(gpuInstance, handle)
+        // SAFETY: `gpuInstance` is the caller's `nvmlGpuInstance_t *`: null (refused) or writable.
+        unsafe { put(gpuInstance, handle) }
     })
 }
 
@@ -953,24 +997,12 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstances(
         }
         let handles = read(|f| {
             let (gpu, p) = f.mig_profile(h, profileId)?;
-            let mut ids: Vec<u32> = f
-                .gpu(gpu)?
-                .gis
-                .iter()
-                .filter(|gi| gi.profile == p.nvml)
-                .map(|gi| gi.id)
-                .collect();
-            ids.sort_unstable();
-            // The caller's buffer holds `instanceCount` entries.
-            ids.truncate(p.max as usize);
-            ids.into_iter()
-                .map(|id| Handle::Gi(gpu, id).ptr())
-                .collect::<Result<Vec<nvmlGpuInstance_t>, Rc>>()
+            let gis = f.gpu(gpu)?.gis.iter().filter(|gi| gi.profile == p.nvml);
+            handles(gis.map(|gi| gi.id), p.max, |id| Handle::Gi(gpu, id))
         })?;
-        for (i, gh) in handles.iter().enumerate() {
-            gpuInstances.add(i).write(*gh);
-        }
-        out(count, handles.len() as c_uint)
+        // SAFETY: `gpuInstances` (room for the profile's `instanceCount` handles, nvml.h) and
+        // `count` are the caller's, both non-null (checked) and writable.
+        unsafe { put_list(gpuInstances, count, &handles) }
     })
 }
 
@@ -981,8 +1013,7 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceById(
     gpuInstance: *mut nvmlGpuInstance_t,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(device)?;
-        let handle = read(|f| {
+        let handle = query(device, |f, h| {
             let gpu = f.device(h)?;
             f.require_mig(gpu)?;
             if !f.gpu(gpu)?.gis.iter().any(|gi| gi.id == id) {
@@ -990,7 +1021,8 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceById(
             }
             Handle::Gi(gpu, id).ptr()
         })?;
-        out(gpuInstance, handle)
+        // SAFETY: `gpuInstance` is the caller's `nvmlGpuInstance_t *`: null (refused) or writable.
+        unsafe { put(gpuInstance, handle) }
     })
 }
 
@@ -1000,8 +1032,7 @@ pub unsafe extern "C" fn nvmlGpuInstanceGetInfo(
     info: *mut nvmlGpuInstanceInfo_t,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(gpuInstance)?;
-        let i = read(|f| {
+        let i = query(gpuInstance, |f, h| {
             let (gpu, gi) = f.gi_handle(h)?;
             let sim = f.gi(gpu, gi)?;
             let p = f.gi_profile(gpu, sim)?;
@@ -1015,7 +1046,8 @@ pub unsafe extern "C" fn nvmlGpuInstanceGetInfo(
                 },
             })
         })?;
-        out(info, i)
+        // SAFETY: `info` is the caller's `nvmlGpuInstanceInfo_t *`: null (refused) or writable.
+        unsafe { put(info, i) }
     })
 }
 
@@ -1028,6 +1060,19 @@ pub unsafe extern "C" fn nvmlGpuInstanceDestroy(gpuInstance: nvmlGpuInstance_t) 
             f.node.destroy_gpu_instance(gpu, gi).map_err(|e| err_rc(&e))
         })
     })
+}
+
+/// The handles of instances by id, in id order and at most `max` of them (the caller's buffer
+/// holds the profile's `instanceCount`).
+fn handles<T>(
+    ids: impl Iterator<Item = u32>,
+    max: u8,
+    handle: impl Fn(u32) -> Handle,
+) -> Result<Vec<*mut T>, Rc> {
+    let mut ids: Vec<u32> = ids.collect();
+    ids.sort_unstable();
+    ids.truncate(max as usize);
+    ids.into_iter().map(|id| handle(id).ptr()).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1046,8 +1091,7 @@ pub unsafe extern "C" fn nvmlGpuInstanceGetComputeInstanceProfileInfo(
     info: *mut nvmlComputeInstanceProfileInfo_t,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(gpuInstance)?;
-        let i = read(|f| {
+        let i = query(gpuInstance, |f, h| {
             let (gpu, gi) = f.gi_handle(h)?;
             // Only NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED exists.
             if engProfile != 0 {
@@ -1068,7 +1112,9 @@ pub unsafe extern "C" fn nvmlGpuInstanceGetComputeInstanceProfileInfo(
                 sharedOfaCount: gp.ofa.unwrap_or(0) as c_uint,
             })
         })?;
-        out(info, i)
+        // SAFETY: `info` is the caller's `nvmlComputeInstanceProfileInfo_t *`:
+        // null (refused) or writable.
+        unsafe { put(info, i) }
     })
 }
 
@@ -1093,7 +1139,9 @@ pub unsafe extern "C" fn nvmlGpuInstanceCreateComputeInstance(
             };
             Handle::Ci(gpu, gi, id).ptr()
         })?;
-        out(computeInstance, handle)
+        // SAFETY: `computeInstance` is the caller's `nvmlComputeInstance_t *`:
+        // null (refused) or writable.
+        unsafe { put(computeInstance, handle) }
     })
 }
 
@@ -1112,24 +1160,12 @@ pub unsafe extern "C" fn nvmlGpuInstanceGetComputeInstances(
         let handles = read(|f| {
             let (gpu, gi) = f.gi_handle(h)?;
             let (c, max) = ci_profile(gi_slices(f, gpu, gi)?, profileId)?;
-            let mut ids: Vec<u32> = f
-                .gi(gpu, gi)?
-                .cis
-                .iter()
-                .filter(|ci| ci.slices == c)
-                .map(|ci| ci.id)
-                .collect();
-            ids.sort_unstable();
-            // The caller's buffer holds `instanceCount` entries.
-            ids.truncate(max as usize);
-            ids.into_iter()
-                .map(|id| Handle::Ci(gpu, gi, id).ptr())
-                .collect::<Result<Vec<nvmlComputeInstance_t>, Rc>>()
+            let cis = f.gi(gpu, gi)?.cis.iter().filter(|ci| ci.slices == c);
+            handles(cis.map(|ci| ci.id), max, |id| Handle::Ci(gpu, gi, id))
         })?;
-        for (i, ch) in handles.iter().enumerate() {
-            computeInstances.add(i).write(*ch);
-        }
-        out(count, handles.len() as c_uint)
+        // SAFETY: `computeInstances` (room for the profile's `instanceCount` handles, nvml.h)
+        // and `count` are the caller's, both non-null (checked) and writable.
+        unsafe { put_list(computeInstances, count, &handles) }
     })
 }
 
@@ -1140,15 +1176,16 @@ pub unsafe extern "C" fn nvmlGpuInstanceGetComputeInstanceById(
     computeInstance: *mut nvmlComputeInstance_t,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(gpuInstance)?;
-        let handle = read(|f| {
+        let handle = query(gpuInstance, |f, h| {
             let (gpu, gi) = f.gi_handle(h)?;
             if !f.gi(gpu, gi)?.cis.iter().any(|c| c.id == id) {
                 return Err(ERROR_NOT_FOUND);
             }
             Handle::Ci(gpu, gi, id).ptr()
         })?;
-        out(computeInstance, handle)
+        // SAFETY: `computeInstance` is the caller's `nvmlComputeInstance_t *`:
+        // null (refused) or writable.
+        unsafe { put(computeInstance, handle) }
     })
 }
 
@@ -1158,8 +1195,7 @@ pub unsafe extern "C" fn nvmlComputeInstanceGetInfo_v2(
     info: *mut nvmlComputeInstanceInfo_t,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(computeInstance)?;
-        let i = read(|f| {
+        let i = query(computeInstance, |f, h| {
             let (gpu, gi, ci) = f.ci_handle(h)?;
             let sim = f.ci(gpu, gi, ci)?;
             // CIs are packed in id order inside the GI's compute slices.
@@ -1181,7 +1217,8 @@ pub unsafe extern "C" fn nvmlComputeInstanceGetInfo_v2(
                 },
             })
         })?;
-        out(info, i)
+        // SAFETY: `info` is the caller's `nvmlComputeInstanceInfo_t *`: null (refused) or writable.
+        unsafe { put(info, i) }
     })
 }
 
@@ -1207,8 +1244,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMaxMigDeviceCount(
     count: *mut c_uint,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(device)?;
-        let n = read(|f| {
+        let n = query(device, |f, h| {
             let gpu = f.device(h)?;
             if !f.gpu(gpu)?.mig.current {
                 return Ok(0);
@@ -1217,7 +1253,8 @@ pub unsafe extern "C" fn nvmlDeviceGetMaxMigDeviceCount(
             let max = m.compute_slices.max(m.max_instances) as usize;
             Ok(max.max(f.mig_devices(gpu)?.len()) as c_uint)
         })?;
-        out(count, n)
+        // SAFETY: `count` is the caller's `unsigned int *`: null (refused) or writable.
+        unsafe { put(count, n) }
     })
 }
 
@@ -1228,15 +1265,15 @@ pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
     migDevice: *mut nvmlDevice_t,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(device)?;
-        let handle = read(|f| {
+        let handle = query(device, |f, h| {
             let gpu = f.device(h)?;
             f.require_mig(gpu)?;
             let list = f.mig_devices(gpu)?;
             let (gi, ci) = *list.get(index as usize).ok_or(ERROR_NOT_FOUND)?;
             Handle::Mig(gpu, gi, ci).ptr()
         })?;
-        out(migDevice, handle)
+        // SAFETY: `migDevice` is the caller's `nvmlDevice_t *`: null (refused) or writable.
+        unsafe { put(migDevice, handle) }
     })
 }
 
@@ -1246,9 +1283,9 @@ pub unsafe extern "C" fn nvmlDeviceIsMigDeviceHandle(
     isMigDevice: *mut c_uint,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(device)?;
-        let (_, mig) = read(|f| f.any_device(h))?;
-        out(isMigDevice, mig.is_some() as c_uint)
+        let (_, mig) = query(device, |f, h| f.any_device(h))?;
+        // SAFETY: `isMigDevice` is the caller's `unsigned int *`: null (refused) or writable.
+        unsafe { put(isMigDevice, mig.is_some() as c_uint) }
     })
 }
 
@@ -1258,24 +1295,24 @@ pub unsafe extern "C" fn nvmlDeviceGetDeviceHandleFromMigDeviceHandle(
     device: *mut nvmlDevice_t,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(migDevice)?;
-        let handle = read(|f| match f.any_device(h)? {
+        let handle = query(migDevice, |f, h| match f.any_device(h)? {
             (gpu, Some(_)) => Handle::Device(gpu).ptr(),
             (_, None) => Err(ERROR_INVALID_ARGUMENT),
         })?;
-        out(device, handle)
+        // SAFETY: `device` is the caller's `nvmlDevice_t *`: null (refused) or writable.
+        unsafe { put(device, handle) }
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceId(device: nvmlDevice_t, id: *mut c_uint) -> Rc {
     guard(|| {
-        let h = decode_ptr(device)?;
-        let gi = read(|f| match f.any_device(h)? {
+        let gi = query(device, |f, h| match f.any_device(h)? {
             (_, Some((gi, _))) => Ok(gi),
             (_, None) => Err(ERROR_NOT_SUPPORTED),
         })?;
-        out(id, gi)
+        // SAFETY: `id` is the caller's `unsigned int *`: null (refused) or writable.
+        unsafe { put(id, gi) }
     })
 }
 
@@ -1285,12 +1322,12 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeInstanceId(
     id: *mut c_uint,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(device)?;
-        let ci = read(|f| match f.any_device(h)? {
+        let ci = query(device, |f, h| match f.any_device(h)? {
             (_, Some((_, ci))) => Ok(ci),
             (_, None) => Err(ERROR_NOT_SUPPORTED),
         })?;
-        out(id, ci)
+        // SAFETY: `id` is the caller's `unsigned int *`: null (refused) or writable.
+        unsafe { put(id, ci) }
     })
 }
 
@@ -1317,6 +1354,13 @@ fn processes_of(f: &Fake, h: Handle) -> Result<Vec<nvmlProcessInfo_v2_t>, Rc> {
     Ok(out)
 }
 
+/// `nvmlDeviceGetComputeRunningProcesses`: `*infoCount` is the room in `infos` on the way in
+/// and the number of processes on the way out; `NVML_ERROR_INSUFFICIENT_SIZE` (with the number)
+/// when they do not fit.
+///
+/// # Safety
+/// `infoCount` is null or readable and writable; `infos` is null or has room for
+/// `*infoCount` entries.
 unsafe fn running_processes(
     device: nvmlDevice_t,
     infoCount: *mut c_uint,
@@ -1324,21 +1368,20 @@ unsafe fn running_processes(
 ) -> Rc {
     guard(|| {
         let h = decode_ptr(device)?;
-        if infoCount.is_null() {
-            return Err(ERROR_INVALID_ARGUMENT);
-        }
+        // SAFETY: the caller's contract for `infoCount`: null (refused) or readable and writable.
+        let count = unsafe { infoCount.as_mut() }.ok_or(ERROR_INVALID_ARGUMENT)?;
         let list = read(|f| processes_of(f, h))?;
-        let room = *infoCount as usize;
-        *infoCount = list.len() as c_uint;
+        let room = *count as usize;
+        *count = list.len() as c_uint;
         if list.is_empty() {
             return Ok(());
         }
         if infos.is_null() || room < list.len() {
             return Err(ERROR_INSUFFICIENT_SIZE);
         }
-        for (i, p) in list.iter().enumerate() {
-            infos.add(i).write(*p);
-        }
+        // SAFETY: `infos` is non-null (checked) with room for `room` >= `list.len()` entries
+        // (checked; the caller's contract); ours do not overlap it.
+        unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), infos, list.len()) };
         Ok(())
     })
 }
@@ -1349,7 +1392,9 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
     infoCount: *mut c_uint,
     infos: *mut nvmlProcessInfo_t,
 ) -> Rc {
-    running_processes(device, infoCount, infos)
+    // SAFETY: the caller's `unsigned int *infoCount` and `nvmlProcessInfo_t *infos` (room for
+    // `*infoCount` entries), as nvml.h defines them.
+    unsafe { running_processes(device, infoCount, infos) }
 }
 
 #[no_mangle]
@@ -1358,7 +1403,9 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v2(
     infoCount: *mut c_uint,
     infos: *mut nvmlProcessInfo_v2_t,
 ) -> Rc {
-    running_processes(device, infoCount, infos)
+    // SAFETY: the caller's `unsigned int *infoCount` and `nvmlProcessInfo_v2_t *infos` (room
+    // for `*infoCount` entries), as nvml.h defines them.
+    unsafe { running_processes(device, infoCount, infos) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1409,7 +1456,8 @@ pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut nvmlEventSet_t) -> Rc {
             gpus: Vec::new(),
             offset,
         }));
-        out(set, sets.len() as nvmlEventSet_t)
+        // SAFETY: `set` is the caller's `nvmlEventSet_t *`: null (refused) or writable.
+        unsafe { put(set, sets.len() as nvmlEventSet_t) }
     })
 }
 
@@ -1419,12 +1467,10 @@ pub unsafe extern "C" fn nvmlDeviceGetSupportedEventTypes(
     types: *mut std::os::raw::c_ulonglong,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(device)?;
-        read(|f| f.device(h))?;
-        out(
-            types,
-            nvmlEventTypeXidCriticalError as std::os::raw::c_ulonglong,
-        )
+        query(device, |f, h| f.device(h))?;
+        let xid = nvmlEventTypeXidCriticalError as std::os::raw::c_ulonglong;
+        // SAFETY: `types` is the caller's `unsigned long long *`: null (refused) or writable.
+        unsafe { put(types, xid) }
     })
 }
 
@@ -1435,8 +1481,7 @@ pub unsafe extern "C" fn nvmlDeviceRegisterEvents(
     set: nvmlEventSet_t,
 ) -> Rc {
     guard(|| {
-        let h = decode_ptr(device)?;
-        let gpu = read(|f| f.device(h))?;
+        let gpu = query(device, |f, h| f.device(h))?;
         let i = set_index(set)?;
         if types & !(nvmlEventTypeXidCriticalError as std::os::raw::c_ulonglong) != 0 {
             return Err(ERROR_NOT_SUPPORTED);
@@ -1502,16 +1547,16 @@ pub unsafe extern "C" fn nvmlEventSetWait_v2(
             std::time::Instant::now() + std::time::Duration::from_millis(timeoutms as u64);
         loop {
             if let Some((gpu, xid, gi, ci)) = next_event(i)? {
-                return out(
-                    data,
-                    nvmlEventData_t {
-                        device: Handle::Device(gpu).ptr()?,
-                        eventType: nvmlEventTypeXidCriticalError as std::os::raw::c_ulonglong,
-                        eventData: xid,
-                        gpuInstanceId: gi,
-                        computeInstanceId: ci,
-                    },
-                );
+                let event = nvmlEventData_t {
+                    device: Handle::Device(gpu).ptr()?,
+                    eventType: nvmlEventTypeXidCriticalError as std::os::raw::c_ulonglong,
+                    eventData: xid,
+                    gpuInstanceId: gi,
+                    computeInstanceId: ci,
+                };
+                // SAFETY: `data` is the caller's `nvmlEventData_t *`, non-null (checked) and
+                // writable.
+                return unsafe { put(data, event) };
             }
             if std::time::Instant::now() >= deadline {
                 return Err(nvmlReturn_enum_NVML_ERROR_TIMEOUT);
@@ -1578,6 +1623,7 @@ mod tests {
     /// share the process-wide state.
     #[test]
     fn entry_points_in_process() {
+        // SAFETY: every call gets live out-pointers, and buffers of the lengths it is given.
         unsafe {
             std::env::remove_var(ENV_STATE);
             std::env::remove_var(ENV_NODE);

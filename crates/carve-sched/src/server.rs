@@ -4,7 +4,8 @@
 
 use crate::config::DaemonConfig;
 use crate::identity;
-use crate::proto::{self, Reply, Request, StatusReport, TenantStatus};
+use carve_sched_proto::{self as proto, Reply, Request, StatusReport, TenantStatus};
+use carve_sched_proto::{DRAIN_NS, GRACE_NS, LEDGER_TURNS};
 use carve_timeslice as core;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -13,14 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
-
-/// How long after a turn ends the daemon waits for the holder's report (its real GPU time, with
-/// any overrun) before moving on without it. (`carve-simulate` models it: `SCHED_GRACE_US`.)
-pub const GRACE_NS: u64 = 5_000_000;
-
-/// How long a yielding client may take to drain before the next turn starts anyway.
-/// (`carve-simulate` models it: `SCHED_DRAIN_LIMIT_US`.)
-pub const DRAIN_NS: u64 = 10_000_000;
 
 #[derive(Debug, Default, Clone)]
 struct TenantState {
@@ -202,7 +195,7 @@ fn end_turn(st: &mut State, used: u64, now: u64) {
     st.core.finish(tenant_id(t.tenant), used, now);
     st.tenants[t.tenant].gpu_time += used;
     st.ledger.insert(t.seq, (t.tenant, used));
-    while st.ledger.len() > 256 {
+    while st.ledger.len() > LEDGER_TURNS {
         st.ledger.pop_first();
     }
     if st.tenants[t.tenant].waiting == 0 {

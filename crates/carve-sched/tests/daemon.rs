@@ -2,12 +2,10 @@
 //! identity checks, shares under fixed and equal share, memory limits, status, disconnects.
 
 use carve_sched::config::{DaemonConfig, Identity, TenantConfig};
-use carve_sched::proto::{self, Reply, Request};
 use carve_sched::server::Server;
+use carve_sched_proto::{self as proto, Reply, Request};
 use carve_timeslice::{Policy, ScheduledTenant, Settings};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn sock(tag: &str) -> PathBuf {
@@ -51,26 +49,19 @@ fn config(
     }
 }
 
-struct Client {
-    w: UnixStream,
-    r: BufReader<UnixStream>,
-}
+/// A test client: the protocol's own client, failing the test on transport errors.
+struct Client(proto::Client);
 
 impl Client {
-    fn connect(path: &PathBuf) -> Client {
-        let w = UnixStream::connect(path).unwrap();
-        let r = BufReader::new(w.try_clone().unwrap());
-        Client { w, r }
+    fn connect(path: &Path) -> Client {
+        Client(proto::Client::connect(path).unwrap())
     }
 
     fn call(&mut self, req: &Request) -> Reply {
-        self.w.write_all(proto::encode(req).as_bytes()).unwrap();
-        let mut line = String::new();
-        self.r.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+        self.0.call(req).unwrap_or_else(|e| panic!("{req:?}: {e}"))
     }
 
-    fn hello(path: &PathBuf, tenant: &str, tok: Option<String>) -> (Client, Reply) {
+    fn hello(path: &Path, tenant: &str, tok: Option<String>) -> (Client, Reply) {
         let mut c = Client::connect(path);
         let r = c.call(&Request::Hello {
             version: proto::VERSION,

@@ -18,26 +18,24 @@
 //! cannot be reached it fails open (runs unscheduled, unlimited) or closed (launches and
 //! allocations fail), as `CARVE_FAIL` says, with one line on stderr.
 //!
-//! Environment (set by `carve run`): `CARVE_SCHED_SOCKET`, `CARVE_TENANT`, `CARVE_TOKEN_FILE`,
+//! Environment (set by `carve run` and by the agent's Allocate; the names are
+//! `carve_sched_proto::ENV_*`): `CARVE_SCHED_SOCKET`, `CARVE_TENANT`, `CARVE_TOKEN_FILE`,
 //! `CARVE_FAIL` (`open` | `closed`, default `open`).
+//!
+//! Every hook keeps the driver's contract for its arguments: they are the caller's, passed on
+//! unchanged, and the shim reads what they point to only where the driver has just succeeded
+//! (and so has checked them) or after checking them itself.
 
+// The hooks keep the driver's names, and their safety contract is the driver's (cuda.h).
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
-use carve_sched::proto::{self, Reply, Request};
-use libc::{c_char, c_int, c_uint, c_void, size_t};
+use carve_cuda_abi::*;
+use carve_sched_proto::{self as proto, Client, ClientError, Reply, Request};
 use std::collections::HashMap;
-use std::ffi::CStr;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering::*};
-use std::sync::{Mutex, OnceLock};
-
-type CUresult = c_int;
-const CUDA_SUCCESS: CUresult = 0;
-const CUDA_ERROR_OUT_OF_MEMORY: CUresult = 2;
-const CUDA_ERROR_NOT_FOUND: CUresult = 500;
-const CUDA_ERROR_NOT_PERMITTED: CUresult = 800;
-const CUDA_ERROR_UNKNOWN: CUresult = 999;
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering::*};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 // ---------------------------------------------------------------------------------------------
 // Finding the real functions.
@@ -48,70 +46,116 @@ static REAL_DLSYM: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
 
 /// glibc's own `dlsym`, found by version so that it never comes back to ours.
 fn real_dlsym() -> Option<DlsymFn> {
-    let p = REAL_DLSYM.load(Acquire);
-    if !p.is_null() {
-        // SAFETY: stored below from dlvsym("dlsym").
-        return Some(unsafe { std::mem::transmute::<*mut c_void, DlsymFn>(p) });
-    }
-    for v in [c"GLIBC_2.34", c"GLIBC_2.2.5", c"GLIBC_2.17"] {
-        // SAFETY: dlvsym with static C strings.
-        let f = unsafe { libc::dlvsym(libc::RTLD_NEXT, c"dlsym".as_ptr(), v.as_ptr()) };
-        if !f.is_null() {
-            REAL_DLSYM.store(f, Release);
-            // SAFETY: it is dlsym.
-            return Some(unsafe { std::mem::transmute::<*mut c_void, DlsymFn>(f) });
+    let mut p = REAL_DLSYM.load(Acquire);
+    if p.is_null() {
+        for v in [c"GLIBC_2.34", c"GLIBC_2.2.5", c"GLIBC_2.17"] {
+            // SAFETY: dlvsym reads two NUL-terminated static strings and only looks the symbol
+            // up (RTLD_NEXT: the definitions after this library, i.e. libc's).
+            p = unsafe { libc::dlvsym(libc::RTLD_NEXT, c"dlsym".as_ptr(), v.as_ptr()) };
+            if !p.is_null() {
+                REAL_DLSYM.store(p, Release);
+                break;
+            }
         }
     }
-    None
+    // SAFETY: a non-null `p` is libc's `dlsym` (looked up above by name and symbol version,
+    // never anything else stored in REAL_DLSYM), whose type is `DlsymFn`.
+    (!p.is_null()).then(|| unsafe { std::mem::transmute::<*mut c_void, DlsymFn>(p) })
 }
 
-/// The hooked entry points: driver name, the name `cuGetProcAddress` uses, our hook.
+/// The real driver function of a hooked entry point, typed: `F` is the entry point's type in
+/// cuda.h (`hooks!` makes the only values, pairing each name with its `PFN_` type).
+struct Slot<F> {
+    idx: usize,
+    name: &'static CStr,
+    ty: PhantomData<F>,
+}
+
+impl<F: Copy> Slot<F> {
+    /// The driver's function, or `None` when the driver has none of that name.
+    fn get(&self) -> Option<F> {
+        let p = real(self.idx, self.name);
+        // SAFETY: a non-null `p` is the driver's function called `self.name` (found under that
+        // name by dlsym or cuGetProcAddress, and never one of our hooks), and `F` is that
+        // function's pointer type (`hooks!` checks it is a function pointer, as large as `p`).
+        (!p.is_null()).then(|| unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) })
+    }
+}
+
+/// `name` as a C string (`name` ends with its NUL).
+const fn c_name(name: &'static str) -> &'static CStr {
+    match CStr::from_bytes_with_nul(name.as_bytes()) {
+        Ok(c) => c,
+        Err(_) => panic!("a hook name is not a C string"),
+    }
+}
+
+/// The hooked entry points: the slot of the real function, and our hook, which is exported
+/// under the driver's name and must have its type in cuda.h (checked at compile time).
 macro_rules! hooks {
-    ($( $idx:literal $name:literal $base:literal $hook:ident ),* $(,)?) => {
-        const HOOKS: &[(&str, &str, usize)] = &[ $( ($name, $base, $idx) ),* ];
+    ($( $slot:ident: $hook:ident as $pfn:ty ),* $(,)?) => {
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        enum Idx { $( $slot ),* }
+        /// The hooks' names, by slot.
+        const HOOKS: &[&str] = &[ $( stringify!($hook) ),* ];
+        const SLOTS: usize = HOOKS.len();
         fn hook_ptr(idx: usize) -> *mut c_void {
-            match idx { $( $idx => $hook as *mut c_void, )* _ => std::ptr::null_mut() }
+            $( if idx == Idx::$slot as usize { return $hook as *mut c_void; } )*
+            std::ptr::null_mut()
         }
+        $(
+            const $slot: Slot<$pfn> = Slot {
+                idx: Idx::$slot as usize,
+                name: c_name(concat!(stringify!($hook), "\0")),
+                ty: PhantomData,
+            };
+            const _: $pfn = $hook;
+        )*
     };
 }
 
 hooks! {
-    0 "cuLaunchKernel" "cuLaunchKernel" cuLaunchKernel,
-    1 "cuLaunchKernelEx" "cuLaunchKernelEx" cuLaunchKernelEx,
-    2 "cuLaunchCooperativeKernel" "cuLaunchCooperativeKernel" cuLaunchCooperativeKernel,
-    3 "cuGraphLaunch" "cuGraphLaunch" cuGraphLaunch,
-    4 "cuMemAlloc_v2" "cuMemAlloc" cuMemAlloc_v2,
-    5 "cuMemAllocManaged" "cuMemAllocManaged" cuMemAllocManaged,
-    6 "cuMemAllocPitch_v2" "cuMemAllocPitch" cuMemAllocPitch_v2,
-    7 "cuMemFree_v2" "cuMemFree" cuMemFree_v2,
-    8 "cuMemCreate" "cuMemCreate" cuMemCreate,
-    9 "cuMemRelease" "cuMemRelease" cuMemRelease,
-    10 "cuArrayCreate_v2" "cuArrayCreate" cuArrayCreate_v2,
-    11 "cuArrayDestroy" "cuArrayDestroy" cuArrayDestroy,
-    12 "cuMemGetInfo_v2" "cuMemGetInfo" cuMemGetInfo_v2,
-    13 "cuDeviceTotalMem_v2" "cuDeviceTotalMem" cuDeviceTotalMem_v2,
-    14 "cuMemAllocAsync" "cuMemAllocAsync" cuMemAllocAsync,
-    15 "cuMemFreeAsync" "cuMemFreeAsync" cuMemFreeAsync,
-    16 "cuGetProcAddress" "cuGetProcAddress" cuGetProcAddress,
-    17 "cuGetProcAddress_v2" "cuGetProcAddress_v2" cuGetProcAddress_v2,
-    18 "cuCtxSynchronize" "cuCtxSynchronize" cuCtxSynchronize,
-    19 "cuStreamSynchronize" "cuStreamSynchronize" cuStreamSynchronize,
-    20 "cuEventSynchronize" "cuEventSynchronize" cuEventSynchronize,
+    LAUNCH_KERNEL: cuLaunchKernel as PFN_cuLaunchKernel,
+    LAUNCH_KERNEL_EX: cuLaunchKernelEx as PFN_cuLaunchKernelEx,
+    LAUNCH_COOPERATIVE: cuLaunchCooperativeKernel as PFN_cuLaunchCooperativeKernel,
+    GRAPH_LAUNCH: cuGraphLaunch as PFN_cuGraphLaunch,
+    MEM_ALLOC: cuMemAlloc_v2 as PFN_cuMemAlloc_v2,
+    MEM_ALLOC_MANAGED: cuMemAllocManaged as PFN_cuMemAllocManaged,
+    MEM_ALLOC_PITCH: cuMemAllocPitch_v2 as PFN_cuMemAllocPitch_v2,
+    MEM_FREE: cuMemFree_v2 as PFN_cuMemFree_v2,
+    MEM_CREATE: cuMemCreate as PFN_cuMemCreate,
+    MEM_RELEASE: cuMemRelease as PFN_cuMemRelease,
+    ARRAY_CREATE: cuArrayCreate_v2 as PFN_cuArrayCreate_v2,
+    ARRAY_DESTROY: cuArrayDestroy as PFN_cuArrayDestroy,
+    MEM_GET_INFO: cuMemGetInfo_v2 as PFN_cuMemGetInfo_v2,
+    DEVICE_TOTAL_MEM: cuDeviceTotalMem_v2 as PFN_cuDeviceTotalMem_v2,
+    MEM_ALLOC_ASYNC: cuMemAllocAsync as PFN_cuMemAllocAsync,
+    MEM_FREE_ASYNC: cuMemFreeAsync as PFN_cuMemFreeAsync,
+    GET_PROC_ADDRESS: cuGetProcAddress as PFN_cuGetProcAddress,
+    GET_PROC_ADDRESS_V2: cuGetProcAddress_v2 as PFN_cuGetProcAddress_v2,
+    CTX_SYNCHRONIZE: cuCtxSynchronize as PFN_cuCtxSynchronize,
+    STREAM_SYNCHRONIZE: cuStreamSynchronize as PFN_cuStreamSynchronize,
+    EVENT_SYNCHRONIZE: cuEventSynchronize as PFN_cuEventSynchronize,
 }
-
-/// Index of `cuCtxSynchronize` among the real pointers (hooked; the real one drains).
-const CTX_SYNC: usize = 18;
-const SLOTS: usize = 21;
 
 /// The real driver functions, filled as they are found.
 static REAL: [AtomicPtr<c_void>; SLOTS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; SLOTS];
 
+/// The slot of a hook by its exported name.
 fn hook_index(name: &str) -> Option<usize> {
-    HOOKS.iter().find(|h| h.0 == name).map(|h| h.2)
+    HOOKS.iter().position(|h| *h == name)
 }
 
-fn hook_index_base(base: &str) -> Option<usize> {
-    HOOKS.iter().find(|h| h.1 == base).map(|h| h.2)
+/// The slot of what `cuGetProcAddress` returns for `symbol` at CUDA `version`: the driver hands
+/// out the newest version of a base name (`cuMemAlloc` → `cuMemAlloc_v2`), and from CUDA 12.0
+/// `cuGetProcAddress` is `cuGetProcAddress_v2` (five arguments); exported names are accepted
+/// too.
+fn proc_index(symbol: &str, version: c_int) -> Option<usize> {
+    match symbol {
+        "cuGetProcAddress" if version >= CUDA_VERSION_12_0 => Some(GET_PROC_ADDRESS_V2.idx),
+        "cuGetProcAddress" | "cuGetProcAddress_v2" => hook_index(symbol),
+        _ => hook_index(symbol).or_else(|| hook_index(&format!("{symbol}_v2"))),
+    }
 }
 
 /// The real function of a slot: as found through `dlsym`/`cuGetProcAddress`, else the next
@@ -124,43 +168,49 @@ fn real(idx: usize, name: &CStr) -> *mut c_void {
     let Some(dl) = real_dlsym() else {
         return std::ptr::null_mut();
     };
-    // SAFETY: dlsym with a C string.
+    // SAFETY: libc's dlsym with a pseudo-handle and a NUL-terminated name.
     let mut f = unsafe { dl(libc::RTLD_NEXT, name.as_ptr()) };
     if f.is_null() {
         // The driver may have been dlopen'ed by someone else: ask it by its soname.
-        // SAFETY: dlopen/dlsym with C strings; RTLD_NOLOAD never loads anything new.
-        unsafe {
-            let h = libc::dlopen(
+        // SAFETY: dlopen with a static C string and RTLD_NOLOAD never loads anything new: it
+        // returns a handle of a library already loaded, or null.
+        let h = unsafe {
+            libc::dlopen(
                 c"libcuda.so.1".as_ptr(),
                 libc::RTLD_NOLOAD | libc::RTLD_LAZY,
-            );
-            if !h.is_null() {
-                f = dl(h, name.as_ptr());
-            }
+            )
+        };
+        if !h.is_null() {
+            // SAFETY: libc's dlsym with the live handle just returned and a C string.
+            f = unsafe { dl(h, name.as_ptr()) };
         }
     }
-    if !f.is_null() && f != hook_for_real(idx) {
-        REAL[idx].store(f, Release);
+    // Never our own hook: calling it as the real function would call itself.
+    if f.is_null() || f == hook_ptr(idx) {
+        return std::ptr::null_mut();
     }
+    REAL[idx].store(f, Release);
     f
 }
 
-fn hook_for_real(idx: usize) -> *mut c_void {
-    hook_ptr(idx)
-}
-
 /// Our `dlsym`: the driver's hooked names resolve to the hooks (remembering the real one).
+///
+/// # Safety
+/// As libc's `dlsym`: `handle` is a handle from `dlopen` or a pseudo-handle, `symbol` a C string.
 #[no_mangle]
 pub unsafe extern "C" fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
     let Some(dl) = real_dlsym() else {
         return std::ptr::null_mut();
     };
-    let f = dl(handle, symbol);
+    // SAFETY: libc's dlsym with the caller's arguments, whose contract is libc's.
+    let f = unsafe { dl(handle, symbol) };
     if f.is_null() || symbol.is_null() {
         return f;
     }
-    let bytes = CStr::from_ptr(symbol).to_bytes();
-    if bytes.len() < 3 || &bytes[..2] != b"cu" {
+    // SAFETY: `symbol` is non-null (checked) and a C string (the caller's contract; libc has
+    // just read it).
+    let bytes = unsafe { CStr::from_ptr(symbol) }.to_bytes();
+    if !bytes.starts_with(b"cu") {
         return f;
     }
     let name = std::str::from_utf8(bytes).unwrap_or("");
@@ -190,38 +240,23 @@ static LAST_SYNC: AtomicU64 = AtomicU64::new(0);
 static MEM_LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
 static MEM_USED: AtomicU64 = AtomicU64::new(0);
 
-struct Conn {
-    writer: UnixStream,
-    reader: BufReader<UnixStream>,
-}
-
-impl Conn {
-    fn call(&mut self, r: &Request) -> std::io::Result<Reply> {
-        self.writer.write_all(proto::encode(r).as_bytes())?;
-        let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the scheduler closed the connection",
-            ));
-        }
-        serde_json::from_str(&line)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-    }
-}
-
-static CONN: Mutex<Option<Conn>> = Mutex::new(None);
+static CONN: Mutex<Option<Client>> = Mutex::new(None);
 static INIT: OnceLock<()> = OnceLock::new();
 
 /// The scheduler said no to this client's identity.
-static REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// The connection, also after a panic elsewhere while it was held.
+fn conn() -> MutexGuard<'static, Option<Client>> {
+    CONN.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn fail_mode() -> u8 {
     if REFUSED.load(Acquire) {
         return MODE_CLOSED;
     }
-    match std::env::var("CARVE_FAIL").as_deref() {
-        Ok("closed") => MODE_CLOSED,
+    match std::env::var(proto::ENV_FAIL).as_deref() {
+        Ok(proto::FAIL_CLOSED) => MODE_CLOSED,
         _ => MODE_OPEN,
     }
 }
@@ -237,43 +272,40 @@ fn lose(why: &str) {
         };
         eprintln!("carve-shim: {why}; {what}");
     }
-    if let Ok(mut c) = CONN.lock() {
-        *c = None;
+    *conn() = None;
+}
+
+/// After losing the scheduler: go on (open) or fail with `closed`.
+fn lost(closed: CUresult) -> Result<(), CUresult> {
+    match MODE.load(Acquire) {
+        MODE_OPEN => Ok(()),
+        _ => Err(closed),
     }
 }
 
 fn init() {
     INIT.get_or_init(|| {
         let socket =
-            std::env::var("CARVE_SCHED_SOCKET").unwrap_or_else(|_| proto::DEFAULT_SOCKET.into());
-        let tenant = std::env::var("CARVE_TENANT").unwrap_or_default();
-        let token = std::env::var_os("CARVE_TOKEN_FILE")
+            std::env::var(proto::ENV_SCHED_SOCKET).unwrap_or_else(|_| proto::DEFAULT_SOCKET.into());
+        let tenant = std::env::var(proto::ENV_TENANT).unwrap_or_default();
+        let token = std::env::var_os(proto::ENV_TOKEN_FILE)
             .and_then(|p| std::fs::read_to_string(p).ok())
             .map(|t| t.trim().to_string());
-        let conn = UnixStream::connect(&socket).and_then(|s| {
-            let r = s.try_clone()?;
-            Ok(Conn {
-                writer: s,
-                reader: BufReader::new(r),
-            })
-        });
-        let mut conn = match conn {
+        let mut client = match Client::connect(socket.as_ref()) {
             Ok(c) => c,
             Err(e) => {
-                lose(&format!("cannot reach the scheduler at {socket} ({e})"));
+                lose(&format!("cannot reach the scheduler ({e})"));
                 return;
             }
         };
-        match conn.call(&Request::Hello {
+        match client.call(&Request::Hello {
             version: proto::VERSION,
             tenant: tenant.clone(),
             token,
         }) {
             Ok(Reply::Welcome { memory_limit, .. }) => {
                 MEM_LIMIT.store(memory_limit.unwrap_or(u64::MAX), Release);
-                if let Ok(mut c) = CONN.lock() {
-                    *c = Some(conn);
-                }
+                *conn() = Some(client);
                 MODE.store(MODE_ACTIVE, Release);
             }
             Ok(Reply::Error { message }) => {
@@ -300,13 +332,16 @@ fn mode() -> u8 {
 
 /// Drains this context's work (waits for in-flight kernels).
 fn drain() {
-    let p = real(CTX_SYNC, c"cuCtxSynchronize");
-    if !p.is_null() {
-        // SAFETY: cuCtxSynchronize(void) -> CUresult.
-        let f: unsafe extern "C" fn() -> CUresult = unsafe { std::mem::transmute(p) };
-        // SAFETY: the driver's own function.
-        unsafe { f() };
+    if let Some(sync) = CTX_SYNCHRONIZE.get() {
+        // SAFETY: the driver's cuCtxSynchronize, which takes no arguments; called from the
+        // thread that is launching, in whatever context it has current.
+        unsafe { sync() };
     }
+}
+
+/// An unexpected reply, as an error.
+fn unexpected(r: Reply) -> ClientError {
+    ClientError::Unexpected(Box::new(r))
 }
 
 /// Waits for a turn when the process holds none. Ok to launch, or the error to return.
@@ -325,26 +360,20 @@ fn gate() -> Result<(), CUresult> {
 
 #[cold]
 fn gate_slow() -> Result<(), CUresult> {
-    let mut guard = match CONN.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
+    let mut guard = conn();
     // Another thread may have got the turn meanwhile.
     let now = proto::now_ns();
     if now < GRANT_UNTIL.load(Acquire) {
         return Ok(());
     }
-    let Some(conn) = guard.as_mut() else {
+    let Some(client) = guard.as_mut() else {
         drop(guard);
-        return match MODE.load(Acquire) {
-            MODE_OPEN => Ok(()),
-            _ => Err(CUDA_ERROR_NOT_PERMITTED),
-        };
+        return lost(CUDA_ERROR_NOT_PERMITTED);
     };
-    let result = (|| -> std::io::Result<()> {
+    let result = (|| -> Result<(), ClientError> {
         let until = GRANT_UNTIL.load(Acquire);
         let held = until != 0;
-        if held && now > until.saturating_add(carve_sched::server::GRACE_NS) {
+        if held && now > until.saturating_add(proto::GRACE_NS) {
             // Back after a pause: the daemon has closed the turn (charging its whole length) and
             // moved on. Only work still running now is more GPU time; the pause is not.
             drain();
@@ -361,13 +390,13 @@ fn gate_slow() -> Result<(), CUresult> {
                 until.saturating_sub(grant)
             };
             GRANT_UNTIL.store(0, Release);
-            conn.call(&Request::Release {
+            client.call(&Request::Release {
                 used_ns: used,
                 pending: true,
             })?;
         } else if held {
             let used = now.saturating_sub(GRANT_START.load(Acquire));
-            match conn.call(&Request::Renew { used_ns: used })? {
+            match client.call(&Request::Renew { used_ns: used })? {
                 Reply::Grant { until_ns } => {
                     GRANT_START.store(now, Release);
                     GRANT_UNTIL.store(until_ns, Release);
@@ -377,34 +406,28 @@ fn gate_slow() -> Result<(), CUresult> {
                     drain();
                     let used = proto::now_ns().saturating_sub(GRANT_START.load(Acquire));
                     GRANT_UNTIL.store(0, Release);
-                    conn.call(&Request::Release {
+                    client.call(&Request::Release {
                         used_ns: used,
                         pending: true,
                     })?;
                 }
-                other => return Err(std::io::Error::other(format!("{other:?}"))),
+                other => return Err(unexpected(other)),
             }
         }
-        match conn.call(&Request::Acquire)? {
+        match client.call(&Request::Acquire)? {
             Reply::Grant { until_ns } => {
                 GRANT_START.store(proto::now_ns(), Release);
                 GRANT_UNTIL.store(until_ns, Release);
                 Ok(())
             }
-            other => Err(std::io::Error::other(format!("{other:?}"))),
+            other => Err(unexpected(other)),
         }
     })();
     drop(guard);
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            lose(&format!("lost the scheduler ({e})"));
-            match MODE.load(Acquire) {
-                MODE_OPEN => Ok(()),
-                _ => Err(CUDA_ERROR_NOT_PERMITTED),
-            }
-        }
-    }
+    result.or_else(|e| {
+        lose(&format!("lost the scheduler ({e})"));
+        lost(CUDA_ERROR_NOT_PERMITTED)
+    })
 }
 
 /// Reserves memory against the tenant's limit.
@@ -417,53 +440,33 @@ fn reserve(bytes: u64) -> Result<(), CUresult> {
     if MEM_LIMIT.load(Acquire) == u64::MAX {
         return Ok(());
     }
-    let mut guard = match CONN.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
-    let Some(conn) = guard.as_mut() else {
+    let mut guard = conn();
+    let Some(client) = guard.as_mut() else {
         return Ok(());
     };
-    match conn.call(&Request::Alloc { bytes }) {
+    let result = match client.call(&Request::Alloc { bytes }) {
         Ok(Reply::AllocOk { used }) => {
             MEM_USED.store(used, Release);
-            Ok(())
+            return Ok(());
         }
         Ok(Reply::AllocDenied { used, .. }) => {
             MEM_USED.store(used, Release);
-            Err(CUDA_ERROR_OUT_OF_MEMORY)
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
         }
-        Ok(other) => {
-            drop(guard);
-            lose(&format!("unexpected reply from the scheduler: {other:?}"));
-            if MODE.load(Acquire) == MODE_OPEN {
-                Ok(())
-            } else {
-                Err(CUDA_ERROR_OUT_OF_MEMORY)
-            }
-        }
-        Err(e) => {
-            drop(guard);
-            lose(&format!("lost the scheduler ({e})"));
-            if MODE.load(Acquire) == MODE_OPEN {
-                Ok(())
-            } else {
-                Err(CUDA_ERROR_OUT_OF_MEMORY)
-            }
-        }
-    }
+        Ok(other) => unexpected(other),
+        Err(e) => e,
+    };
+    drop(guard);
+    lose(&format!("lost the scheduler ({result})"));
+    lost(CUDA_ERROR_OUT_OF_MEMORY)
 }
 
 fn unreserve(bytes: u64) {
     if bytes == 0 || MODE.load(Acquire) != MODE_ACTIVE || MEM_LIMIT.load(Acquire) == u64::MAX {
         return;
     }
-    let mut guard = match CONN.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
-    if let Some(conn) = guard.as_mut() {
-        if let Ok(Reply::Freed { used }) = conn.call(&Request::Free { bytes }) {
+    if let Some(client) = conn().as_mut() {
+        if let Ok(Reply::Freed { used }) = client.call(&Request::Free { bytes }) {
             MEM_USED.store(used, Release);
         }
     }
@@ -486,30 +489,96 @@ fn forget(handle: u64) -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs `f`, turning a panic into `CUDA_ERROR_UNKNOWN` (nothing unwinds into C).
+// ---------------------------------------------------------------------------------------------
+// The hooks' common parts.
+
+/// Runs a hook's body, turning a panic into `CUDA_ERROR_UNKNOWN` (nothing unwinds into C).
 fn guard(f: impl FnOnce() -> CUresult) -> CUresult {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(CUDA_ERROR_UNKNOWN)
 }
 
-macro_rules! real_fn {
-    ($idx:expr, $name:literal, $ty:ty) => {{
-        let p = real($idx, $name);
-        if p.is_null() {
-            return CUDA_ERROR_NOT_FOUND;
-        }
-        // SAFETY: the slot holds the driver's function of this name and signature.
-        unsafe { std::mem::transmute::<*mut c_void, $ty>(p) }
-    }};
+/// A hook around the driver's function in `slot`: `body` gets the function, or the hook
+/// answers `CUDA_ERROR_NOT_FOUND` when the driver has none.
+fn hook<F: Copy>(slot: Slot<F>, body: impl FnOnce(F) -> CUresult) -> CUresult {
+    guard(|| match slot.get() {
+        Some(real) => body(real),
+        None => CUDA_ERROR_NOT_FOUND,
+    })
+}
+
+/// A launch: waits for the turn, then `launch` with the driver's function in `slot`.
+fn gated<F: Copy>(slot: Slot<F>, launch: impl FnOnce(F) -> CUresult) -> CUresult {
+    guard(|| match gate() {
+        Ok(()) => slot.get().map_or(CUDA_ERROR_NOT_FOUND, launch),
+        Err(e) => e,
+    })
+}
+
+/// An allocation of `bytes`: reserved against the limit first, made by `alloc`, and given back
+/// if the driver fails. On success `created` says what was made: its handle and its real size
+/// (at most `bytes`; the rest of the reservation is given back), remembered for its free.
+fn allocation(
+    bytes: u64,
+    alloc: impl FnOnce() -> CUresult,
+    created: impl FnOnce() -> Option<(u64, u64)>,
+) -> CUresult {
+    if let Err(e) = reserve(bytes) {
+        return e;
+    }
+    let r = alloc();
+    if r != CUDA_SUCCESS {
+        unreserve(bytes);
+        return r;
+    }
+    if let Some((handle, size)) = created() {
+        let size = size.min(bytes);
+        unreserve(bytes - size);
+        remember(handle, size);
+    }
+    r
+}
+
+/// An allocation of `bytes` that `alloc` makes and, on success, writes to `out` (a device
+/// pointer or an allocation handle), as [`allocation`].
+///
+/// # Safety
+/// `out` is null or the out-parameter that `alloc` writes when it succeeds.
+unsafe fn allocation_to(
+    out: *const u64,
+    bytes: usize,
+    alloc: impl FnOnce() -> CUresult,
+) -> CUresult {
+    allocation(bytes as u64, alloc, || {
+        // SAFETY: called only after `alloc` succeeded, i.e. wrote `out` (the caller's contract).
+        Some((unsafe { written(out) }?, bytes as u64))
+    })
+}
+
+/// What the driver wrote to an out-parameter, or `None` when the caller gave none.
+///
+/// # Safety
+/// `p` is null or points to a `T` that the driver has written (the call it belongs to
+/// succeeded).
+unsafe fn written<T: Copy>(p: *const T) -> Option<T> {
+    // SAFETY: the caller's contract: non-null means readable and initialised.
+    unsafe { p.as_ref() }.copied()
+}
+
+/// A free of `handle` that returned `r`: on success its reservation is given back.
+fn released(handle: u64, r: CUresult) -> CUresult {
+    if r == CUDA_SUCCESS {
+        unreserve(forget(handle));
+    }
+    r
 }
 
 // ---------------------------------------------------------------------------------------------
-// Launches.
-
-type Ptr = *mut c_void;
+// Launches. The arguments are the caller's, passed to the driver unchanged: the driver's
+// contract for them is the caller's to keep.
 
 #[no_mangle]
 pub unsafe extern "C" fn cuLaunchKernel(
-    f: Ptr,
+    f: CUfunction,
     gx: c_uint,
     gy: c_uint,
     gz: c_uint,
@@ -517,58 +586,32 @@ pub unsafe extern "C" fn cuLaunchKernel(
     by: c_uint,
     bz: c_uint,
     shmem: c_uint,
-    stream: Ptr,
-    params: *mut Ptr,
-    extra: *mut Ptr,
+    stream: CUstream,
+    params: VoidPtrPtr,
+    extra: VoidPtrPtr,
 ) -> CUresult {
-    guard(|| {
-        if let Err(e) = gate() {
-            return e;
-        }
-        let real = real_fn!(
-            0,
-            c"cuLaunchKernel",
-            unsafe extern "C" fn(
-                Ptr,
-                c_uint,
-                c_uint,
-                c_uint,
-                c_uint,
-                c_uint,
-                c_uint,
-                c_uint,
-                Ptr,
-                *mut Ptr,
-                *mut Ptr,
-            ) -> CUresult
-        );
-        real(f, gx, gy, gz, bx, by, bz, shmem, stream, params, extra)
+    gated(LAUNCH_KERNEL, |real| {
+        // SAFETY: the driver's cuLaunchKernel with the caller's arguments, unchanged.
+        unsafe { real(f, gx, gy, gz, bx, by, bz, shmem, stream, params, extra) }
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuLaunchKernelEx(
-    config: Ptr,
-    f: Ptr,
-    params: *mut Ptr,
-    extra: *mut Ptr,
+    config: *const CUlaunchConfig,
+    f: CUfunction,
+    params: VoidPtrPtr,
+    extra: VoidPtrPtr,
 ) -> CUresult {
-    guard(|| {
-        if let Err(e) = gate() {
-            return e;
-        }
-        let real = real_fn!(
-            1,
-            c"cuLaunchKernelEx",
-            unsafe extern "C" fn(Ptr, Ptr, *mut Ptr, *mut Ptr) -> CUresult
-        );
-        real(config, f, params, extra)
+    gated(LAUNCH_KERNEL_EX, |real| {
+        // SAFETY: the driver's cuLaunchKernelEx with the caller's arguments, unchanged.
+        unsafe { real(config, f, params, extra) }
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuLaunchCooperativeKernel(
-    f: Ptr,
+    f: CUfunction,
     gx: c_uint,
     gy: c_uint,
     gz: c_uint,
@@ -576,310 +619,199 @@ pub unsafe extern "C" fn cuLaunchCooperativeKernel(
     by: c_uint,
     bz: c_uint,
     shmem: c_uint,
-    stream: Ptr,
-    params: *mut Ptr,
+    stream: CUstream,
+    params: VoidPtrPtr,
 ) -> CUresult {
-    guard(|| {
-        if let Err(e) = gate() {
-            return e;
-        }
-        let real = real_fn!(
-            2,
-            c"cuLaunchCooperativeKernel",
-            unsafe extern "C" fn(
-                Ptr,
-                c_uint,
-                c_uint,
-                c_uint,
-                c_uint,
-                c_uint,
-                c_uint,
-                c_uint,
-                Ptr,
-                *mut Ptr,
-            ) -> CUresult
-        );
-        real(f, gx, gy, gz, bx, by, bz, shmem, stream, params)
+    gated(LAUNCH_COOPERATIVE, |real| {
+        // SAFETY: the driver's cuLaunchCooperativeKernel with the caller's arguments, unchanged.
+        unsafe { real(f, gx, gy, gz, bx, by, bz, shmem, stream, params) }
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuGraphLaunch(exec: Ptr, stream: Ptr) -> CUresult {
-    guard(|| {
-        if let Err(e) = gate() {
-            return e;
-        }
-        let real = real_fn!(
-            3,
-            c"cuGraphLaunch",
-            unsafe extern "C" fn(Ptr, Ptr) -> CUresult
-        );
-        real(exec, stream)
+pub unsafe extern "C" fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult {
+    gated(GRAPH_LAUNCH, |real| {
+        // SAFETY: the driver's cuGraphLaunch with the caller's handles, unchanged.
+        unsafe { real(exec, stream) }
     })
 }
 
 // ---------------------------------------------------------------------------------------------
-// Memory.
-
-/// Reserve, call, and give the reservation back when the driver fails.
-fn with_reservation(bytes: u64, call: impl FnOnce() -> CUresult) -> CUresult {
-    if let Err(e) = reserve(bytes) {
-        return e;
-    }
-    let r = call();
-    if r != CUDA_SUCCESS {
-        unreserve(bytes);
-    }
-    r
-}
+// Memory. As above, the caller's arguments go to the driver unchanged; out-parameters are read
+// back only after the driver succeeded, i.e. wrote them.
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut u64, bytes: size_t) -> CUresult {
-    guard(|| {
-        let real = real_fn!(
-            4,
-            c"cuMemAlloc_v2",
-            unsafe extern "C" fn(*mut u64, size_t) -> CUresult
-        );
-        with_reservation(bytes as u64, || {
-            let r = real(dptr, bytes);
-            if r == CUDA_SUCCESS && !dptr.is_null() {
-                remember(*dptr, bytes as u64);
-            }
-            r
-        })
+pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
+    hook(MEM_ALLOC, |real| {
+        // SAFETY: the driver's cuMemAlloc_v2 with the caller's arguments, unchanged; on
+        // success it has written the new pointer to `dptr`.
+        unsafe { allocation_to(dptr, bytes, || real(dptr, bytes)) }
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemAllocManaged(
-    dptr: *mut u64,
-    bytes: size_t,
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
     flags: c_uint,
 ) -> CUresult {
-    guard(|| {
-        let real = real_fn!(
-            5,
-            c"cuMemAllocManaged",
-            unsafe extern "C" fn(*mut u64, size_t, c_uint) -> CUresult
-        );
-        with_reservation(bytes as u64, || {
-            let r = real(dptr, bytes, flags);
-            if r == CUDA_SUCCESS && !dptr.is_null() {
-                remember(*dptr, bytes as u64);
-            }
-            r
-        })
+    hook(MEM_ALLOC_MANAGED, |real| {
+        // SAFETY: the driver's cuMemAllocManaged with the caller's arguments, unchanged; on
+        // success it has written the new pointer to `dptr`.
+        unsafe { allocation_to(dptr, bytes, || real(dptr, bytes, flags)) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocAsync(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    stream: CUstream,
+) -> CUresult {
+    hook(MEM_ALLOC_ASYNC, |real| {
+        // SAFETY: the driver's cuMemAllocAsync with the caller's arguments, unchanged; on
+        // success it has written the new pointer to `dptr`.
+        unsafe { allocation_to(dptr, bytes, || real(dptr, bytes, stream)) }
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemAllocPitch_v2(
-    dptr: *mut u64,
-    pitch: *mut size_t,
-    width: size_t,
-    height: size_t,
+    dptr: *mut CUdeviceptr,
+    pitch: *mut usize,
+    width: usize,
+    height: usize,
     elem: c_uint,
 ) -> CUresult {
-    guard(|| {
-        let real = real_fn!(
-            6,
-            c"cuMemAllocPitch_v2",
-            unsafe extern "C" fn(*mut u64, *mut size_t, size_t, size_t, c_uint) -> CUresult
-        );
+    hook(MEM_ALLOC_PITCH, |real| {
         // Pitch rounds each row up (to at most 512 bytes more): reserve for the worst case, then
         // settle to the real size.
         let worst = (width as u64)
             .saturating_add(512)
             .saturating_mul(height as u64);
-        with_reservation(worst, || {
-            let r = real(dptr, pitch, width, height, elem);
-            if r == CUDA_SUCCESS && !dptr.is_null() && !pitch.is_null() {
-                let actual = (*pitch as u64).saturating_mul(height as u64);
-                if actual < worst {
-                    unreserve(worst - actual);
-                }
-                remember(*dptr, actual.min(worst));
-            }
-            r
-        })
-    })
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn cuMemFree_v2(dptr: u64) -> CUresult {
-    guard(|| {
-        let real = real_fn!(7, c"cuMemFree_v2", unsafe extern "C" fn(u64) -> CUresult);
-        let r = real(dptr);
-        if r == CUDA_SUCCESS {
-            unreserve(forget(dptr));
-        }
-        r
-    })
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn cuMemAllocAsync(dptr: *mut u64, bytes: size_t, stream: Ptr) -> CUresult {
-    guard(|| {
-        let real = real_fn!(
-            14,
-            c"cuMemAllocAsync",
-            unsafe extern "C" fn(*mut u64, size_t, Ptr) -> CUresult
-        );
-        with_reservation(bytes as u64, || {
-            let r = real(dptr, bytes, stream);
-            if r == CUDA_SUCCESS && !dptr.is_null() {
-                remember(*dptr, bytes as u64);
-            }
-            r
-        })
-    })
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn cuMemFreeAsync(dptr: u64, stream: Ptr) -> CUresult {
-    guard(|| {
-        let real = real_fn!(
-            15,
-            c"cuMemFreeAsync",
-            unsafe extern "C" fn(u64, Ptr) -> CUresult
-        );
-        let r = real(dptr, stream);
-        if r == CUDA_SUCCESS {
-            unreserve(forget(dptr));
-        }
-        r
+        allocation(
+            worst,
+            // SAFETY: the driver's cuMemAllocPitch_v2 with the caller's arguments, unchanged.
+            || unsafe { real(dptr, pitch, width, height, elem) },
+            || {
+                // SAFETY: called only after that succeeded: the driver wrote the pointer to
+                // `dptr` and the row pitch to `pitch`.
+                let (d, p) = unsafe { (written(dptr)?, written(pitch)?) };
+                Some((d, (p as u64).saturating_mul(height as u64)))
+            },
+        )
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemCreate(
-    handle: *mut u64,
-    bytes: size_t,
-    prop: Ptr,
+    handle: *mut CUmemGenericAllocationHandle,
+    bytes: usize,
+    prop: *const CUmemAllocationProp,
     flags: u64,
 ) -> CUresult {
-    guard(|| {
-        let real = real_fn!(
-            8,
-            c"cuMemCreate",
-            unsafe extern "C" fn(*mut u64, size_t, Ptr, u64) -> CUresult
-        );
-        with_reservation(bytes as u64, || {
-            let r = real(handle, bytes, prop, flags);
-            if r == CUDA_SUCCESS && !handle.is_null() {
-                remember(*handle, bytes as u64);
-            }
-            r
-        })
+    hook(MEM_CREATE, |real| {
+        // SAFETY: the driver's cuMemCreate with the caller's arguments, unchanged; on success
+        // it has written the new allocation's handle to `handle`.
+        unsafe { allocation_to(handle, bytes, || real(handle, bytes, prop, flags)) }
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn cuMemRelease(handle: u64) -> CUresult {
-    guard(|| {
-        let real = real_fn!(9, c"cuMemRelease", unsafe extern "C" fn(u64) -> CUresult);
-        let r = real(handle);
-        if r == CUDA_SUCCESS {
-            unreserve(forget(handle));
-        }
-        r
-    })
-}
-
-/// `CUDA_ARRAY_DESCRIPTOR`: Width, Height (size_t), Format (enum), NumChannels (unsigned).
-#[repr(C)]
-pub struct ArrayDescriptor {
-    width: size_t,
-    height: size_t,
-    format: c_uint,
-    channels: c_uint,
-}
-
-fn format_bytes(format: c_uint) -> u64 {
-    // CU_AD_FORMAT_*: 0x01/0x08 8-bit, 0x02/0x09/0x10 16-bit, 0x03/0x0a/0x20 32-bit.
-    match format {
-        0x01 | 0x08 => 1,
-        0x02 | 0x09 | 0x10 => 2,
-        _ => 4,
-    }
+/// What an array of this description takes: width × height (1 for a one-dimensional array) ×
+/// element size × channels; unknown formats count 4 bytes, as the widest classic ones.
+fn array_bytes(d: &CUDA_ARRAY_DESCRIPTOR) -> u64 {
+    (d.Width as u64)
+        .saturating_mul((d.Height as u64).max(1))
+        .saturating_mul(array_format_bytes(d.Format).unwrap_or(4))
+        .saturating_mul(d.NumChannels.max(1) as u64)
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuArrayCreate_v2(
-    array: *mut u64,
-    desc: *const ArrayDescriptor,
+    array: *mut CUarray,
+    desc: *const CUDA_ARRAY_DESCRIPTOR,
 ) -> CUresult {
-    guard(|| {
-        let real = real_fn!(
-            10,
-            c"cuArrayCreate_v2",
-            unsafe extern "C" fn(*mut u64, *const ArrayDescriptor) -> CUresult
-        );
-        let bytes = if desc.is_null() {
-            0
-        } else {
-            let d = &*desc;
-            (d.width as u64)
-                .saturating_mul((d.height as u64).max(1))
-                .saturating_mul(format_bytes(d.format))
-                .saturating_mul(d.channels.max(1) as u64)
-        };
-        with_reservation(bytes, || {
-            let r = real(array, desc);
-            if r == CUDA_SUCCESS && !array.is_null() {
-                remember(*array, bytes);
-            }
-            r
-        })
+    hook(ARRAY_CREATE, |real| {
+        // SAFETY: `desc` is null or points to the caller's descriptor (cuda.h's contract: a
+        // `const CUDA_ARRAY_DESCRIPTOR *`), read here before the driver reads it.
+        let bytes = unsafe { desc.as_ref() }.map_or(0, array_bytes);
+        allocation(
+            bytes,
+            // SAFETY: the driver's cuArrayCreate_v2 with the caller's arguments, unchanged.
+            || unsafe { real(array, desc) },
+            // SAFETY: called only after that succeeded: the driver wrote the array to `array`.
+            || Some((unsafe { written(array) }? as u64, bytes)),
+        )
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuArrayDestroy(array: u64) -> CUresult {
-    guard(|| {
-        let real = real_fn!(11, c"cuArrayDestroy", unsafe extern "C" fn(u64) -> CUresult);
-        let r = real(array);
-        if r == CUDA_SUCCESS {
-            unreserve(forget(array));
-        }
-        r
+pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
+    hook(MEM_FREE, |real| {
+        // SAFETY: the driver's cuMemFree_v2 with the caller's device pointer, unchanged.
+        released(dptr, unsafe { real(dptr) })
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut size_t, total: *mut size_t) -> CUresult {
-    guard(|| {
-        let real = real_fn!(
-            12,
-            c"cuMemGetInfo_v2",
-            unsafe extern "C" fn(*mut size_t, *mut size_t) -> CUresult
-        );
-        let r = real(free, total);
-        let _ = mode();
-        let limit = MEM_LIMIT.load(Acquire);
-        if r == CUDA_SUCCESS && limit != u64::MAX && !free.is_null() && !total.is_null() {
+pub unsafe extern "C" fn cuMemFreeAsync(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
+    hook(MEM_FREE_ASYNC, |real| {
+        // SAFETY: the driver's cuMemFreeAsync with the caller's arguments, unchanged.
+        released(dptr, unsafe { real(dptr, stream) })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemRelease(handle: CUmemGenericAllocationHandle) -> CUresult {
+    hook(MEM_RELEASE, |real| {
+        // SAFETY: the driver's cuMemRelease with the caller's handle, unchanged.
+        released(handle, unsafe { real(handle) })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuArrayDestroy(array: CUarray) -> CUresult {
+    hook(ARRAY_DESTROY, |real| {
+        // SAFETY: the driver's cuArrayDestroy with the caller's handle, unchanged.
+        released(array as u64, unsafe { real(array) })
+    })
+}
+
+/// The tenant's memory limit, once the scheduler was asked; `None` without one.
+fn memory_limit() -> Option<u64> {
+    let _ = mode();
+    Some(MEM_LIMIT.load(Acquire)).filter(|&l| l != u64::MAX)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
+    hook(MEM_GET_INFO, |real| {
+        // SAFETY: the driver's cuMemGetInfo_v2 with the caller's arguments, unchanged.
+        let r = unsafe { real(free, total) };
+        if let (CUDA_SUCCESS, Some(limit)) = (r, memory_limit()) {
             let used = MEM_USED.load(Acquire);
-            *total = (*total as u64).min(limit) as size_t;
-            *free = (*free as u64).min(limit.saturating_sub(used)) as size_t;
+            // SAFETY: the driver succeeded, so it wrote both; the caller's `size_t *`s (checked
+            // non-null by `as_mut`) are ours to rewrite until we return.
+            if let (Some(free), Some(total)) = unsafe { (free.as_mut(), total.as_mut()) } {
+                *total = (*total as u64).min(limit) as usize;
+                *free = (*free as u64).min(limit.saturating_sub(used)) as usize;
+            }
         }
         r
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut size_t, dev: c_int) -> CUresult {
-    guard(|| {
-        let real = real_fn!(
-            13,
-            c"cuDeviceTotalMem_v2",
-            unsafe extern "C" fn(*mut size_t, c_int) -> CUresult
-        );
-        let r = real(bytes, dev);
-        let _ = mode();
-        let limit = MEM_LIMIT.load(Acquire);
-        if r == CUDA_SUCCESS && limit != u64::MAX && !bytes.is_null() {
-            *bytes = (*bytes as u64).min(limit) as size_t;
+pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult {
+    hook(DEVICE_TOTAL_MEM, |real| {
+        // SAFETY: the driver's cuDeviceTotalMem_v2 with the caller's arguments, unchanged.
+        let r = unsafe { real(bytes, dev) };
+        if let (CUDA_SUCCESS, Some(limit)) = (r, memory_limit()) {
+            // SAFETY: the driver succeeded, so it wrote it; the caller's `size_t *` (checked
+            // non-null by `as_mut`) is ours to rewrite until we return.
+            if let Some(bytes) = unsafe { bytes.as_mut() } {
+                *bytes = (*bytes as u64).min(limit) as usize;
+            }
         }
         r
     })
@@ -898,50 +830,48 @@ fn synced(r: CUresult) -> CUresult {
 
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
-    guard(|| {
-        let real = real_fn!(
-            CTX_SYNC,
-            c"cuCtxSynchronize",
-            unsafe extern "C" fn() -> CUresult
-        );
-        synced(real())
+    hook(CTX_SYNCHRONIZE, |real| {
+        // SAFETY: the driver's cuCtxSynchronize, which takes no arguments.
+        synced(unsafe { real() })
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamSynchronize(stream: Ptr) -> CUresult {
-    guard(|| {
-        let real = real_fn!(
-            19,
-            c"cuStreamSynchronize",
-            unsafe extern "C" fn(Ptr) -> CUresult
-        );
-        synced(real(stream))
+pub unsafe extern "C" fn cuStreamSynchronize(stream: CUstream) -> CUresult {
+    hook(STREAM_SYNCHRONIZE, |real| {
+        // SAFETY: the driver's cuStreamSynchronize with the caller's stream, unchanged.
+        synced(unsafe { real(stream) })
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuEventSynchronize(event: Ptr) -> CUresult {
-    guard(|| {
-        let real = real_fn!(
-            20,
-            c"cuEventSynchronize",
-            unsafe extern "C" fn(Ptr) -> CUresult
-        );
-        synced(real(event))
+pub unsafe extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
+    hook(EVENT_SYNCHRONIZE, |real| {
+        // SAFETY: the driver's cuEventSynchronize with the caller's event, unchanged.
+        synced(unsafe { real(event) })
     })
 }
 
 // ---------------------------------------------------------------------------------------------
 // cuGetProcAddress: the CUDA runtime's way to every driver function.
 
-/// Swaps a found pointer for our hook (by the runtime's base name, e.g. `cuMemAlloc`).
-unsafe fn swap(symbol: *const c_char, pfn: *mut *mut c_void) {
-    if symbol.is_null() || pfn.is_null() || (*pfn).is_null() {
+/// Swaps a found pointer for our hook (by the runtime's base name, e.g. `cuMemAlloc`, and the
+/// CUDA version it asked for).
+///
+/// # Safety
+/// `symbol` is null or a C string; `pfn` is null or points to a pointer that
+/// `cuGetProcAddress` has just written (it succeeded).
+unsafe fn swap(symbol: *const c_char, pfn: VoidPtrPtr, version: c_int) {
+    // SAFETY: the caller's contract: `pfn` is null or readable and writable.
+    let Some(pfn) = (unsafe { pfn.as_mut() }) else {
+        return;
+    };
+    if symbol.is_null() || (*pfn).is_null() {
         return;
     }
-    let name = CStr::from_ptr(symbol).to_str().unwrap_or("");
-    if let Some(i) = hook_index_base(name).or_else(|| hook_index(name)) {
+    // SAFETY: `symbol` is non-null (checked), and a C string by the caller's contract.
+    let name = unsafe { CStr::from_ptr(symbol) }.to_str().unwrap_or("");
+    if let Some(i) = proc_index(name, version) {
         if *pfn != hook_ptr(i) {
             REAL[i].store(*pfn, Release);
             *pfn = hook_ptr(i);
@@ -952,19 +882,17 @@ unsafe fn swap(symbol: *const c_char, pfn: *mut *mut c_void) {
 #[no_mangle]
 pub unsafe extern "C" fn cuGetProcAddress(
     symbol: *const c_char,
-    pfn: *mut *mut c_void,
+    pfn: VoidPtrPtr,
     version: c_int,
     flags: u64,
 ) -> CUresult {
-    guard(|| {
-        let real = real_fn!(
-            16,
-            c"cuGetProcAddress",
-            unsafe extern "C" fn(*const c_char, *mut *mut c_void, c_int, u64) -> CUresult
-        );
-        let r = real(symbol, pfn, version, flags);
+    hook(GET_PROC_ADDRESS, |real| {
+        // SAFETY: the driver's cuGetProcAddress with the caller's arguments, unchanged.
+        let r = unsafe { real(symbol, pfn, version, flags) };
         if r == CUDA_SUCCESS {
-            swap(symbol, pfn);
+            // SAFETY: the caller's arguments, which the driver has just accepted: `symbol` a C
+            // string, `pfn` holding the entry point the driver wrote.
+            unsafe { swap(symbol, pfn, version) };
         }
         r
     })
@@ -973,26 +901,18 @@ pub unsafe extern "C" fn cuGetProcAddress(
 #[no_mangle]
 pub unsafe extern "C" fn cuGetProcAddress_v2(
     symbol: *const c_char,
-    pfn: *mut *mut c_void,
+    pfn: VoidPtrPtr,
     version: c_int,
     flags: u64,
-    status: *mut c_int,
+    status: *mut CUdriverProcAddressQueryResult,
 ) -> CUresult {
-    guard(|| {
-        let real = real_fn!(
-            17,
-            c"cuGetProcAddress_v2",
-            unsafe extern "C" fn(
-                *const c_char,
-                *mut *mut c_void,
-                c_int,
-                u64,
-                *mut c_int,
-            ) -> CUresult
-        );
-        let r = real(symbol, pfn, version, flags, status);
+    hook(GET_PROC_ADDRESS_V2, |real| {
+        // SAFETY: the driver's cuGetProcAddress_v2 with the caller's arguments, unchanged.
+        let r = unsafe { real(symbol, pfn, version, flags, status) };
         if r == CUDA_SUCCESS {
-            swap(symbol, pfn);
+            // SAFETY: the caller's arguments, which the driver has just accepted: `symbol` a C
+            // string, `pfn` holding the entry point the driver wrote.
+            unsafe { swap(symbol, pfn, version) };
         }
         r
     })

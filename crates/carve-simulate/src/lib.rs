@@ -11,6 +11,7 @@
 //! turn, kernels never preempted, the holder drains before the next turn starts, a hand-over
 //! cost); or the GPU's own time-slicing, which preempts work at slice ends.
 
+use carve_sched_proto::{DRAIN_NS, GRACE_NS, LATE_DRAIN_NS, LEDGER_TURNS};
 use carve_timeslice::{Decision, Scheduler, Settings, SettingsError, TenantId};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -114,8 +115,8 @@ pub enum Switch {
     ///   charged the whole grant; its work in flight keeps the GPU, and the next holder's kernels
     ///   queue behind it. On its next launch the shim drains and pays, late, the work that ran
     ///   past the turn: up to the drain's end if it was still running, else up to when the
-    ///   tenant last saw its work finish (the daemon's ledger of its last 256 turns); a pause is
-    ///   never paid.
+    ///   tenant last saw its work finish (the daemon's ledger of its last [`LEDGER_TURNS`]
+    ///   turns); a pause is never paid.
     Drain {
         launch_us: f64,
         wake_us: f64,
@@ -128,15 +129,6 @@ pub enum Switch {
     /// end and resumes in the tenant's next turn; each switch costs `switch_us`.
     Preempt,
 }
-
-/// `carve sched`'s wait for the holder's report after its turn's end (`GRACE_NS` in
-/// `crates/carve-sched/src/server.rs`), µs.
-pub const SCHED_GRACE_US: f64 = 5_000.0;
-/// `carve sched`'s limit on a yielding holder's drain (`DRAIN_NS`), µs.
-pub const SCHED_DRAIN_LIMIT_US: f64 = 10_000.0;
-/// The shim's test for work still running when it comes back after a pause
-/// (`carve_sched::proto::LATE_DRAIN_NS`), ns.
-pub const SCHED_LATE_DRAIN_NS: u64 = 1_000_000;
 
 // The figures below were measured once, on the stand-in GPU with two best-effort tenants of
 // 500 µs kernels (the "best effort x2" scenario of `examples/sim_vs_real.rs`, with its GPU
@@ -174,8 +166,9 @@ impl Switch {
         wake_us: SCHED_WAKE_US,
         renew_us: SCHED_RENEW_US,
         jitter_cv: SCHED_JITTER_CV,
-        grace_us: SCHED_GRACE_US,
-        drain_limit_us: SCHED_DRAIN_LIMIT_US,
+        // The daemon's own figures: its wait for a silent holder, its limit on a drain.
+        grace_us: GRACE_NS as f64 / 1e3,
+        drain_limit_us: DRAIN_NS as f64 / 1e3,
     };
 }
 
@@ -471,9 +464,6 @@ fn policy_core(slicing: &Slicing, ts: &[&Tenant]) -> Result<Scheduler, SettingsE
     Ok(core)
 }
 
-/// How many recent turns the daemon remembers to charge late reports (its ledger).
-const LEDGER_TURNS: u64 = 256;
-
 /// Time-shared tenants under `carve sched` + shim ([`Switch::Drain`]). Time in ns.
 struct Gated<'a> {
     ts: &'a [&'a Tenant],
@@ -606,10 +596,10 @@ impl Gated<'_> {
                     let running = self
                         .gpu
                         .iter()
-                        .any(|k| k.1 == i && k.0 > now + SCHED_LATE_DRAIN_NS);
+                        .any(|k| k.1 == i && k.0 > now + LATE_DRAIN_NS);
                     let end = if running { now } else { self.last_done[i] };
                     let used = end.saturating_sub(grant);
-                    if self.seq < seq + LEDGER_TURNS && used > charged {
+                    if self.seq < seq + LEDGER_TURNS as u64 && used > charged {
                         self.core.charge(TenantId(i as u32), used - charged, now);
                     }
                 }

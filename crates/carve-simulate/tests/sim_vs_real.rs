@@ -45,22 +45,7 @@ fn simulated_p95_is_within_ten_percent_of_the_real_one() {
 }
 
 #[test]
-fn the_model_uses_the_daemons_figures() {
+fn time_slicing_is_modelled_as_the_daemon_by_default() {
     use carve_simulate::*;
-    assert_eq!(
-        SCHED_GRACE_US * 1e3,
-        carve_sched::server::GRACE_NS as f64,
-        "grace"
-    );
-    assert_eq!(
-        SCHED_DRAIN_LIMIT_US * 1e3,
-        carve_sched::server::DRAIN_NS as f64,
-        "drain limit"
-    );
-    assert_eq!(
-        SCHED_LATE_DRAIN_NS,
-        carve_sched::proto::LATE_DRAIN_NS,
-        "late drain"
-    );
     assert_eq!(Slicing::default().switch, Switch::SCHED);
 }

@@ -18,8 +18,9 @@
 //! Exit status: 0 done, 2 bad arguments, 3 out of device memory, 4 any other CUDA failure
 //! (including no driver).
 
+use carve_cuda_abi::*;
 use libloading::Library;
-use std::ffi::{c_char, c_int, c_uint, c_void, CString};
+use std::ffi::{c_char, c_void, CString};
 use std::time::Instant;
 
 /// The spin kernel: `spin(u64 ns)` returns once `ns` nanoseconds of `%globaltimer` have passed.
@@ -44,11 +45,6 @@ $L_wait:
 "#;
 
 type Ptr = *mut c_void;
-type R = c_int;
-
-const CUDA_ERROR_OUT_OF_MEMORY: R = 2;
-/// The CUDA version whose entry points we ask for (12.0: `_v2` of the memory functions).
-const CUDA_VERSION: c_int = 12000;
 
 struct Args {
     kernel_us: u64,
@@ -139,13 +135,10 @@ fn args() -> Args {
 // ---------------------------------------------------------------------------------------------
 // The driver, found at run time.
 
-type GetProcV1 = unsafe extern "C" fn(*const c_char, *mut Ptr, c_int, u64) -> R;
-type GetProcV2 = unsafe extern "C" fn(*const c_char, *mut Ptr, c_int, u64, *mut c_int) -> R;
-
 struct Cuda {
     lib: &'static Library,
-    v2: Option<GetProcV2>,
-    v1: Option<GetProcV1>,
+    v2: Option<PFN_cuGetProcAddress_v2>,
+    v1: Option<PFN_cuGetProcAddress>,
 }
 
 fn fail(msg: &str) -> ! {
@@ -163,10 +156,12 @@ impl Cuda {
         // SAFETY: the documented signatures of cuGetProcAddress (11.3+) and its v2 (12.0+).
         let (v2, v1) = unsafe {
             (
-                lib.get::<GetProcV2>(b"cuGetProcAddress_v2\0")
+                lib.get::<PFN_cuGetProcAddress_v2>(b"cuGetProcAddress_v2\0")
                     .ok()
                     .map(|f| *f),
-                lib.get::<GetProcV1>(b"cuGetProcAddress\0").ok().map(|f| *f),
+                lib.get::<PFN_cuGetProcAddress>(b"cuGetProcAddress\0")
+                    .ok()
+                    .map(|f| *f),
             )
         };
         Cuda { lib, v2, v1 }
@@ -174,111 +169,117 @@ impl Cuda {
 
     /// The entry point of a driver function by its base name (`cuMemAlloc`): through
     /// `cuGetProcAddress`, else `dlsym` of the versioned then the plain name.
-    fn f<T: Copy>(&self, base: &str) -> T {
+    ///
+    /// # Safety
+    /// `T` is the entry point's function pointer type (`carve_cuda_abi::PFN_*` of the name the
+    /// driver gives for `base` at CUDA 12.0).
+    unsafe fn f<T: Copy>(&self, base: &str) -> T {
         assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<Ptr>());
         let c = CString::new(base).expect("no NUL");
         let mut p: Ptr = std::ptr::null_mut();
-        // SAFETY: asking the driver for an entry point, with valid pointers.
-        unsafe {
-            let r = match (self.v2, self.v1) {
-                (Some(v2), _) => {
-                    let mut status = 0;
-                    v2(c.as_ptr(), &mut p, CUDA_VERSION, 0, &mut status)
-                }
-                (None, Some(v1)) => v1(c.as_ptr(), &mut p, CUDA_VERSION, 0),
-                (None, None) => -1,
-            };
-            if r != 0 {
-                p = std::ptr::null_mut();
-            }
-            if p.is_null() {
-                for name in [format!("{base}_v2"), base.to_string()] {
-                    if let Ok(s) = self.lib.get::<Ptr>(name.as_bytes()) {
-                        p = *s;
-                        break;
-                    }
+        let mut status = 0;
+        let r = match (self.v2, self.v1) {
+            // SAFETY: the driver's cuGetProcAddress_v2 with a C string and live out-pointers.
+            (Some(v2), _) => unsafe {
+                v2(
+                    c.as_ptr(),
+                    &mut p,
+                    CUDA_VERSION_12_0,
+                    CU_GET_PROC_ADDRESS_DEFAULT,
+                    &mut status,
+                )
+            },
+            // SAFETY: the driver's cuGetProcAddress with a C string and a live out-pointer.
+            (None, Some(v1)) => unsafe {
+                v1(
+                    c.as_ptr(),
+                    &mut p,
+                    CUDA_VERSION_12_0,
+                    CU_GET_PROC_ADDRESS_DEFAULT,
+                )
+            },
+            (None, None) => CUDA_ERROR_NOT_FOUND,
+        };
+        if r != CUDA_SUCCESS {
+            p = std::ptr::null_mut();
+        }
+        if p.is_null() {
+            for name in [format!("{base}_v2"), base.to_string()] {
+                // SAFETY: looking a symbol up as a plain pointer, which any symbol is.
+                if let Ok(s) = unsafe { self.lib.get::<Ptr>(name.as_bytes()) } {
+                    p = *s;
+                    break;
                 }
             }
         }
         if p.is_null() {
             fail(&format!("the driver has no {base}"));
         }
-        // SAFETY: T is the function pointer type of `base` (the caller's declaration).
+        // SAFETY: `p` is the driver's entry point for `base` and `T` its type (the caller's
+        // contract), a function pointer as large as `p` (asserted above).
         unsafe { std::mem::transmute_copy(&p) }
     }
 }
 
-type LaunchFn = unsafe extern "C" fn(
-    Ptr,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    Ptr,
-    *mut Ptr,
-    *mut Ptr,
-) -> R;
-
-/// The functions used, resolved once.
+/// The functions used, resolved once. (Function pointers, so `Send` and `Sync`: the driver API
+/// may be called from any thread.)
 #[derive(Clone, Copy)]
 struct Api {
-    init: unsafe extern "C" fn(c_uint) -> R,
-    device_get: unsafe extern "C" fn(*mut c_int, c_int) -> R,
-    primary_retain: unsafe extern "C" fn(*mut Ptr, c_int) -> R,
-    primary_release: unsafe extern "C" fn(c_int) -> R,
-    ctx_set: unsafe extern "C" fn(Ptr) -> R,
-    ctx_sync: unsafe extern "C" fn() -> R,
-    mem_info: unsafe extern "C" fn(*mut usize, *mut usize) -> R,
-    mem_alloc: unsafe extern "C" fn(*mut u64, usize) -> R,
-    mem_free: unsafe extern "C" fn(u64) -> R,
-    module_load: unsafe extern "C" fn(*mut Ptr, *const c_void) -> R,
-    module_unload: unsafe extern "C" fn(Ptr) -> R,
-    get_function: unsafe extern "C" fn(*mut Ptr, Ptr, *const c_char) -> R,
-    stream_create: unsafe extern "C" fn(*mut Ptr, c_uint) -> R,
-    stream_destroy: unsafe extern "C" fn(Ptr) -> R,
-    event_create: unsafe extern "C" fn(*mut Ptr, c_uint) -> R,
-    event_record: unsafe extern "C" fn(Ptr, Ptr) -> R,
-    event_sync: unsafe extern "C" fn(Ptr) -> R,
-    event_destroy: unsafe extern "C" fn(Ptr) -> R,
-    launch: LaunchFn,
-    error_name: unsafe extern "C" fn(R, *mut *const c_char) -> R,
+    init: PFN_cuInit,
+    device_get: PFN_cuDeviceGet,
+    primary_retain: PFN_cuDevicePrimaryCtxRetain,
+    primary_release: PFN_cuDevicePrimaryCtxRelease_v2,
+    ctx_set: PFN_cuCtxSetCurrent,
+    ctx_sync: PFN_cuCtxSynchronize,
+    mem_info: PFN_cuMemGetInfo_v2,
+    mem_alloc: PFN_cuMemAlloc_v2,
+    mem_free: PFN_cuMemFree_v2,
+    module_load: PFN_cuModuleLoadData,
+    module_unload: PFN_cuModuleUnload,
+    get_function: PFN_cuModuleGetFunction,
+    stream_create: PFN_cuStreamCreate,
+    stream_destroy: PFN_cuStreamDestroy_v2,
+    event_create: PFN_cuEventCreate,
+    event_record: PFN_cuEventRecord,
+    event_sync: PFN_cuEventSynchronize,
+    event_destroy: PFN_cuEventDestroy_v2,
+    launch: PFN_cuLaunchKernel,
+    error_name: PFN_cuGetErrorName,
 }
-
-// SAFETY: function pointers into the driver, which is thread-safe.
-unsafe impl Send for Api {}
-unsafe impl Sync for Api {}
 
 impl Api {
     fn resolve(cu: &Cuda) -> Api {
-        Api {
-            init: cu.f("cuInit"),
-            device_get: cu.f("cuDeviceGet"),
-            primary_retain: cu.f("cuDevicePrimaryCtxRetain"),
-            primary_release: cu.f("cuDevicePrimaryCtxRelease"),
-            ctx_set: cu.f("cuCtxSetCurrent"),
-            ctx_sync: cu.f("cuCtxSynchronize"),
-            mem_info: cu.f("cuMemGetInfo"),
-            mem_alloc: cu.f("cuMemAlloc"),
-            mem_free: cu.f("cuMemFree"),
-            module_load: cu.f("cuModuleLoadData"),
-            module_unload: cu.f("cuModuleUnload"),
-            get_function: cu.f("cuModuleGetFunction"),
-            stream_create: cu.f("cuStreamCreate"),
-            stream_destroy: cu.f("cuStreamDestroy"),
-            event_create: cu.f("cuEventCreate"),
-            event_record: cu.f("cuEventRecord"),
-            event_sync: cu.f("cuEventSynchronize"),
-            event_destroy: cu.f("cuEventDestroy"),
-            launch: cu.f("cuLaunchKernel"),
-            error_name: cu.f("cuGetErrorName"),
+        // SAFETY: each field's type is its function's entry-point type (at CUDA 12.0 the base
+        // names below resolve to the `_v2` functions where cuda.h has them, and
+        // cuDevicePrimaryCtxRelease has the type of its `_v2`).
+        unsafe {
+            Api {
+                init: cu.f("cuInit"),
+                device_get: cu.f("cuDeviceGet"),
+                primary_retain: cu.f("cuDevicePrimaryCtxRetain"),
+                primary_release: cu.f("cuDevicePrimaryCtxRelease"),
+                ctx_set: cu.f("cuCtxSetCurrent"),
+                ctx_sync: cu.f("cuCtxSynchronize"),
+                mem_info: cu.f("cuMemGetInfo"),
+                mem_alloc: cu.f("cuMemAlloc"),
+                mem_free: cu.f("cuMemFree"),
+                module_load: cu.f("cuModuleLoadData"),
+                module_unload: cu.f("cuModuleUnload"),
+                get_function: cu.f("cuModuleGetFunction"),
+                stream_create: cu.f("cuStreamCreate"),
+                stream_destroy: cu.f("cuStreamDestroy"),
+                event_create: cu.f("cuEventCreate"),
+                event_record: cu.f("cuEventRecord"),
+                event_sync: cu.f("cuEventSynchronize"),
+                event_destroy: cu.f("cuEventDestroy"),
+                launch: cu.f("cuLaunchKernel"),
+                error_name: cu.f("cuGetErrorName"),
+            }
         }
     }
 
     /// Exits on failure: 3 for out of memory, 4 for anything else.
-    fn check(&self, what: &str, r: R) {
+    fn check(&self, what: &str, r: CUresult) {
         if r == 0 {
             return;
         }
@@ -312,7 +313,7 @@ struct Tally {
 }
 
 /// Launches `spin(ns)` on a stream.
-fn launch(api: &Api, func: Ptr, stream: Ptr, ns: u64) -> R {
+fn launch(api: &Api, func: CUfunction, stream: CUstream, ns: u64) -> CUresult {
     // The driver copies the parameter at launch.
     let mut ns = ns;
     let mut params = [&mut ns as *mut u64 as Ptr];
@@ -335,7 +336,15 @@ fn launch(api: &Api, func: Ptr, stream: Ptr, ns: u64) -> R {
 }
 
 /// One stream's loop: at most two kernels in flight, until `until`.
-fn work(api: &Api, a: &Args, ctx: Ptr, func: Ptr, stream: Ptr, seed: u64, until: Instant) -> Tally {
+fn work(
+    api: &Api,
+    a: &Args,
+    ctx: CUcontext,
+    func: CUfunction,
+    stream: CUstream,
+    seed: u64,
+    until: Instant,
+) -> Tally {
     let mut t = Tally::default();
     // SAFETY: driver calls with valid out-pointers and handles this process created.
     unsafe {
@@ -408,7 +417,7 @@ fn main() {
         let mut dev = 0;
         api.check("cuDeviceGet", (api.device_get)(&mut dev, 0));
         // The primary context, as the CUDA runtime uses.
-        let mut ctx: Ptr = std::ptr::null_mut();
+        let mut ctx: CUcontext = std::ptr::null_mut();
         api.check(
             "cuDevicePrimaryCtxRetain",
             (api.primary_retain)(&mut ctx, dev),
@@ -428,25 +437,25 @@ fn main() {
             );
         }
         let ptx = CString::new(PTX).expect("no NUL");
-        let mut module: Ptr = std::ptr::null_mut();
+        let mut module: CUmodule = std::ptr::null_mut();
         api.check(
             "cuModuleLoadData",
             (api.module_load)(&mut module, ptx.as_ptr() as *const c_void),
         );
-        let mut func: Ptr = std::ptr::null_mut();
+        let mut func: CUfunction = std::ptr::null_mut();
         api.check(
             "cuModuleGetFunction(spin)",
             (api.get_function)(&mut func, module, c"spin".as_ptr()),
         );
         let mut streams = Vec::new();
         for _ in 0..a.streams {
-            let mut s: Ptr = std::ptr::null_mut();
+            let mut s: CUstream = std::ptr::null_mut();
             api.check("cuStreamCreate", (api.stream_create)(&mut s, 0));
             streams.push(s as usize);
         }
 
         if a.launch_bench > 0 {
-            let s0 = streams[0] as Ptr;
+            let s0 = streams[0] as CUstream;
             let t = Instant::now();
             for _ in 0..a.launch_bench {
                 api.check("cuLaunchKernel", launch(&api, func, s0, 0));
@@ -476,7 +485,15 @@ fn main() {
                     let (api, a) = (&api, &a);
                     let seed = seed.wrapping_mul(i as u64 + 1);
                     scope.spawn(move || {
-                        work(api, a, ctx_u as Ptr, func_u as Ptr, s as Ptr, seed, until)
+                        work(
+                            api,
+                            a,
+                            ctx_u as CUcontext,
+                            func_u as CUfunction,
+                            s as CUstream,
+                            seed,
+                            until,
+                        )
                     })
                 })
                 .collect();
@@ -488,7 +505,7 @@ fn main() {
         let wall = start.elapsed().as_secs_f64();
 
         for s in streams {
-            api.check("cuStreamDestroy", (api.stream_destroy)(s as Ptr));
+            api.check("cuStreamDestroy", (api.stream_destroy)(s as CUstream));
         }
         api.check("cuModuleUnload", (api.module_unload)(module));
         if buf != 0 {

@@ -11,6 +11,16 @@
 //! shim launches freely. At the end of a grant it asks to `renew`; the daemon answers with a new
 //! grant when nobody else is due, or `yield`, after which the shim drains its work, reports the
 //! GPU time it took (`release`) and waits for its next turn (`acquire`).
+//!
+//! This crate is the whole contract between separately deployed processes (the shim is built
+//! into containers' images and preloaded; the daemon runs on the node): the messages, the
+//! daemon's timing that clients rely on ([`GRACE_NS`], [`DRAIN_NS`], [`LEDGER_TURNS`]), the
+//! environment the shim reads ([`ENV_SCHED_SOCKET`] and the others) and a blocking [`Client`].
+//! A change to the wire format needs a [`VERSION`] bump.
+
+mod client;
+
+pub use client::{status, Client, ClientError, MAX_LINE};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +30,35 @@ pub const VERSION: u32 = 1;
 /// Default socket path.
 pub const DEFAULT_SOCKET: &str = "/run/carve/sched.sock";
 
+/// The scheduler's socket, read by the shim (default [`DEFAULT_SOCKET`]).
+pub const ENV_SCHED_SOCKET: &str = "CARVE_SCHED_SOCKET";
+/// The tenant the shim's process claims to be.
+pub const ENV_TENANT: &str = "CARVE_TENANT";
+/// A file holding the tenant's token, sent with `hello` (trimmed).
+pub const ENV_TOKEN_FILE: &str = "CARVE_TOKEN_FILE";
+/// What the shim does when it cannot reach the scheduler: [`FAIL_OPEN`] (the default) or
+/// [`FAIL_CLOSED`]. A refusal always fails closed.
+pub const ENV_FAIL: &str = "CARVE_FAIL";
+/// [`ENV_FAIL`]: run unscheduled and without a memory limit.
+pub const FAIL_OPEN: &str = "open";
+/// [`ENV_FAIL`]: refuse kernel launches and allocations.
+pub const FAIL_CLOSED: &str = "closed";
+
+/// How long after a turn ends the daemon waits for the holder's report (its real GPU time, with
+/// any overrun) before closing the turn without it, charging at least the grant's length. A
+/// client back after a longer pause knows its turn is gone (`carve-simulate` models the same
+/// wait).
+pub const GRACE_NS: u64 = 5_000_000;
+
+/// How long a client told to `yield` may take to drain before the next turn starts anyway.
+pub const DRAIN_NS: u64 = 10_000_000;
+
+/// How many closed turns the daemon remembers what it charged for, so that a report arriving
+/// after its turn was closed (work that drained late) pays the difference. Reports about older
+/// turns are ignored.
+pub const LEDGER_TURNS: usize = 256;
+
+/// What a client asks (`{"op": "...", ...}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
@@ -46,6 +85,7 @@ pub enum Request {
     Status,
 }
 
+/// What the daemon answers (`{"reply": "...", ...}`), one reply per request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "kebab-case")]
 pub enum Reply {
@@ -141,12 +181,14 @@ pub fn now_ns() -> u64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: clock_gettime writes a timespec; CLOCK_MONOTONIC always exists on Linux.
+    // SAFETY: `ts` is a live timespec on this stack frame, which clock_gettime only writes;
+    // CLOCK_MONOTONIC always exists on Linux, so the call cannot fail and leave it unset.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// One line of JSON for a message.
+/// One line of JSON for a message. (The messages have no maps and no fallible serialisers, so
+/// serialising them cannot fail.)
 pub fn encode<T: Serialize>(m: &T) -> String {
     let mut s = serde_json::to_string(m).expect("protocol messages serialise");
     s.push('\n');
