@@ -86,16 +86,24 @@ impl Node {
         let st = self.status();
         let mut out = BTreeSet::new();
         for (g, gpu) in st["gpus"].as_array().unwrap().iter().enumerate() {
-            for (gi, name) in gpu["instances"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .zip(gpu["profile_names"].as_array().unwrap())
-            {
+            for gi in gpu["instances"].as_array().unwrap() {
+                // The catalog name, with the NVML constant beside it.
+                let name = gi["profile"].as_str().unwrap();
+                assert!(
+                    name.contains("g.") && name.contains("gb"),
+                    "a catalog profile name: {gi}"
+                );
+                assert!(
+                    gi["nvml_profile"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("NVML_GPU_INSTANCE_PROFILE_"),
+                    "{gi}"
+                );
                 for ci in gi["compute_instances"].as_array().unwrap() {
                     out.insert((
                         g as u64,
-                        name.as_str().unwrap().to_string(),
+                        name.to_string(),
                         gi["start"].as_u64().unwrap(),
                         ci["uuid"].as_str().unwrap().to_string(),
                     ));
@@ -126,6 +134,19 @@ fn apply_changes_only_what_must_change() {
     n.assert_matches("balanced");
     let before = n.devices();
     assert_eq!(before.len(), 4);
+    // `carve status --json` and `carve sim show --json` name profiles as people write them.
+    for args in [&["status", "--json"][..], &["sim", "show", "--json"]] {
+        let out = n.cmd().args(args).output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let two = v["gpus"][0]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|gi| gi["profile"] == "2g.20gb")
+            .unwrap_or_else(|| panic!("{args:?}: no 2g.20gb in {v:#}"));
+        assert_eq!(two["nvml_profile"], "NVML_GPU_INSTANCE_PROFILE_2_SLICE");
+        assert!(v["gpus"][0].get("profile_names").is_none());
+    }
     let out = n
         .cmd()
         .args(["apply", n.config.to_str().unwrap(), "-c", "small", "--json"])
