@@ -93,8 +93,9 @@ pub fn gpus_json(state: &AgentState) -> Value {
                 "model": o.model,
                 "memory_mib": o.info.memory_mib,
                 "mig": o.info.mig.map(|m| m.current),
-                "instances": o.instances.iter().zip(&o.profile_names).map(|(g, p)| json!({
-                    "profile": p, "start": g.start, "gi": g.id,
+                "instances": o.instances.iter().map(|g| json!({
+                    "profile": g.profile_name, "nvml_profile": g.profile.macro_name(),
+                    "start": g.start, "gi": g.id,
                     "uuids": g.compute_instances.iter().map(|c| c.uuid.clone()).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
                 "unhealthy_xid": unhealthy.get(&o.info.uuid),

@@ -211,7 +211,7 @@ pub fn inventory(
         if mig_on {
             // MIG devices in the order NVML enumerates them: by GI start, then CI id.
             let mut devs: Vec<(u8, u32, u32, String, String)> = Vec::new();
-            for (gi, name) in o.instances.iter().zip(&o.profile_names) {
+            for (gi, name) in o.instances.iter().map(|i| (&i.gi, &i.profile_name)) {
                 for ci in &gi.compute_instances {
                     devs.push((gi.start, gi.id, ci.id, ci.uuid.clone(), name.clone()));
                 }
@@ -301,7 +301,7 @@ pub fn inventory(
                         p.tenants
                             .iter()
                             .find(|t| {
-                                t.placements
+                                p.placements(&t.name)
                                     .iter()
                                     .any(|pl| pl.node == node && pl.gpu == g.index)
                             })

@@ -49,7 +49,7 @@ pub fn labels(
     // Per MIG profile: count and memory.
     let mut counts: BTreeMap<String, (u32, u64)> = BTreeMap::new();
     for o in observed {
-        for (gi, name) in o.instances.iter().zip(&o.profile_names) {
+        for (gi, name) in o.instances.iter().map(|i| (&i.gi, &i.profile_name)) {
             let e = counts.entry(name.replace('+', ".")).or_default();
             e.0 += gi.compute_instances.len() as u32;
             e.1 = gi.memory_mib;

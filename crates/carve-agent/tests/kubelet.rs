@@ -265,7 +265,7 @@ fn node_truth(state: &Path) -> Truth {
             let migs = o
                 .instances
                 .iter()
-                .zip(&o.profile_names)
+                .map(|i| (&i.gi, &i.profile_name))
                 .flat_map(|(gi, p)| {
                     gi.compute_instances
                         .iter()

@@ -71,7 +71,7 @@ fn run(name: &str, catalog: &Catalog, models: &[&GpuModel], n: u64, rng: &mut Rn
                 gpu_index: g as u32,
                 model: m.key.clone(),
                 mig_enabled: true,
-                instances: choose_layout(m, &observed[g].instances, &items).unwrap(),
+                instances: choose_layout(m, &observed[g].gpu_instances(), &items).unwrap(),
             });
         }
         let plan = diff(&observed, &targets).unwrap();

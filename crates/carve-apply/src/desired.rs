@@ -6,7 +6,7 @@
 use crate::{targets_from_migparted, targets_from_plan, ApplyError, GpuTarget, Observed};
 use carve_migparted::{NamedConfig, Severity};
 use carve_model::Catalog;
-use carve_plan::plan::Sniff;
+use carve_plan::plan::{PlanError, Sniff};
 use carve_plan::Plan;
 use carve_state::Store;
 
@@ -204,14 +204,10 @@ enum Format {
 /// successful path: YAML in flow style starts with `{` too, so text that is not JSON but is valid
 /// mig-parted YAML is handed over already parsed; if it is neither, the JSON error is reported.
 fn read_plan(text: &str, source: &str) -> Result<Format, ApplyError> {
-    let located = |m: String| {
+    let located = |e: PlanError| {
         // Syntax and schema errors come as "line:col: ...", others without a position.
-        let sep = if m.starts_with(|c: char| c.is_ascii_digit()) {
-            ""
-        } else {
-            " "
-        };
-        ApplyError::Input(format!("{source}:{sep}{m}"))
+        let sep = if e.pos().is_some() { "" } else { " " };
+        ApplyError::Input(format!("{source}:{sep}{e}"))
     };
     match Plan::sniff(text) {
         Sniff::Plan(plan) => plan.map(Format::Plan).map_err(located),

@@ -12,9 +12,10 @@ fn devices_of(catalog: &Catalog, o: &Observed) -> Option<BTreeMap<String, u32>> 
     }
     let model = o.model.as_deref().and_then(|k| catalog.gpu(k).ok());
     let mut map = BTreeMap::new();
-    for (gi, name) in o.instances.iter().zip(&o.profile_names) {
+    for gi in &o.instances {
+        let name = &gi.profile_name;
         let full = model
-            .and_then(|m| m.profiles.iter().find(|p| p.nvml == gi.profile))
+            .and_then(|m| m.profile_by_nvml(gi.profile))
             .map(|p| p.compute)
             .unwrap_or(0);
         if gi.compute_instances.is_empty() {

@@ -20,10 +20,12 @@
 mod desired;
 pub mod export;
 mod from_plan;
+mod observed;
 mod reconcile;
 
 pub use desired::{recorded_plan, Desired, NodePlan};
 pub use from_plan::{hostname, plan_node, plan_node_names, targets_from_plan, up_node};
+pub use observed::ObservedInstance;
 pub use reconcile::{compare, reconcile, Event, Options, Reconciled};
 
 use carve_backend::{Backend, BackendError, GpuInfo, GpuInstance, Process};
@@ -41,9 +43,14 @@ pub struct Observed {
     /// Catalog key, when the model is known.
     pub model: Option<String>,
     /// GPU instances, empty when MIG is off.
-    pub instances: Vec<GpuInstance>,
-    /// The catalog name of each instance's profile (parallel to `instances`).
-    pub profile_names: Vec<String>,
+    pub instances: Vec<ObservedInstance>,
+}
+
+impl Observed {
+    /// The GPU instances as the backend gave them.
+    pub fn gpu_instances(&self) -> Vec<GpuInstance> {
+        self.instances.iter().map(|i| i.gi.clone()).collect()
+    }
 }
 
 /// A GPU instance as wanted: profile, placement, and its compute instances (slices each).
@@ -255,20 +262,13 @@ pub fn observe(backend: &mut dyn Backend, catalog: &Catalog) -> Result<Vec<Obser
                 .map_err(backend_err("list GPU instances"))?,
             _ => Vec::new(),
         };
-        let profile_names = instances
-            .iter()
-            .map(|gi| {
-                model
-                    .and_then(|m| m.profiles.iter().find(|p| p.nvml == gi.profile))
-                    .map(|p| p.name.clone())
-                    .unwrap_or_else(|| gi.profile.short_name().to_string())
-            })
-            .collect();
         out.push(Observed {
             info,
             model: model.map(|m| m.key.clone()),
-            instances,
-            profile_names,
+            instances: instances
+                .into_iter()
+                .map(|gi| ObservedInstance::new(model, gi))
+                .collect(),
         });
     }
     Ok(out)
@@ -297,7 +297,7 @@ pub fn choose_layout(
     let cand: Vec<(usize, Item, &GpuInstance)> = current
         .iter()
         .filter_map(|gi| {
-            let p = model.profiles.iter().position(|p| p.nvml == gi.profile)?;
+            let p = model.profile_index_by_nvml(gi.profile)?;
             let cis: Vec<u8> = gi.compute_instances.iter().map(|c| c.slices).collect();
             let item = items
                 .iter()
@@ -447,8 +447,8 @@ pub fn targets_from_migparted(
         }
         let mut items: Vec<Item> = Vec::new();
         if entry.mig_enabled {
-            carve_migparted::resolve(model, entry).map_err(|(pos, m)| {
-                ApplyError::Input(format!("{}: config '{}': {m}", pos, cfg.name))
+            carve_migparted::resolve(model, entry).map_err(|e| {
+                ApplyError::Input(format!("{}: config '{}': {e}", e.pos(), cfg.name))
             })?;
             for d in &entry.mig_devices {
                 let p = model.profile_index(&d.profile).expect("resolved");
@@ -461,7 +461,7 @@ pub fn targets_from_migparted(
                 }
             }
         }
-        let instances = choose_layout(model, &o.instances, &items).map_err(|m| {
+        let instances = choose_layout(model, &o.gpu_instances(), &items).map_err(|m| {
             ApplyError::Infeasible(format!(
                 "config '{}' on GPU {idx} ({}): {m}",
                 cfg.name, model.key
@@ -521,7 +521,7 @@ pub fn diff(observed: &[Observed], targets: &[GpuTarget]) -> Result<Changes, App
         }
         let mut matched = vec![false; t.instances.len()];
         let mut to_destroy = Vec::new();
-        for (gi, name) in o.instances.iter().zip(&o.profile_names) {
+        for (gi, name) in o.instances.iter().map(|i| (&i.gi, &i.profile_name)) {
             let m = t
                 .instances
                 .iter()

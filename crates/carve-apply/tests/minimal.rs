@@ -73,7 +73,7 @@ proptest! {
             .iter()
             .map(|i| (i.profile, model.profiles[i.profile].compute))
             .collect();
-        let target = choose_layout(model, &observed[0].instances, &items).unwrap();
+        let target = choose_layout(model, &observed[0].gpu_instances(), &items).unwrap();
         let targets = vec![GpuTarget {
             gpu_uuid: observed[0].info.uuid.clone(),
             gpu_index: 0,
@@ -104,7 +104,7 @@ proptest! {
             .instances
             .iter()
             .map(|gi| Instance {
-                profile: model.profiles.iter().position(|p| p.nvml == gi.profile).unwrap(),
+                profile: model.profile_index_by_nvml(gi.profile).unwrap(),
                 start: gi.start,
             })
             .collect();
@@ -154,7 +154,7 @@ fn busy_instances_win_ties() {
         .unwrap();
     let observed = observe(&mut backend, &fx.catalog).unwrap();
     let items = vec![(two, 2), (two, 2), (one, 1), (one, 1), (one, 1)];
-    let target = choose_layout(model, &observed[0].instances, &items).unwrap();
+    let target = choose_layout(model, &observed[0].gpu_instances(), &items).unwrap();
     assert!(
         target
             .iter()

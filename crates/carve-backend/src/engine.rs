@@ -1,6 +1,7 @@
 //! The simulated GPU engine: a node of MIG-capable GPUs as an NVML driver would keep it, as a
 //! pure value (serde-serialisable). Geometry is enforced with the catalog; ids and UUIDs follow
-//! the driver's conventions. Persistence and fault injection live with its users.
+//! the driver's conventions. Persistence and fault injection live with its users. A node's GPUs
+//! are given as a list from [`Catalog::gpu_list`] (`A100-40GB,2xH100-80GB`).
 
 use crate::{BackendError, ComputeInstance, GpuInfo, GpuInstance, MigMode, Process, Result};
 use carve_model::geometry::{self, Instance};
@@ -69,31 +70,6 @@ fn uuid_from(seed: u64, n: u64) -> String {
         ((b >> 48) & 0x3fff) | 0x8000,
         b & 0xffff_ffff_ffff
     )
-}
-
-/// Parses a node spec: `2xH100-80GB`, `A100-40GB,2xH100-80GB`.
-pub fn parse_node_spec<'c>(
-    catalog: &'c Catalog,
-    spec: &str,
-) -> std::result::Result<Vec<&'c GpuModel>, String> {
-    let mut out = Vec::new();
-    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (n, name) = match part.split_once(['x', 'X']) {
-            Some((n, name)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
-                (n.parse::<usize>().unwrap_or(0), name)
-            }
-            _ => (1, part),
-        };
-        if n == 0 || n > 64 {
-            return Err(format!("'{part}': the GPU count must be 1..64"));
-        }
-        let g = catalog.gpu(name).map_err(|e| e.to_string())?;
-        out.extend(std::iter::repeat_n(g, n));
-    }
-    if out.is_empty() {
-        return Err("no GPUs given (e.g. 2xH100-80GB)".into());
-    }
-    Ok(out)
 }
 
 /// The GI id a driver gives a placement (the pattern seen on A100/H100: 7g→0, 4-slot at 0/4→1/2,
@@ -250,9 +226,7 @@ impl SimNode {
         let mut out = Vec::new();
         for gi in &g.gis {
             let p = model
-                .profiles
-                .iter()
-                .find(|p| p.nvml == gi.profile)
+                .profile_by_nvml(gi.profile)
                 .ok_or_else(|| BackendError::Other(format!("unknown profile {}", gi.profile)))?;
             out.push(GpuInstance {
                 id: gi.id,
@@ -295,13 +269,9 @@ impl SimNode {
             )));
         }
         let model = Self::model(catalog, g)?;
-        let pidx = model
-            .profiles
-            .iter()
-            .position(|p| p.nvml == profile)
-            .ok_or_else(|| {
-                BackendError::NotSupported(format!("{} has no profile {profile}", model.key))
-            })?;
+        let pidx = model.profile_index_by_nvml(profile).ok_or_else(|| {
+            BackendError::NotSupported(format!("{} has no profile {profile}", model.key))
+        })?;
         if !model.profiles[pidx].starts.contains(&start) {
             return Err(BackendError::InvalidArgument(format!(
                 "{} cannot start at {start}",
@@ -311,9 +281,7 @@ impl SimNode {
         let mut layout: Vec<Instance> = Vec::new();
         for gi in &g.gis {
             let i = model
-                .profiles
-                .iter()
-                .position(|p| p.nvml == gi.profile)
+                .profile_index_by_nvml(gi.profile)
                 .ok_or_else(|| BackendError::Other(format!("unknown profile {}", gi.profile)))?;
             layout.push(Instance {
                 profile: i,
@@ -367,9 +335,7 @@ impl SimNode {
                 BackendError::NotFound(format!("no GPU instance {gi} on GPU {gpu}"))
             })?;
         let gi_slices = model
-            .profiles
-            .iter()
-            .find(|p| p.nvml == sim_gi.profile)
+            .profile_by_nvml(sim_gi.profile)
             .map(|p| p.compute)
             .unwrap_or(0);
         let max = if slices == gi_slices {
@@ -528,7 +494,7 @@ mod tests {
 
     fn node() -> (Catalog, SimNode) {
         let c = Catalog::embedded();
-        let models = parse_node_spec(&c, "H100-80GB,A100-40GB").unwrap();
+        let models = c.gpu_list("H100-80GB,A100-40GB").unwrap();
         let n = SimNode::new(&models, 42);
         (c, n)
     }

@@ -4,7 +4,7 @@ use crate::output::{excerpt, table, Failure, Out};
 use crate::{svg, Cli, Command};
 use carve_migparted as migparted;
 use carve_model::geometry::{self, describe_counts, Infeasible, Instance, PlacedInstance};
-use carve_model::{Catalog, GpuModel};
+use carve_model::{Catalog, GpuListError, GpuModel};
 use serde::Serialize;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -125,10 +125,10 @@ fn load_catalog(flag: Option<&Path>) -> Result<(Catalog, Option<String>), Failur
     let origin = path.display().to_string();
     let user = Catalog::from_toml(&text, &origin).map_err(|e| Failure::BadInput {
         message: format!("invalid catalog: {e}"),
-        detail: excerpt(&text, e.line, e.column),
+        detail: excerpt(&text, e.pos.line, e.pos.column),
         suggestions: Vec::new(),
         diagnostics: Some(Box::new(
-            json!([{ "line": e.line, "column": e.column, "message": e.message }]),
+            json!([{ "line": e.pos.line, "column": e.pos.column, "message": e.message }]),
         )),
     })?;
     let added = user.gpus.len();
@@ -665,31 +665,11 @@ fn fit_cmd(
 
 /// Parses `8xH100-80GB` or `A100-40GB,2xH100-80GB` into the node's GPUs by index.
 fn parse_node<'c>(catalog: &'c Catalog, spec: &str) -> Result<Vec<&'c GpuModel>, Failure> {
-    let mut out = Vec::new();
-    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (n, name) = match part.split_once(['x', 'X']) {
-            Some((n, name)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
-                let n: usize = n
-                    .parse()
-                    .map_err(|_| Failure::bad(format!("--gpus: '{part}': bad count")))?;
-                (n, name)
-            }
-            _ => (1, part),
-        };
-        if n == 0 || n > 1024 {
-            return Err(Failure::bad(format!(
-                "--gpus: '{part}': the count must be 1..1024"
-            )));
-        }
-        let g = catalog.gpu(name)?;
-        out.extend(std::iter::repeat_n(g, n));
-    }
-    if out.is_empty() {
-        return Err(Failure::bad(
-            "--gpus: no GPUs given (e.g. --gpus 8xH100-80GB)",
-        ));
-    }
-    Ok(out)
+    catalog.gpu_list(spec).map_err(|e| match e {
+        GpuListError::Unknown(e) => Failure::from(e),
+        GpuListError::Empty => Failure::bad("--gpus: no GPUs given (e.g. --gpus 8xH100-80GB)"),
+        other => Failure::bad(format!("--gpus: {other}")),
+    })
 }
 
 fn validate_cmd(

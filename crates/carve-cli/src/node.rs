@@ -179,7 +179,7 @@ fn draw_observed(catalog: &Catalog, o: &Observed) -> Option<String> {
         .iter()
         .filter_map(|gi| {
             Some(Instance {
-                profile: model.profiles.iter().position(|p| p.nvml == gi.profile)?,
+                profile: model.profile_index_by_nvml(gi.profile)?,
                 start: gi.start,
             })
         })
@@ -229,7 +229,7 @@ fn status_text(catalog: &Catalog, observed: &[Observed]) -> String {
             "MIG DEVICE".into(),
             "PROCESSES".into(),
         ]];
-        for (gi, name) in o.instances.iter().zip(&o.profile_names) {
+        for (gi, name) in o.instances.iter().map(|i| (&i.gi, &i.profile_name)) {
             let place = format!("{}:{}", gi.start, gi.size);
             if gi.compute_instances.is_empty() {
                 rows.push(vec![
@@ -517,7 +517,8 @@ pub fn sim_cmd(ctx: &Ctx, catalog: Catalog, cmd: SimCommand) -> Result<Out, Fail
             done(format!("{uuid} is idle"))
         }
         SimCommand::Fail { nth, error } => {
-            sim.inject_fault(nth, &error).map_err(Failure::bad)?;
+            sim.inject_fault(nth, &error)
+                .map_err(|e| Failure::bad(e.to_string()))?;
             done(format!(
                 "GPU mutation #{nth} from now will fail with {error}"
             ))

@@ -3,7 +3,7 @@
 use crate::commands::read_input;
 use crate::output::{excerpt, table, Failure, Out};
 use carve_model::Catalog;
-use carve_plan::plan::{Plan, PlannedTenant};
+use carve_plan::plan::{Placement, Plan, PlannedTenant};
 use serde_json::json;
 use std::path::Path;
 
@@ -13,7 +13,10 @@ pub fn load_tenancy(catalog: &Catalog, file: &Path) -> Result<carve_plan::Tenanc
     carve_plan::parse(&text, catalog).map_err(|errs| {
         let name = file.display().to_string();
         let first = &errs[0];
-        let mut detail = excerpt(&text, first.pos.line, first.pos.column);
+        let mut detail = first
+            .pos
+            .map(|p| excerpt(&text, p.line, p.column))
+            .unwrap_or_default();
         for e in &errs[1..] {
             detail.push(format!("{name}:{e}"));
         }
@@ -23,16 +26,19 @@ pub fn load_tenancy(catalog: &Catalog, file: &Path) -> Result<carve_plan::Tenanc
             suggestions: Vec::new(),
             diagnostics: Some(Box::new(json!(errs
                 .iter()
-                .map(|e| json!({"file": name, "line": e.pos.line, "column": e.pos.column, "message": e.message}))
+                .map(|e| {
+                    let (line, column) = e.pos.map_or((0, 0), |p| (p.line, p.column));
+                    json!({"file": name, "line": line, "column": column, "message": e.message})
+                })
                 .collect::<Vec<_>>()))),
         }
     })
 }
 
-fn where_text(t: &PlannedTenant) -> String {
+fn where_text(t: &PlannedTenant, placements: &[Placement]) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut last: Option<(String, usize)> = None;
-    for p in &t.placements {
+    for p in placements {
         let s = match (&p.profile, p.start) {
             (Some(prof), Some(s)) => format!("{}/{} {prof}@{s}", p.node, p.gpu),
             _ => format!("{}/{}", p.node, p.gpu),
@@ -70,13 +76,17 @@ pub fn summary(plan: &Plan) -> String {
         "REPLICAS".into(),
         "WHERE".into(),
     ]];
+    let placements = plan.placements_by_tenant();
     for t in &plan.tenants {
         rows.push(vec![
             t.name.clone(),
             t.mode.to_string(),
             t.rule.clone(),
             t.replicas.to_string(),
-            where_text(t),
+            where_text(
+                t,
+                placements.get(t.name.as_str()).map_or(&[], Vec::as_slice),
+            ),
         ]);
     }
     let mut s = table(&rows);

@@ -58,6 +58,19 @@ fn apply_changes_only_what_must_change() {
     n.assert_matches("balanced");
     let before = n.devices();
     assert_eq!(before.len(), 4);
+    // `carve status --json` and `carve sim show --json` name profiles as people write them.
+    for args in [&["status", "--json"][..], &["sim", "show", "--json"]] {
+        let out = n.cmd().args(args).output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let two = v["gpus"][0]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|gi| gi["profile"] == "2g.20gb")
+            .unwrap_or_else(|| panic!("{args:?}: no 2g.20gb in {v:#}"));
+        assert_eq!(two["nvml_profile"], "NVML_GPU_INSTANCE_PROFILE_2_SLICE");
+        assert!(v["gpus"][0].get("profile_names").is_none());
+    }
     let out = n
         .cmd()
         .args(["apply", n.config.to_str().unwrap(), "-c", "small", "--json"])

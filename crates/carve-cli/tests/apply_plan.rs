@@ -93,7 +93,7 @@ fn gpu(node: &str, index: u32, model: &str, mode: &str, inst: &Instances) -> Val
     g
 }
 
-/// A plan over `nodes` with `gpus`, in the shape `carve plan` writes.
+/// A plan over `nodes` with `gpus`, in the shape `carve plan` writes (format version 2).
 fn plan(nodes: &[&str], gpus: Vec<Value>) -> Value {
     let nodes: Vec<Value> = nodes
         .iter()
@@ -101,7 +101,7 @@ fn plan(nodes: &[&str], gpus: Vec<Value>) -> Value {
         .collect();
     let used = gpus.iter().filter(|g| g["mode"] != "unused").count();
     json!({
-        "version": 1,
+        "version": 2,
         "nodes": nodes,
         "gpus": gpus,
         "tenants": [],
@@ -111,7 +111,7 @@ fn plan(nodes: &[&str], gpus: Vec<Value>) -> Value {
         "complete": true,
         "stats": {
             "dedicated_gpus": 0, "time_sliced_gpus": 0, "mig_gpus": used, "mig_optimal": true,
-            "mig_lower_bound": used, "time_sliced_lower_bound": 0, "plan_ms": 1.0
+            "mig_lower_bound": used, "time_sliced_lower_bound": 0, "solver_nodes": 0
         }
     })
 }
@@ -179,6 +179,52 @@ fn a_plan_is_applied_at_its_placements() {
     n.cmd().args(["apply", &off]).assert().success();
     assert_eq!(n.stored("plan"), None);
     assert_eq!(n.stored("plan-node"), None);
+}
+
+/// `first_plan` as older carve wrote it: format version 1, each tenant's placements (a copy of
+/// what the GPUs say) and `plan_ms`.
+fn first_plan_v1(t0: Value) -> Value {
+    let mut p = first_plan();
+    p["version"] = json!(1);
+    let stats = p["stats"].as_object_mut().unwrap();
+    stats.remove("solver_nodes");
+    stats.insert("plan_ms".into(), json!(3.5));
+    p["tenants"] = json!([{
+        "name": "t0", "workload": "inference", "mode": "mig", "rule": "test", "reason": "test",
+        "rejected": [], "replicas": 1, "memory_mib": 10240, "spread": false,
+        "placements": t0,
+    }]);
+    p
+}
+
+#[test]
+fn a_version_1_plan_is_still_applied() {
+    let n = Node::new("v1", "2xH100-80GB");
+    // t0 holds 1g.10gb@0 on GPU 0 and 4g.40gb@0 on GPU 1 (both replica 0 in this test plan).
+    let t0 = json!([
+        {"replica": 0, "node": "node-a", "gpu": 0, "profile": "1g.10gb", "start": 0},
+        {"replica": 0, "node": "node-a", "gpu": 1, "profile": "4g.40gb", "start": 0},
+    ]);
+    let mut wrong = t0.clone();
+    wrong[1]["start"] = json!(4);
+    n.cmd()
+        .args(["apply", &n.plan("edited.json", &first_plan_v1(wrong))])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "tenant 't0': its placements disagree with the GPUs",
+        ));
+    let p = n.plan("v1.json", &first_plan_v1(t0));
+    n.cmd().args(["apply", &p]).assert().success();
+    assert_eq!(placements(&n.devices()), expected(&[(0, GPU0), (1, GPU1)]));
+    // Kept for the agent as a version-2 plan: the GPUs say where t0 is, once.
+    let stored = n.stored("plan").unwrap();
+    assert_eq!(stored["version"], 2);
+    assert!(
+        stored["tenants"][0].get("placements").is_none(),
+        "{stored:#}"
+    );
+    assert!(stored["stats"].get("plan_ms").is_none(), "{stored:#}");
 }
 
 #[test]
@@ -354,10 +400,10 @@ fn bad_plans_exit_2_and_change_nothing() {
         (
             {
                 let mut p = first_plan();
-                p["version"] = json!(2);
+                p["version"] = json!(3);
                 p
             },
-            "plan version 2 is not supported",
+            "plan version 3 is not supported",
         ),
         (
             {

@@ -58,20 +58,20 @@ fn the_example_tenancy_plans_completely_with_a_reason_per_tenant() {
         assert!(!t["reason"].as_str().unwrap().is_empty());
         assert_eq!(t["rejected"].as_array().unwrap().len(), 4, "{name}");
     }
-    // search: 3 replicas of 1g.10gb on 3 different GPUs.
+    // search: 3 replicas of 1g.10gb on 3 different GPUs, said once, by the GPUs (plan.json v2).
     let s = tenant(&plan, "search");
-    let gpus: std::collections::BTreeSet<(String, u64)> = s["placements"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["node"].as_str().unwrap().into(),
-                p["gpu"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(gpus.len(), 3, "spread: {s:#}");
+    assert!(s.get("placements").is_none(), "{s:#}");
+    assert_eq!(plan["version"], 2);
+    let mut gpus = std::collections::BTreeSet::new();
+    for g in plan["gpus"].as_array().unwrap() {
+        for i in g["instances"].as_array().into_iter().flatten() {
+            if i["tenant"] == "search" {
+                assert_eq!(i["profile"], "1g.10gb");
+                gpus.insert((g["node"].as_str().unwrap(), g["index"].as_u64().unwrap()));
+            }
+        }
+    }
+    assert_eq!(gpus.len(), 3, "spread: {plan:#}");
     // Every MIG GPU's instances are a valid layout of its model.
     for g in plan["gpus"].as_array().unwrap() {
         if g["mode"] == "mig" || g["mode"] == "vgpu-mig" {
@@ -134,7 +134,10 @@ fn human_output_and_files() {
         .stdout(predicate::str::contains("plan.json"));
     let text = std::fs::read_to_string(dir.join("plan.json")).unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["version"], 1);
+    assert_eq!(v["version"], 2);
+    // The planner's work, not its time.
+    assert!(v["stats"]["solver_nodes"].is_u64(), "{:#}", v["stats"]);
+    assert!(v["stats"].get("plan_ms").is_none());
 }
 
 #[test]

@@ -192,6 +192,16 @@ fn up_serves_allocates_and_enforces() {
 
     // An XID through the simulated node reaches the API.
     let gpus = get_json(&api, "/v1/gpus");
+    // GPU instances by catalog name, with the NVML constant beside it.
+    let gi = &gpus["gpus"][2]["instances"][0];
+    assert!(gi["profile"].as_str().unwrap().contains("g."), "{gi}");
+    assert!(
+        gi["nvml_profile"]
+            .as_str()
+            .unwrap()
+            .starts_with("NVML_GPU_INSTANCE_PROFILE_"),
+        "{gi}"
+    );
     let mig = gpus["gpus"][2]["devices"][0]["id"]
         .as_str()
         .unwrap()

@@ -21,10 +21,10 @@
 #![allow(clippy::missing_safety_doc)]
 #![allow(non_snake_case)]
 
-use carve_backend::engine::{parse_node_spec, SimCi, SimGi, SimGpu, SimNode};
+use carve_backend::engine::{SimCi, SimGi, SimGpu, SimNode};
 use carve_backend::BackendError;
 use carve_model::profile::ci_max_count;
-use carve_model::{Catalog, GiProfile, GpuModel};
+use carve_model::{Catalog, GiProfile, GpuModel, NvmlGiProfile};
 use nvml_wrapper_sys::bindings::*;
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_uint};
@@ -274,9 +274,7 @@ impl Fake {
 
     fn gi_profile(&self, gpu: u32, gi: &SimGi) -> Result<&GiProfile, Rc> {
         self.model(gpu)?
-            .profiles
-            .iter()
-            .find(|p| p.nvml == gi.profile)
+            .profile_by_nvml(gi.profile)
             .ok_or(ERROR_UNKNOWN)
     }
 
@@ -543,7 +541,7 @@ fn fresh_node(catalog: &Catalog) -> Result<SimNode, Rc> {
         .ok()
         .filter(|s| !s.trim().is_empty())
         .unwrap_or_else(|| DEFAULT_NODE.to_string());
-    let models = parse_node_spec(catalog, &spec).map_err(|e| {
+    let models = catalog.gpu_list(&spec).map_err(|e| {
         eprintln!("carve-fake-nvml: {ENV_NODE}={spec}: {e}");
         ERROR_UNKNOWN
     })?;
@@ -837,10 +835,8 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceProfileInfo(
                 return Err(ERROR_INVALID_ARGUMENT);
             }
             let model = f.model(gpu)?;
-            let p = model
-                .profiles
-                .iter()
-                .find(|p| p.nvml.value() == profile)
+            let p = NvmlGiProfile::from_value(profile)
+                .and_then(|n| model.profile_by_nvml(n))
                 .ok_or(ERROR_NOT_SUPPORTED)?;
             Ok(nvmlGpuInstanceProfileInfo_t {
                 id: profile_id(p),

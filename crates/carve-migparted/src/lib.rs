@@ -21,34 +21,21 @@
 use carve_model::geometry::{self, Infeasible, Layout};
 use carve_model::profile::{ci_max_count, ProfileName};
 use carve_model::suggest::did_you_mean;
-use carve_model::{Catalog, GpuModel};
+use carve_model::{Catalog, GpuModel, LookupError, SourcePos};
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{LoadError, Node, Span};
 use serde::Serialize;
 use std::fmt;
 
-/// A 1-based line and column.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Pos {
-    pub line: usize,
-    pub column: usize,
+/// Where a YAML node starts. Every node the loader returns has a start; should one not, the
+/// diagnostic points at the start of the file rather than nowhere.
+pub fn pos_of(span: &Span) -> SourcePos {
+    span.start().map(marker_pos).unwrap_or(SourcePos::START)
 }
 
-impl Pos {
-    fn of(span: &Span) -> Pos {
-        span.start()
-            .map(|m| Pos {
-                line: m.line(),
-                column: m.column(),
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl fmt::Display for Pos {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.line, self.column)
-    }
+/// A marked-yaml marker (1-based) as a source position.
+pub fn marker_pos(m: &marked_yaml::Marker) -> SourcePos {
+    SourcePos::new(m.line(), m.column())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -63,7 +50,7 @@ pub enum Severity {
 pub struct Diagnostic {
     pub severity: Severity,
     #[serde(flatten)]
-    pub pos: Pos,
+    pub pos: SourcePos,
     /// The config label it concerns, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
@@ -97,7 +84,7 @@ pub enum Devices {
 pub struct DeviceFilter {
     pub raw: String,
     pub device_id: u16,
-    pub pos: Pos,
+    pub pos: SourcePos,
 }
 
 /// One `mig-devices` line: a profile and how many.
@@ -105,26 +92,26 @@ pub struct DeviceFilter {
 pub struct MigDevice {
     pub profile: String,
     pub count: u32,
-    pub pos: Pos,
+    pub pos: SourcePos,
 }
 
 /// One entry of a config's list.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Entry {
-    pub pos: Pos,
+    pub pos: SourcePos,
     pub device_filter: Vec<DeviceFilter>,
     pub devices: Devices,
     pub mig_enabled: bool,
     pub mig_devices: Vec<MigDevice>,
     /// Where `mig-devices` is, or the entry when it is absent.
-    pub mig_devices_pos: Pos,
+    pub mig_devices_pos: SourcePos,
 }
 
 /// A named config (`mig-configs.<label>`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NamedConfig {
     pub name: String,
-    pub pos: Pos,
+    pub pos: SourcePos,
     pub entries: Vec<Entry>,
 }
 
@@ -140,19 +127,34 @@ impl ConfigFile {
     }
 
     /// A config by label, with a "did you mean" on failure.
-    pub fn resolve(&self, name: &str) -> Result<&NamedConfig, String> {
-        self.config(name).ok_or_else(|| {
-            let s = did_you_mean(name, self.configs.iter().map(|c| c.name.as_str()));
-            let mut m = format!("no config named '{name}' in the file");
-            match s.first() {
-                Some(s) => m.push_str(&format!("; did you mean '{}'?", s.name)),
-                None => {
-                    let names: Vec<&str> = self.configs.iter().map(|c| c.name.as_str()).collect();
-                    m.push_str(&format!(" (it has: {})", names.join(", ")));
-                }
-            }
-            m
+    pub fn resolve(&self, name: &str) -> Result<&NamedConfig, UnknownConfig> {
+        self.config(name).ok_or_else(|| UnknownConfig {
+            name: name.to_string(),
+            suggestion: did_you_mean(name, self.configs.iter().map(|c| c.name.as_str()))
+                .first()
+                .map(|s| s.name.clone()),
+            labels: self.configs.iter().map(|c| c.name.clone()).collect(),
         })
+    }
+}
+
+/// `-c LABEL` names no config of the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct UnknownConfig {
+    pub name: String,
+    /// The closest label, if one is close.
+    pub suggestion: Option<String>,
+    /// Every label of the file.
+    pub labels: Vec<String>,
+}
+
+impl fmt::Display for UnknownConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no config named '{}' in the file", self.name)?;
+        match &self.suggestion {
+            Some(s) => write!(f, "; did you mean '{s}'?"),
+            None => write!(f, " (it has: {})", self.labels.join(", ")),
+        }
     }
 }
 
@@ -162,7 +164,7 @@ struct Parser {
 }
 
 impl Parser {
-    fn err(&mut self, pos: Pos, message: impl Into<String>) {
+    fn err(&mut self, pos: SourcePos, message: impl Into<String>) {
         self.diags.push(Diagnostic {
             severity: Severity::Error,
             pos,
@@ -181,13 +183,13 @@ impl Parser {
                 } else {
                     m.push_str(&format!(" (expected one of: {})", known.join(", ")));
                 }
-                self.err(Pos::of(key.span()), m);
+                self.err(pos_of(key.span()), m);
             }
         }
     }
 
     fn entry(&mut self, node: &Node) -> Option<Entry> {
-        let pos = Pos::of(node.span());
+        let pos = pos_of(node.span());
         let Some(map) = node.as_mapping() else {
             self.err(
                 pos,
@@ -212,7 +214,7 @@ impl Parser {
                         Some(s) => ok &= self.filter(s, &mut device_filter),
                         None => {
                             self.err(
-                                Pos::of(n.span()),
+                                pos_of(n.span()),
                                 "device-filter entries must be strings like \"0x233010DE\"",
                             );
                             ok = false;
@@ -222,7 +224,7 @@ impl Parser {
             }
             Some(n) => {
                 self.err(
-                    Pos::of(n.span()),
+                    pos_of(n.span()),
                     "device-filter must be a string or a list of strings",
                 );
                 ok = false;
@@ -245,7 +247,7 @@ impl Parser {
                     match n.as_scalar().and_then(|s| s.as_u32()) {
                         Some(i) if v.contains(&i) => {
                             self.err(
-                                Pos::of(n.span()),
+                                pos_of(n.span()),
                                 format!("device index {i} is listed twice"),
                             );
                             ok = false;
@@ -253,7 +255,7 @@ impl Parser {
                         Some(i) => v.push(i),
                         None => {
                             self.err(
-                                Pos::of(n.span()),
+                                pos_of(n.span()),
                                 "device indexes must be non-negative integers",
                             );
                             ok = false;
@@ -268,7 +270,7 @@ impl Parser {
                     .map(|s| s.as_str().to_string())
                     .unwrap_or_default();
                 self.err(
-                    Pos::of(n.span()),
+                    pos_of(n.span()),
                     format!("devices must be 'all' or a list of GPU indexes, not '{shown}'"),
                 );
                 ok = false;
@@ -285,7 +287,7 @@ impl Parser {
             Some(n) => match n.as_scalar().and_then(|s| s.as_bool()) {
                 Some(b) => b,
                 None => {
-                    self.err(Pos::of(n.span()), "mig-enabled must be true or false");
+                    self.err(pos_of(n.span()), "mig-enabled must be true or false");
                     ok = false;
                     false
                 }
@@ -297,16 +299,16 @@ impl Parser {
         match map.get_node("mig-devices") {
             None => {}
             Some(Node::Scalar(s)) if s.as_str().is_empty() || s.as_str() == "null" => {
-                mig_devices_pos = Pos::of(s.span());
+                mig_devices_pos = pos_of(s.span());
             }
             Some(Node::Mapping(m)) => {
                 mig_devices_pos = map
                     .keys()
                     .find(|k| k.as_str() == "mig-devices")
-                    .map(|k| Pos::of(k.span()))
+                    .map(|k| pos_of(k.span()))
                     .unwrap_or(pos);
                 for (k, v) in m.iter() {
-                    let kpos = Pos::of(k.span());
+                    let kpos = pos_of(k.span());
                     match v.as_scalar().and_then(|s| s.as_u32()) {
                         Some(count) => mig_devices.push(MigDevice {
                             profile: k.as_str().to_string(),
@@ -315,7 +317,7 @@ impl Parser {
                         }),
                         None => {
                             self.err(
-                                Pos::of(v.span()),
+                                pos_of(v.span()),
                                 format!(
                                     "the count of {} must be a non-negative integer",
                                     k.as_str()
@@ -328,7 +330,7 @@ impl Parser {
             }
             Some(n) => {
                 self.err(
-                    Pos::of(n.span()),
+                    pos_of(n.span()),
                     "mig-devices must be a mapping of profile to count",
                 );
                 ok = false;
@@ -362,7 +364,7 @@ impl Parser {
             (hex.len() == 8 || hex.len() == 16) && hex.bytes().all(|b| b.is_ascii_hexdigit());
         if !valid {
             self.err(
-                Pos::of(s.span()),
+                pos_of(s.span()),
                 format!("device-filter '{raw}' is not a PCI id of the form 0xDDDDVVVV (e.g. 0x233010DE)"),
             );
             return false;
@@ -372,7 +374,7 @@ impl Parser {
         if !vendor.eq_ignore_ascii_case("10de") {
             self.diags.push(Diagnostic {
                 severity: Severity::Warning,
-                pos: Pos::of(s.span()),
+                pos: pos_of(s.span()),
                 config: self.config.clone(),
                 message: format!("device-filter '{raw}' has vendor 0x{vendor}, not NVIDIA (0x10DE): it matches no GPU"),
             });
@@ -380,7 +382,7 @@ impl Parser {
         out.push(DeviceFilter {
             raw: raw.to_string(),
             device_id,
-            pos: Pos::of(s.span()),
+            pos: pos_of(s.span()),
         });
         true
     }
@@ -404,14 +406,14 @@ pub fn parse(text: &str) -> Result<(ConfigFile, Vec<Diagnostic>), Vec<Diagnostic
     p.known_keys(top, &["version", "mig-configs"], "the top level");
     match top.get_node("version") {
         None => p.err(
-            Pos::of(top.span()),
+            pos_of(top.span()),
             "missing field 'version' (only v1 exists)",
         ),
         Some(n) => {
             let v = n.as_scalar().map(|s| s.as_str()).unwrap_or("");
             if v != "v1" {
                 p.err(
-                    Pos::of(n.span()),
+                    pos_of(n.span()),
                     format!("unsupported version '{v}'; mig-parted configs are version v1"),
                 );
             }
@@ -419,14 +421,14 @@ pub fn parse(text: &str) -> Result<(ConfigFile, Vec<Diagnostic>), Vec<Diagnostic
     }
     let mut configs = Vec::new();
     match top.get_node("mig-configs") {
-        None => p.err(Pos::of(top.span()), "missing field 'mig-configs'"),
+        None => p.err(pos_of(top.span()), "missing field 'mig-configs'"),
         Some(Node::Mapping(m)) => {
             if m.is_empty() {
-                p.err(Pos::of(m.span()), "mig-configs is empty");
+                p.err(pos_of(m.span()), "mig-configs is empty");
             }
             for (label, list) in m.iter() {
                 p.config = Some(label.as_str().to_string());
-                let pos = Pos::of(label.span());
+                let pos = pos_of(label.span());
                 let Some(seq) = list.as_sequence().filter(|s| !s.is_empty()) else {
                     p.err(pos, "a config must be a non-empty list of entries (- devices: ..., mig-enabled: ...)");
                     continue;
@@ -441,7 +443,7 @@ pub fn parse(text: &str) -> Result<(ConfigFile, Vec<Diagnostic>), Vec<Diagnostic
             }
         }
         Some(n) => p.err(
-            Pos::of(n.span()),
+            pos_of(n.span()),
             "mig-configs must be a mapping of config names to entry lists",
         ),
     }
@@ -482,12 +484,7 @@ pub fn load_error(e: &LoadError) -> Diagnostic {
         .to_string();
     Diagnostic {
         severity: Severity::Error,
-        pos: marker
-            .map(|m| Pos {
-                line: m.line(),
-                column: m.column(),
-            })
-            .unwrap_or_default(),
+        pos: marker.as_ref().map(marker_pos).unwrap_or(SourcePos::START),
         config: None,
         message,
     }
@@ -502,14 +499,43 @@ pub struct Resolved {
     pub compute_instances: Vec<(usize, u8, u32)>,
 }
 
+/// A `mig-devices` line that does not resolve on a GPU model.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ResolveError {
+    /// The model has no such profile (with a "did you mean").
+    #[error("{source}")]
+    UnknownProfile {
+        pos: SourcePos,
+        #[source]
+        source: LookupError,
+    },
+    /// `<C>c.<G>g...`: the GPU instance has no compute instance of that size.
+    #[error("{profile} cannot hold a {slices}-slice compute instance")]
+    ComputeInstance {
+        pos: SourcePos,
+        profile: String,
+        slices: u8,
+    },
+}
+
+impl ResolveError {
+    /// The mig-devices line.
+    pub fn pos(&self) -> SourcePos {
+        match self {
+            ResolveError::UnknownProfile { pos, .. }
+            | ResolveError::ComputeInstance { pos, .. } => *pos,
+        }
+    }
+}
+
 /// Resolves an entry's profiles on a GPU model. Errors name the mig-devices line.
-pub fn resolve(gpu: &GpuModel, entry: &Entry) -> Result<Resolved, (Pos, String)> {
+pub fn resolve(gpu: &GpuModel, entry: &Entry) -> Result<Resolved, ResolveError> {
     let mut counts = vec![0u32; gpu.profiles.len()];
     let mut cis = Vec::new();
     for d in &entry.mig_devices {
         let idx = gpu
             .resolve_profile(&d.profile)
-            .map_err(|e| (d.pos, e.to_string()))?;
+            .map_err(|source| ResolveError::UnknownProfile { pos: d.pos, source })?;
         let Some(name) = ProfileName::parse(&d.profile) else {
             continue;
         };
@@ -517,10 +543,11 @@ pub fn resolve(gpu: &GpuModel, entry: &Entry) -> Result<Resolved, (Pos, String)>
             let p = &gpu.profiles[idx];
             match ci_max_count(p.compute, c) {
                 Some(0) => {
-                    return Err((
-                        d.pos,
-                        format!("{} cannot hold a {c}-slice compute instance", p.name),
-                    ))
+                    return Err(ResolveError::ComputeInstance {
+                        pos: d.pos,
+                        profile: p.name.clone(),
+                        slices: c,
+                    })
                 }
                 _ => cis.push((idx, c, d.count)),
             }
@@ -552,7 +579,7 @@ pub struct EntryCheck {
     pub config: String,
     pub entry: usize,
     #[serde(flatten)]
-    pub pos: Pos,
+    pub pos: SourcePos,
     /// How the targeted GPU models were chosen.
     pub targets: String,
     pub models: Vec<ModelCheck>,
@@ -575,7 +602,7 @@ pub fn check(file: &ConfigFile, catalog: &Catalog, node: Option<&[&GpuModel]>) -
     let mut entries = Vec::new();
     for cfg in &file.configs {
         for (ei, entry) in cfg.entries.iter().enumerate() {
-            let mut err = |pos: Pos, message: String, severity: Severity| {
+            let mut err = |pos: SourcePos, message: String, severity: Severity| {
                 diags.push(Diagnostic {
                     severity,
                     pos,
@@ -693,8 +720,8 @@ pub fn check(file: &ConfigFile, catalog: &Catalog, node: Option<&[&GpuModel]>) -
             // Without a node or a device-filter the entry may be meant for any of the models
             // that have its profiles: it is an error only when it fits none of them.
             let lenient = node.is_none() && entry.device_filter.is_empty();
-            let mut deferred: Vec<(Pos, String)> = Vec::new();
-            let mut err = |pos: Pos, message: String, severity: Severity| {
+            let mut deferred: Vec<(SourcePos, String)> = Vec::new();
+            let mut err = |pos: SourcePos, message: String, severity: Severity| {
                 if lenient && severity == Severity::Error {
                     deferred.push((pos, message));
                 } else {
@@ -714,8 +741,9 @@ pub fn check(file: &ConfigFile, catalog: &Catalog, node: Option<&[&GpuModel]>) -
                     continue;
                 }
                 let mc = match resolve(gpu, entry) {
-                    Err((pos, m)) => {
-                        err(pos, m.clone(), Severity::Error);
+                    Err(e) => {
+                        let m = e.to_string();
+                        err(e.pos(), m.clone(), Severity::Error);
                         ModelCheck {
                             gpu: gpu.key.clone(),
                             feasible: false,
@@ -836,6 +864,19 @@ mig-configs:
         assert_eq!(c.entries[1].mig_devices.len(), 3);
         let r = check(&f, &Catalog::embedded(), None);
         assert!(r.valid, "{:?}", r.diagnostics);
+    }
+
+    #[test]
+    fn unknown_labels_get_a_suggestion_or_the_list() {
+        let (f, _) = parse(GOOD).unwrap();
+        assert_eq!(
+            f.resolve("custon").unwrap_err().to_string(),
+            "no config named 'custon' in the file; did you mean 'custom'?"
+        );
+        assert_eq!(
+            f.resolve("zzz").unwrap_err().to_string(),
+            "no config named 'zzz' in the file (it has: all-disabled, custom)"
+        );
     }
 
     #[test]

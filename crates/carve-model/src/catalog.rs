@@ -6,6 +6,7 @@
 //! the line and column it comes from.
 
 use crate::profile::{Attribute, NvmlGiProfile, ProfileName};
+use crate::source::SourcePos;
 use crate::suggest::{did_you_mean, Suggestion};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -212,6 +213,17 @@ impl GpuModel {
         self.profile_index(name).map(|i| &self.profiles[i])
     }
 
+    /// Index of the profile with an NVML constant (what a driver or backend reports). A model has
+    /// at most one profile per constant (validation checks it).
+    pub fn profile_index_by_nvml(&self, nvml: NvmlGiProfile) -> Option<usize> {
+        self.profiles.iter().position(|p| p.nvml == nvml)
+    }
+
+    /// The profile with an NVML constant.
+    pub fn profile_by_nvml(&self, nvml: NvmlGiProfile) -> Option<&GiProfile> {
+        self.profiles.iter().find(|p| p.nvml == nvml)
+    }
+
     /// PCI ids in mig-parted's `0xDDDD10DE` form.
     pub fn device_filters(&self) -> Vec<String> {
         self.pci_ids
@@ -244,11 +256,11 @@ struct CatalogFile {
 
 /// A catalog file could not be loaded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{origin}:{line}:{column}: {message}")]
+#[error("{origin}:{pos}: {message}")]
 pub struct CatalogError {
+    /// The file (a path, or [`EMBEDDED_ORIGIN`]).
     pub origin: String,
-    pub line: usize,
-    pub column: usize,
+    pub pos: SourcePos,
     pub message: String,
 }
 
@@ -279,19 +291,6 @@ impl fmt::Display for LookupError {
     }
 }
 
-/// 1-based line and column of a byte offset.
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rfind('\n')
-        .map(|nl| before[nl + 1..].chars().count())
-        .unwrap_or_else(|| before.chars().count())
-        + 1;
-    (line, col)
-}
-
 impl Catalog {
     /// The catalog compiled into carve.
     pub fn embedded() -> Catalog {
@@ -301,14 +300,10 @@ impl Catalog {
 
     /// Parses and validates a catalog file. `origin` names it in errors (a path).
     pub fn from_toml(text: &str, origin: &str) -> Result<Catalog, CatalogError> {
-        let err_at = |offset: usize, message: String| {
-            let (line, column) = line_col(text, offset);
-            CatalogError {
-                origin: origin.to_string(),
-                line,
-                column,
-                message,
-            }
+        let err_at = |offset: usize, message: String| CatalogError {
+            origin: origin.to_string(),
+            pos: SourcePos::at_offset(text, offset),
+            message,
         };
         let file: CatalogFile = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
@@ -508,6 +503,13 @@ fn validate_gpu(g: &GpuModel) -> Result<(), String> {
         {
             return Err(at("appears twice".into()));
         }
+        if let Some(o) = g.profiles[..i].iter().find(|o| o.nvml == p.nvml) {
+            return Err(at(format!(
+                "NVML constant {} is already profile '{}'",
+                p.nvml.short_name(),
+                o.name
+            )));
+        }
         if parsed.attribute != p.nvml.attribute() {
             return Err(at(format!(
                 "suffix '{}' does not match NVML constant {} (which means '{}')",
@@ -608,15 +610,26 @@ mod tests {
     }
 
     #[test]
-    fn line_col_counts_from_one() {
-        assert_eq!(line_col("ab\ncd", 0), (1, 1));
-        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    fn profiles_by_nvml_constant() {
+        let c = Catalog::embedded();
+        for g in &c.gpus {
+            for (i, p) in g.profiles.iter().enumerate() {
+                assert_eq!(g.profile_index_by_nvml(p.nvml), Some(i), "{}", g.key);
+                assert_eq!(g.profile_by_nvml(p.nvml), Some(p));
+            }
+        }
+        let h100 = c.gpu("H100-80GB").unwrap();
+        assert_eq!(
+            h100.profile_by_nvml(NvmlGiProfile::Slice2).unwrap().name,
+            "2g.20gb"
+        );
+        assert_eq!(h100.profile_by_nvml(NvmlGiProfile::Slice4Gfx), None);
     }
 
     #[test]
     fn bad_files_name_line_and_column() {
         let e = Catalog::from_toml("schema = 1\n[[gpu]]\nkey = \n", "x.toml").unwrap_err();
-        assert_eq!((e.origin.as_str(), e.line), ("x.toml", 3));
+        assert_eq!((e.origin.as_str(), e.pos.line), ("x.toml", 3));
         let e = Catalog::from_toml("schema = 2\n", "x.toml").unwrap_err();
         assert!(e.message.contains("schema 2"));
     }

@@ -4,7 +4,9 @@
 
 pub mod catalog;
 pub mod geometry;
+pub mod gpu_list;
 pub mod profile;
+pub mod source;
 pub mod suggest;
 
 pub use catalog::{
@@ -12,4 +14,6 @@ pub use catalog::{
     VgpuKind, VgpuProfile,
 };
 pub use geometry::{Instance, Layout, Violation};
+pub use gpu_list::{split_count, CountError, GpuListError, MAX_GPUS_PER_NODE};
 pub use profile::{Attribute, NvmlGiProfile, ProfileName};
+pub use source::SourcePos;

@@ -1,14 +1,16 @@
 //! Planner benchmark: random tenancies of 10 … 100,000 MIG tenants on a single-model fleet
 //! (H100-80GB) and a mixed one (H100-80GB, A100-40GB, A100-80GB, H200-141GB). For each: GPUs used
-//! by carve, its lower bound (the optimum where proven), plan time; first-fit-decreasing; and the
-//! uniform hand layouts `all-1g.10gb` and `all-balanced` (single model).
+//! by carve, its lower bound (the optimum where proven), plan time (timed here: the planner reads
+//! no clock), branch-and-bound nodes (`B&B`, the planner's deterministic work);
+//! first-fit-decreasing; and the uniform hand layouts `all-1g.10gb` and `all-balanced` (single
+//! model).
 //!
 //! `cargo run --release -p carve-plan --example bench_plan [-- --max 100000 --seed 7]`
 
 use carve_model::geometry;
 use carve_model::Catalog;
 use carve_plan::plan::Platform;
-use carve_plan::tenancy::{FleetGpu, FleetNode, Isolation, Pos, Slo, Tenancy, Tenant, Workload};
+use carve_plan::tenancy::{FleetGpu, FleetNode, Isolation, Slo, Tenancy, Tenant, Workload};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
@@ -48,7 +50,7 @@ fn tenants(n: usize, rng: &mut Rng) -> Vec<Tenant> {
                 media: false,
                 spread,
                 load: None,
-                pos: Pos::default(),
+                pos: None,
             }
         })
         .collect()
@@ -71,7 +73,7 @@ fn fleet(models: &[&str], gpus: usize, catalog: &Catalog) -> Vec<FleetNode> {
                     memory_mib: catalog.gpus[m].memory_gb as u64 * 1024,
                 })
                 .collect(),
-            pos: Pos::default(),
+            pos: None,
         });
     }
     nodes
@@ -197,13 +199,14 @@ fn main() {
         ),
     ];
     println!(
-        "{:<10} {:>8} {:>7} {:>7} {:>6} {:>9} {:>7} {:>7} {:>28} {:>12}",
+        "{:<10} {:>8} {:>7} {:>7} {:>6} {:>9} {:>8} {:>7} {:>7} {:>28} {:>12}",
         "fleet",
         "tenants",
         "carve",
         "bound",
         "gap",
         "plan ms",
+        "B&B",
         "ffd",
         "ffd/cv",
         "all-1g.10gb",
@@ -236,13 +239,14 @@ fn main() {
                 ("n/a (mixed)".into(), "n/a".into())
             };
             println!(
-                "{:<10} {:>8} {:>7} {:>7} {:>5.2}% {:>9.1} {:>7} {:>7.3} {:>28} {:>12}{}",
+                "{:<10} {:>8} {:>7} {:>7} {:>5.2}% {:>9.1} {:>8} {:>7} {:>7.3} {:>28} {:>12}{}",
                 name,
                 n,
                 plan.gpus_used,
                 plan.lower_bound_gpus,
                 gap,
                 ms,
+                plan.stats.solver_nodes,
                 f,
                 f as f64 / plan.gpus_used.max(1) as f64,
                 a1,

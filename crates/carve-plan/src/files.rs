@@ -398,16 +398,19 @@ pub fn report_md(plan: &Plan, catalog: &Catalog) -> String {
     );
     let _ = writeln!(
         s,
-        "Dedicated GPUs {}, time-sliced {}, MIG {}. Planned in {:.1} ms.\n",
+        "Dedicated GPUs {}, time-sliced {}, MIG {}. The MIG packing took {} branch-and-bound node{}.\n",
         plan.stats.dedicated_gpus,
         plan.stats.time_sliced_gpus,
         plan.stats.mig_gpus,
-        plan.stats.plan_ms
+        plan.stats.solver_nodes,
+        if plan.stats.solver_nodes == 1 { "" } else { "s" }
     );
+    let placements = plan.placements_by_tenant();
+    let none: Vec<crate::plan::Placement> = Vec::new();
+    let placements_of = |t: &str| placements.get(t).unwrap_or(&none);
     s.push_str("![layout](layout.svg)\n\n## Tenants\n\n| tenant | workload | mode | replicas | memory | where |\n|---|---|---|---|---|---|\n");
     for t in &plan.tenants {
-        let wh: Vec<String> = t
-            .placements
+        let wh: Vec<String> = placements_of(&t.name)
             .iter()
             .map(|p| match (&p.profile, p.start) {
                 (Some(pr), Some(st)) => format!("{}/{} {pr}@{st}", cell(&p.node), p.gpu),
@@ -450,7 +453,7 @@ pub fn report_md(plan: &Plan, catalog: &Catalog) -> String {
         if let Some(sh) = t.share {
             let _ = writeln!(s, "- GPU-time share asked: {:.0}%", sh * 100.0);
         }
-        for p in &t.placements {
+        for p in placements_of(&t.name) {
             let _ = match (&p.profile, p.start) {
                 (Some(pr), Some(st)) => writeln!(
                     s,

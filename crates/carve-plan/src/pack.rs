@@ -14,18 +14,30 @@
 //!
 //! Solved to optimality (microlp's branch and bound), the optimum is a lower bound for every
 //! plan, because each constraint is necessary; when the slot assignment then succeeds without
-//! extra GPUs the plan is a proven optimum. Interrupted by the time limit, the LP relaxation
-//! gives the bound instead.
+//! extra GPUs the plan is a proven optimum. Stopped by the node budget, the LP relaxation gives
+//! the bound instead.
+//!
+//! The search is bounded by work, not time ([`NODE_LIMIT`] branch-and-bound nodes per
+//! programme), so a plan is a function of its input: the same on a loaded machine as on an idle
+//! one.
 
 use carve_model::geometry::{self, Counts, Instance, Layout};
 use carve_model::{Catalog, GpuModel};
-use microlp::{ComparisonOp, LinearExpr, OptimizationDirection, Problem, Variable};
+use microlp::{ComparisonOp, LinearExpr, OptimizationDirection, Problem, SolveOptions, Variable};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::time::Duration;
 
-/// Time limit of one integer programme.
-pub const SOLVE_LIMIT: Duration = Duration::from_secs(3);
+/// Branch-and-bound nodes one integer programme may take (microlp's `node_limit`; the root
+/// relaxation is not counted). Beyond it the programme's best assignment so far is used (not
+/// claimed optimal), or, without one, first fit.
+///
+/// Chosen from what the programmes need: the benchmark (`examples/bench_plan.rs`, seed 7) at
+/// most 13,319 nodes (100,000 tenants on H100s), the same benchmark over seeds 1 to 20 at most
+/// 43,556, the tests at most a few dozen; 100,000 leaves room above all of them, and every plan
+/// the benchmark and the tests proved optimal under the old 3 s wall-clock limit still is. A node
+/// took 40 to 65 µs where this was measured, so a programme that spends the whole budget takes
+/// seconds, as the time limit allowed, but stops at the same point on every machine.
+pub const NODE_LIMIT: u64 = 100_000;
 
 /// One tenant's MIG replicas.
 #[derive(Debug, Clone)]
@@ -64,6 +76,10 @@ pub struct Outcome {
     pub lower_bound: u32,
     /// When not everything fits: more GPUs of a model that would fit everything, fewest first.
     pub shortfall: Vec<(usize, u32)>,
+    /// Branch-and-bound nodes solved, all programmes together.
+    pub nodes: u64,
+    /// The most nodes one programme took.
+    pub max_nodes: u64,
 }
 
 /// A class: tenants with the same profile on every model of the pool.
@@ -116,8 +132,15 @@ struct Solved {
 enum Answer {
     Solved(Solved),
     Infeasible,
-    /// Interrupted by the time limit with no assignment: packing falls back to first fit.
+    /// Stopped by the node budget with no assignment: packing falls back to first fit.
     Unknown,
+}
+
+/// The solver's work so far.
+#[derive(Default)]
+struct Work {
+    nodes: u64,
+    max_nodes: u64,
 }
 
 impl Answer {
@@ -142,10 +165,10 @@ fn solve(
     caps: &[Option<u32>],
     goal: Goal,
     relax: bool,
-    limit: Duration,
+    node_limit: u64,
+    work: &mut Work,
 ) -> Answer {
     let mut p = Problem::new(OptimizationDirection::Minimize);
-    p.set_time_limit(limit);
     let total_gpus: f64 = models.iter().map(|m| m.free.len() as f64).sum::<f64>() + 1.0;
     let big = |cap: Option<u32>, fallback: u32| cap.unwrap_or(fallback).min(i32::MAX as u32) as i32;
     let total_demand: u32 = classes.iter().map(|c| c.demand).sum();
@@ -249,14 +272,19 @@ fn solve(
             }
         }
     }
-    let outcome = match p.solve() {
+    let mut options = SolveOptions::default();
+    options.node_limit = Some(node_limit);
+    let outcome = match p.solve_with(options) {
         Ok(o) => o,
         Err(microlp::Error::Infeasible) => return Answer::Infeasible,
         Err(_) => return Answer::Unknown,
     };
+    let nodes = outcome.stats().nodes_solved;
+    work.nodes += nodes;
+    work.max_nodes = work.max_nodes.max(nodes);
     let optimal = outcome.is_optimal();
     let Some(sol) = outcome.solution() else {
-        // The time limit struck before any assignment was found.
+        // The node budget ran out before any assignment was found.
         return Answer::Unknown;
     };
     let val = |v: Variable| -> u32 {
@@ -349,17 +377,17 @@ pub fn pack(
     demands: &[Demand],
     placer: &mut Placer,
 ) -> Outcome {
-    pack_with_limit(catalog, pool, demands, placer, SOLVE_LIMIT)
+    pack_with_limit(catalog, pool, demands, placer, NODE_LIMIT)
 }
 
-/// [`pack`] with a time limit per integer programme. When the solver finds nothing in time,
-/// replicas are placed first fit and the plan is not claimed optimal.
+/// [`pack`] with a budget of branch-and-bound nodes per integer programme. When the solver finds
+/// nothing within it, replicas are placed first fit and the plan is not claimed optimal.
 pub fn pack_with_limit(
     catalog: &Catalog,
     pool: &[PoolGpu],
     demands: &[Demand],
     placer: &mut Placer,
-    limit: Duration,
+    node_limit: u64,
 ) -> Outcome {
     // Models of the pool, GPUs in fleet order.
     let mut models: Vec<Model> = Vec::new();
@@ -426,7 +454,16 @@ pub fn pack_with_limit(
         z: classes.iter().map(|_| vec![0; models.len()]).collect(),
         optimal: false,
     };
-    let (solved, complete) = match solve(&models, &classes, &caps, Goal::All, false, limit) {
+    let mut work = Work::default();
+    let (solved, complete) = match solve(
+        &models,
+        &classes,
+        &caps,
+        Goal::All,
+        false,
+        node_limit,
+        &mut work,
+    ) {
         Answer::Solved(s) => (s, true),
         Answer::Unknown => (nothing(), true),
         Answer::Infeasible => {
@@ -434,14 +471,30 @@ pub fn pack_with_limit(
             for (mi, m) in models.iter().enumerate() {
                 let mut c = caps.clone();
                 c[mi] = None;
-                if let Answer::Solved(s) = solve(&models, &classes, &c, Goal::All, false, limit) {
+                if let Answer::Solved(s) = solve(
+                    &models,
+                    &classes,
+                    &c,
+                    Goal::All,
+                    false,
+                    node_limit,
+                    &mut work,
+                ) {
                     let used: u32 = s.x[mi].iter().sum();
                     out.shortfall
                         .push((m.catalog, used.saturating_sub(m.free.len() as u32)));
                 }
             }
             out.shortfall.sort_by_key(|&(_, n)| n);
-            match solve(&models, &classes, &caps, Goal::Most, false, limit) {
+            match solve(
+                &models,
+                &classes,
+                &caps,
+                Goal::Most,
+                false,
+                node_limit,
+                &mut work,
+            ) {
                 Answer::Solved(s) => (s, false),
                 _ => (nothing(), false),
             }
@@ -458,7 +511,8 @@ pub fn pack_with_limit(
             if complete { &caps } else { &uncapped },
             Goal::All,
             true,
-            limit,
+            node_limit,
+            &mut work,
         )
         .ok()
         .map(|s| s.x[0][0])
@@ -771,6 +825,8 @@ pub fn pack_with_limit(
     out.optimal =
         complete && solved.optimal && extra_gpus == 0 && out.unplaced.is_empty() && used == lower;
     out.lower_bound = lower;
+    out.nodes = work.nodes;
+    out.max_nodes = work.max_nodes;
     out
 }
 

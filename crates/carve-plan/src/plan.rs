@@ -2,12 +2,29 @@
 //!
 //! Everything a renderer (report, SVG, mig-parted, Kubernetes, vGPU sheet, scheduler settings)
 //! needs is in here, so that renderers take a [`Plan`] and the catalog and nothing else.
+//!
+//! `plan.json` is an API boundary: `carve apply` and the node agent read it on other machines,
+//! perhaps with another carve version. Its format changes only with a new [`PLAN_VERSION`], and
+//! [`Plan::from_json`] keeps reading the older versions:
+//!
+//! - version 2 (written now): each replica's place is said once, by the GPU that holds it
+//!   (`gpus[].instances[].tenant` / `gpus[].shares[].tenant`); [`Plan::placements`] lists a
+//!   tenant's. `stats` carries the solver's branch-and-bound nodes, no time.
+//! - version 1: also listed each tenant's `placements`, a copy of what the GPUs say, and
+//!   `stats.plan_ms`. Read, the copy is checked against the GPUs (a file whose copy disagrees
+//!   was edited by hand, and older carve versions would act on the copy: it is refused) and
+//!   dropped, `plan_ms` is ignored, and the plan becomes a version-2 plan in memory.
 
+use carve_model::SourcePos;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fmt;
 
 /// The plan format version written to `plan.json`.
-pub const PLAN_VERSION: u32 = 1;
+pub const PLAN_VERSION: u32 = 2;
+
+/// The oldest plan format [`Plan::from_json`] reads.
+pub const OLDEST_PLAN_VERSION: u32 = 1;
 
 /// The resource a time-sliced tenant's pods request on a Kubernetes node, served by the carve
 /// agent: `carve.dev/<tenant>` (the name made a valid resource name, at most 63 characters).
@@ -248,8 +265,8 @@ pub struct Rejected {
     pub why: String,
 }
 
-/// Where one replica of a tenant went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Where one replica of a tenant went (derived from the GPUs: [`Plan::placements`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Placement {
     pub replica: u32,
     pub node: String,
@@ -262,7 +279,7 @@ pub struct Placement {
     pub start: Option<u8>,
 }
 
-/// A tenant's decision and where its replicas are.
+/// A tenant's decision. Where its replicas are is said by the GPUs: [`Plan::placements`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedTenant {
     pub name: String,
@@ -286,7 +303,6 @@ pub struct PlannedTenant {
     pub profiles: std::collections::BTreeMap<String, String>,
     /// Spread replicas over different GPUs.
     pub spread: bool,
-    pub placements: Vec<Placement>,
     /// Replicas that found no room (only in a partial plan).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unplaced: u32,
@@ -337,20 +353,22 @@ pub struct PackingStats {
     pub mig_lower_bound: u32,
     /// Lower bound of the time-sliced part (memory and share totals).
     pub time_sliced_lower_bound: u32,
-    /// Milliseconds spent planning.
-    pub plan_ms: f64,
+    /// Branch-and-bound nodes the integer programmes took, all together: the planner's work, the
+    /// same on every machine (0 in version-1 plans, which gave milliseconds instead).
+    #[serde(default)]
+    pub solver_nodes: u64,
 }
 
 /// What [`Plan::sniff`] found.
 #[derive(Debug)]
 pub enum Sniff {
-    /// Not JSON: it does not start with `{`, or it does but does not parse (the error, located
-    /// `line:col: ...`, for callers whose other format cannot start with `{`).
-    NotJson(Option<String>),
+    /// Not JSON: it does not start with `{`, or it does but does not parse (the error, located,
+    /// for callers whose other format cannot start with `{`).
+    NotJson(Option<PlanError>),
     /// JSON, but not a plan.
     OtherJson,
-    /// A plan, or why it is not a valid one (located `line:col: ...` where there is a position).
-    Plan(Result<Plan, String>),
+    /// A plan, or why it is not a valid one.
+    Plan(Result<Plan, PlanError>),
 }
 
 /// The whole plan.
@@ -389,11 +407,32 @@ impl Plan {
         self.gpus.iter().filter(move |g| g.node == node)
     }
 
-    /// Reads a `plan.json`.
-    pub fn from_json(text: &str) -> Result<Plan, String> {
-        let plan: Plan = serde_json::from_str(text)
-            .map_err(|e| format!("{}:{}: not a carve plan: {e}", e.line(), e.column()))?;
-        Plan::check_version(plan)
+    /// Where each replica of a tenant is, by replica, as the GPUs say.
+    pub fn placements(&self, tenant: &str) -> Vec<Placement> {
+        let mut out = Vec::new();
+        for g in &self.gpus {
+            push_placements(g, |t| t == tenant, |_, p| out.push(p));
+        }
+        out.sort_by_key(|p| p.replica);
+        out
+    }
+
+    /// [`Plan::placements`] of every tenant with a replica on some GPU, in one pass over the GPUs.
+    pub fn placements_by_tenant(&self) -> HashMap<&str, Vec<Placement>> {
+        let mut out: HashMap<&str, Vec<Placement>> = HashMap::new();
+        for g in &self.gpus {
+            push_placements(g, |_| true, |t, p| out.entry(t).or_default().push(p));
+        }
+        for v in out.values_mut() {
+            v.sort_by_key(|p| p.replica);
+        }
+        out
+    }
+
+    /// Reads a `plan.json` of this version or an older one (see the module documentation).
+    pub fn from_json(text: &str) -> Result<Plan, PlanError> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(format_error)?;
+        Plan::from_value(value, text)
     }
 
     /// Tells whether `text` is a carve plan, reading it once: a plan is a JSON object with
@@ -405,34 +444,130 @@ impl Plan {
         if !text.trim_start().starts_with('{') {
             return Sniff::NotJson(None);
         }
-        let value = match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(v) if v.get("version").is_some() && v.get("gpus").is_some() => v,
-            Ok(_) => return Sniff::OtherJson,
-            Err(e) => {
-                let msg = e.to_string();
-                let suffix = format!(" at line {} column {}", e.line(), e.column());
-                return Sniff::NotJson(Some(format!(
-                    "{}:{}: not valid JSON: {}",
-                    e.line(),
-                    e.column(),
-                    msg.strip_suffix(&suffix).unwrap_or(&msg)
-                )));
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) if v.get("version").is_some() && v.get("gpus").is_some() => {
+                Sniff::Plan(Plan::from_value(v, text))
             }
-        };
-        Sniff::Plan(match serde_json::from_value::<Plan>(value) {
-            Ok(plan) => Plan::check_version(plan),
-            Err(_) => Plan::from_json(text),
-        })
+            Ok(_) => Sniff::OtherJson,
+            Err(e) => Sniff::NotJson(Some(format_error(e))),
+        }
     }
 
-    /// A decoded plan, if this carve reads its version.
-    pub fn check_version(plan: Plan) -> Result<Plan, String> {
-        if plan.version != PLAN_VERSION {
-            return Err(format!(
-                "plan version {} is not supported (this carve reads version {PLAN_VERSION})",
-                plan.version
-            ));
+    /// A plan from the JSON value of `text`. A value that does not decode is decoded again from
+    /// the text, for the error's line and column.
+    fn from_value(value: serde_json::Value, text: &str) -> Result<Plan, PlanError> {
+        fn decode<T: serde::de::DeserializeOwned>(
+            value: serde_json::Value,
+            text: &str,
+        ) -> Result<T, PlanError> {
+            serde_json::from_value(value).map_err(|e| match serde_json::from_str::<T>(text) {
+                Err(located) => format_error(located),
+                Ok(_) => PlanError::Format {
+                    pos: SourcePos::new(1, 1),
+                    message: e.to_string(),
+                },
+            })
         }
+        #[derive(Deserialize)]
+        struct Head {
+            version: u64,
+        }
+        let head: Head = decode(value.clone(), text)?;
+        if !(OLDEST_PLAN_VERSION as u64..=PLAN_VERSION as u64).contains(&head.version) {
+            return Err(PlanError::Version {
+                found: head.version,
+            });
+        }
+        if head.version != 1 {
+            return decode(value, text);
+        }
+        #[derive(Deserialize)]
+        struct V1 {
+            tenants: Vec<V1Tenant>,
+        }
+        #[derive(Deserialize)]
+        struct V1Tenant {
+            name: String,
+            #[serde(default)]
+            placements: Vec<Placement>,
+        }
+        let mut plan: Plan = decode(value.clone(), text)?;
+        let v1: V1 = decode(value, text)?;
+        let mut by_tenant = plan.placements_by_tenant();
+        for t in v1.tenants {
+            let mut said = t.placements;
+            said.sort();
+            let mut held = by_tenant.remove(t.name.as_str()).unwrap_or_default();
+            held.sort();
+            if said != held {
+                return Err(PlanError::Placements { tenant: t.name });
+            }
+        }
+        plan.version = PLAN_VERSION;
         Ok(plan)
+    }
+}
+
+/// Calls `push` with each instance and share of `g` whose tenant passes `wanted`.
+fn push_placements<'a>(
+    g: &'a PlannedGpu,
+    wanted: impl Fn(&str) -> bool,
+    mut push: impl FnMut(&'a str, Placement),
+) {
+    for i in g.instances.iter().filter(|i| wanted(&i.tenant)) {
+        push(
+            &i.tenant,
+            Placement {
+                replica: i.replica,
+                node: g.node.clone(),
+                gpu: g.index,
+                profile: Some(i.profile.clone()),
+                start: Some(i.start),
+            },
+        );
+    }
+    for s in g.shares.iter().filter(|s| wanted(&s.tenant)) {
+        push(
+            &s.tenant,
+            Placement {
+                replica: s.replica,
+                node: g.node.clone(),
+                gpu: g.index,
+                profile: None,
+                start: None,
+            },
+        );
+    }
+}
+
+fn format_error(e: serde_json::Error) -> PlanError {
+    let msg = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    PlanError::Format {
+        pos: SourcePos::new(e.line(), e.column()),
+        message: msg.strip_suffix(&suffix).unwrap_or(&msg).to_string(),
+    }
+}
+
+/// A `plan.json` that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// Not JSON, or JSON not in the plan format.
+    #[error("{pos}: not a carve plan: {message}")]
+    Format { pos: SourcePos, message: String },
+    #[error("plan version {found} is not supported (this carve reads versions {OLDEST_PLAN_VERSION} to {PLAN_VERSION})")]
+    Version { found: u64 },
+    /// A version-1 plan whose `placements` copy of a tenant disagrees with its GPUs.
+    #[error("tenant '{tenant}': its placements disagree with the GPUs' instances and shares (a version-1 plan edited by hand?)")]
+    Placements { tenant: String },
+}
+
+impl PlanError {
+    /// Where in the file, when the error has a place.
+    pub fn pos(&self) -> Option<SourcePos> {
+        match self {
+            PlanError::Format { pos, .. } => Some(*pos),
+            _ => None,
+        }
     }
 }

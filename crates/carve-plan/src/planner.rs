@@ -7,7 +7,6 @@ use crate::plan::*;
 use crate::tenancy::{Tenancy, Tenant, Workload};
 use carve_model::Catalog;
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 /// Most tenant replicas time-sharing one GPU.
 pub const MAX_TIME_SLICED_PER_GPU: usize = 32;
@@ -50,9 +49,9 @@ impl DecisionKey {
     }
 }
 
-/// Plans a tenancy.
+/// Plans a tenancy. Deterministic: the same tenancy and catalog give the same plan, on any
+/// machine (no clock is read; the solver's work is bounded by nodes, not time).
 pub fn plan(tenancy: &Tenancy, catalog: &Catalog) -> Plan {
-    let started = Instant::now();
     let facts = Facts::of(tenancy);
     // Tenants that differ only in name, replicas and spread get the same decision: decide once.
     let mut seen: std::collections::HashMap<DecisionKey, Decision> = Default::default();
@@ -94,7 +93,7 @@ pub fn plan(tenancy: &Tenancy, catalog: &Catalog) -> Plan {
         mig_optimal: true,
         mig_lower_bound: 0,
         time_sliced_lower_bound: 0,
-        plan_ms: 0.0,
+        solver_nodes: 0,
     };
     let mut shortfall: Vec<Shortfall> = Vec::new();
     let mut placer = Placer::new(catalog);
@@ -190,6 +189,7 @@ pub fn plan(tenancy: &Tenancy, catalog: &Catalog) -> Plan {
             .collect();
         let out = pack::pack(catalog, &pool, &demands, &mut placer);
         stats.mig_optimal &= out.optimal;
+        stats.solver_nodes += out.nodes;
         stats.mig_lower_bound += out.lower_bound;
         stats.mig_gpus += out.gpus.len() as u32;
         for (m, more) in &out.shortfall {
@@ -309,7 +309,6 @@ pub fn plan(tenancy: &Tenancy, catalog: &Catalog) -> Plan {
                 })
                 .collect(),
             spread: t.spread,
-            placements: ps,
             unplaced: unplaced[ti],
             resource,
             licence: d.licence.map(str::to_string),
@@ -338,7 +337,6 @@ pub fn plan(tenancy: &Tenancy, catalog: &Catalog) -> Plan {
     let gpus_used = gpus.iter().filter(|g| g.is_used()).count() as u32;
     let lower = stats.dedicated_gpus + stats.time_sliced_lower_bound + stats.mig_lower_bound;
     let complete = unplaced.iter().all(|&n| n == 0);
-    stats.plan_ms = started.elapsed().as_secs_f64() * 1e3;
     Plan {
         version: PLAN_VERSION,
         nodes: tenancy

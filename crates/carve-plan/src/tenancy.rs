@@ -16,44 +16,27 @@
 //! ```
 
 use crate::plan::Platform;
+use carve_migparted::marker_pos;
 use carve_model::suggest::did_you_mean;
-use carve_model::Catalog;
+use carve_model::{Catalog, SourcePos, MAX_GPUS_PER_NODE};
 use marked_yaml::{FromYamlError, Spanned};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// A 1-based line and column (0:0 when unknown).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Pos {
-    pub line: usize,
-    pub column: usize,
-}
-
-impl Pos {
-    fn of(span: &marked_yaml::Span) -> Pos {
-        span.start()
-            .map(|m| Pos {
-                line: m.line(),
-                column: m.column(),
-            })
-            .unwrap_or_default()
-    }
-}
-
 /// A located problem with the tenancy file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct InputError {
-    pub pos: Pos,
+    /// Where, when the YAML reader knows.
+    pub pos: Option<SourcePos>,
     pub message: String,
 }
 
 impl fmt::Display for InputError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.pos.line > 0 {
-            write!(f, "{}:{}: {}", self.pos.line, self.pos.column, self.message)
-        } else {
-            f.write_str(&self.message)
+        match self.pos {
+            Some(p) => write!(f, "{p}: {}", self.message),
+            None => f.write_str(&self.message),
         }
     }
 }
@@ -145,7 +128,7 @@ pub struct FleetNode {
     /// Canonical licence edition name (`vCS`).
     pub licence: Option<String>,
     pub gpus: Vec<FleetGpu>,
-    pub pos: Pos,
+    pub pos: Option<SourcePos>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -168,7 +151,7 @@ pub struct Tenant {
     pub spread: bool,
     /// The request load, for `carve simulate` (a default by workload when not given).
     pub load: Option<LoadSpec>,
-    pub pos: Pos,
+    pub pos: Option<SourcePos>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -435,12 +418,12 @@ fn load_spec(raw: &Spanned<RawLoad>, errors: &mut Vec<InputError>) -> Option<Loa
     })
 }
 
-/// Most replicas of one tenant, and most GPUs in one `NxMODEL` entry (keeps input sane).
+/// Most replicas of one tenant (keeps input sane). A node's GPUs are limited by
+/// [`carve_model::MAX_GPUS_PER_NODE`], as everywhere GPU lists are read.
 pub const MAX_REPLICAS: i64 = 1_000_000;
-pub const MAX_GPUS_PER_ENTRY: i64 = 100_000;
 
-fn pos<T>(s: &Spanned<T>) -> Pos {
-    Pos::of(s.span())
+fn pos<T>(s: &Spanned<T>) -> Option<SourcePos> {
+    s.span().start().map(marker_pos)
 }
 
 fn unknown_field(field: &str, expected: &[&str]) -> String {
@@ -454,20 +437,17 @@ fn unknown_field(field: &str, expected: &[&str]) -> String {
 }
 
 /// Where `key:` first appears as a mapping key (for errors the YAML reader gives no position).
-fn key_pos(text: &str, key: &str) -> Pos {
+fn key_pos(text: &str, key: &str) -> Option<SourcePos> {
     for (i, line) in text.lines().enumerate() {
         let t = line.trim_start().trim_start_matches("- ");
         let indent = line.len() - t.len();
         if let Some(rest) = t.strip_prefix(key) {
             if rest.trim_start().starts_with(':') {
-                return Pos {
-                    line: i + 1,
-                    column: indent + 1,
-                };
+                return Some(SourcePos::new(i + 1, indent + 1));
             }
         }
     }
-    Pos::default()
+    None
 }
 
 fn yaml_error(e: FromYamlError, text: &str) -> InputError {
@@ -475,24 +455,15 @@ fn yaml_error(e: FromYamlError, text: &str) -> InputError {
         FromYamlError::ParseYaml(le) => {
             let d = carve_migparted::load_error(&le);
             InputError {
-                pos: Pos {
-                    line: d.pos.line,
-                    column: d.pos.column,
-                },
+                pos: Some(d.pos),
                 message: d.message,
             }
         }
         FromYamlError::FromNode(ne) => {
-            let pos = ne
-                .start_mark()
-                .map(|m| Pos {
-                    line: m.line(),
-                    column: m.column(),
-                })
-                .unwrap_or_default();
+            let pos = ne.start_mark().map(|m| marker_pos(&m));
             let message = match &*ne {
                 marked_yaml::spanned_serde::Error::UnknownFieldError(field, expected, _) => {
-                    if pos.line == 0 {
+                    if pos.is_none() {
                         return InputError {
                             pos: key_pos(text, field),
                             message: unknown_field(field, expected),
@@ -537,19 +508,6 @@ fn one_of<T: Copy>(
     None
 }
 
-/// Parses `NxMODEL` / `N x MODEL` / `MODEL`.
-fn split_count(s: &str) -> (Option<&str>, &str) {
-    let t = s.trim();
-    if let Some(i) = t.find(['x', 'X']) {
-        let (n, rest) = t.split_at(i);
-        let n = n.trim();
-        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
-            return (Some(n), rest[1..].trim());
-        }
-    }
-    (None, t)
-}
-
 fn gib_to_mib(gb: f64) -> u64 {
     (gb * 1024.0).round() as u64
 }
@@ -591,7 +549,7 @@ pub fn parse(text: &str, catalog: &Catalog) -> Result<Tenancy, Vec<InputError>> 
                 pos: pos(&rn.node),
                 message: format!(
                     "node `{name}` is listed twice (first at line {})",
-                    prev.pos.line
+                    prev.pos.map_or(0, |p| p.line)
                 ),
             });
         }
@@ -620,22 +578,37 @@ pub fn parse(text: &str, catalog: &Catalog) -> Result<Tenancy, Vec<InputError>> 
         }
         for g in rn.gpus.iter() {
             let p = pos(g);
+            // Whole entries only: a node never holds more than the limit.
+            let room = |count: u32, errors: &mut Vec<InputError>, gpus: &Vec<FleetGpu>| {
+                let ok = gpus.len() + count as usize <= MAX_GPUS_PER_NODE as usize;
+                if !ok {
+                    errors.push(InputError {
+                        pos: p,
+                        message: format!(
+                            "node `{name}` has more than {MAX_GPUS_PER_NODE} GPUs, the most one node holds"
+                        ),
+                    });
+                }
+                ok
+            };
             match &**g {
                 RawGpu::Name(s) => {
-                    let (n, model) = split_count(s);
-                    let count = match n.map(|n| n.parse::<i64>()) {
-                        None => 1,
-                        Some(Ok(c)) if (1..=MAX_GPUS_PER_ENTRY).contains(&c) => c,
-                        Some(_) => {
+                    let (count, model) = match carve_model::split_count(s) {
+                        Ok(c) => c,
+                        Err(e) => {
                             errors.push(InputError {
                                 pos: p,
                                 message: format!(
-                                    "`{s}`: the GPU count must be 1 to {MAX_GPUS_PER_ENTRY}"
+                                    "`{}`: the GPU count must be 1 to {MAX_GPUS_PER_NODE}",
+                                    e.entry
                                 ),
                             });
                             continue;
                         }
                     };
+                    if !room(count, &mut errors, &gpus) {
+                        break;
+                    }
                     match catalog.gpu(model) {
                         Ok(m) => {
                             let idx = catalog.gpus.iter().position(|x| x.key == m.key);
@@ -660,16 +633,16 @@ pub fn parse(text: &str, catalog: &Catalog) -> Result<Tenancy, Vec<InputError>> 
                     memory_gb,
                     count,
                 } => {
-                    let count = match count.as_deref().map(|c| c.trim().parse::<i64>()) {
+                    let count = match count.as_deref().map(|c| c.trim().parse::<u32>()) {
                         None => 1,
                         Some(Ok(c)) => c,
                         Some(Err(_)) => 0,
                     };
                     let memory_gb = &memory_gb.trim().parse::<f64>().unwrap_or(f64::NAN);
-                    if !(1..=MAX_GPUS_PER_ENTRY).contains(&count) {
+                    if !(1..=MAX_GPUS_PER_NODE).contains(&count) {
                         errors.push(InputError {
                             pos: p,
-                            message: format!("`count` must be 1 to {MAX_GPUS_PER_ENTRY}"),
+                            message: format!("`count` must be 1 to {MAX_GPUS_PER_NODE}"),
                         });
                         continue;
                     }
@@ -679,6 +652,9 @@ pub fn parse(text: &str, catalog: &Catalog) -> Result<Tenancy, Vec<InputError>> 
                             message: format!("`{model}`: memory_gb must be positive"),
                         });
                         continue;
+                    }
+                    if !room(count, &mut errors, &gpus) {
+                        break;
                     }
                     // A catalog model written as a map keeps its MIG abilities.
                     let idx = catalog
@@ -719,7 +695,7 @@ pub fn parse(text: &str, catalog: &Catalog) -> Result<Tenancy, Vec<InputError>> 
     let workloads: Vec<(&'static str, Workload)> =
         Workload::ALL.iter().map(|w| (w.as_str(), *w)).collect();
     let mut tenants: Vec<Tenant> = Vec::new();
-    let mut seen: BTreeMap<String, Pos> = BTreeMap::new();
+    let mut seen: BTreeMap<String, Option<SourcePos>> = BTreeMap::new();
     if raw.tenants.is_empty() {
         errors.push(InputError {
             pos: pos(&raw.tenants),
@@ -740,7 +716,7 @@ pub fn parse(text: &str, catalog: &Catalog) -> Result<Tenancy, Vec<InputError>> 
                 pos: pos(&rt.name),
                 message: format!(
                     "tenant `{name}` is listed twice (first at line {})",
-                    prev.line
+                    prev.map_or(0, |p| p.line)
                 ),
             });
         }

@@ -102,6 +102,52 @@ fn every_rule_of_the_decision_map() {
     }
 }
 
+/// `gpus:` lists use carve-model's `N x NAME` parser and its per-node limit; errors keep their
+/// line and column.
+#[test]
+fn gpu_lists_share_the_parser_and_the_limit() {
+    let cat = Catalog::embedded();
+    let tenants = "tenants:\n  - {name: a, workload: inference, memory_gb: 10}\n";
+    let errors = |gpus: &str| {
+        let y = format!("fleet:\n  - node: k\n    gpus: {gpus}\n{tenants}");
+        carve_plan::parse(&y, &cat).unwrap_err()
+    };
+    let t = carve_plan::parse(
+        &format!("fleet:\n  - node: k\n    gpus: [2 x H100-80GB, 1024XA30-24GB]\n{tenants}"),
+        &cat,
+    );
+    assert!(t.is_err(), "1026 GPUs on one node");
+    let ok = carve_plan::parse(
+        &format!("fleet:\n  - node: k\n    gpus: [2 x H100-80GB, 3XA30-24GB]\n{tenants}"),
+        &cat,
+    )
+    .unwrap();
+    assert_eq!(ok.nodes[0].gpus.len(), 5);
+
+    let e = errors("[0xH100-80GB]");
+    assert_eq!(
+        e[0].to_string(),
+        "3:12: `0xH100-80GB`: the GPU count must be 1 to 1024"
+    );
+    let e = errors("[1000xH100-80GB, 100xA30-24GB]");
+    assert_eq!(
+        e[0].to_string(),
+        "3:28: node `k` has more than 1024 GPUs, the most one node holds"
+    );
+    let e = errors("[{model: L40S, memory_gb: 48, count: 2000}]");
+    assert!(
+        e[0].to_string().ends_with("`count` must be 1 to 1024"),
+        "{}",
+        e[0]
+    );
+    let e = errors("[2xH100-8OGB]");
+    assert!(
+        e[0].to_string().contains("did you mean 'H100-80GB'"),
+        "{}",
+        e[0]
+    );
+}
+
 #[test]
 fn profiles_are_the_smallest_that_fit() {
     let p = plan_of(&format!(

@@ -115,6 +115,27 @@ fn the_report_explains_every_tenant() {
         }
     }
     assert!(md.contains("proven optimum"));
+    // The planner's work, not its time: the same on every machine.
+    assert!(
+        md.contains(&format!(
+            "The MIG packing took {} branch-and-bound node",
+            plan.stats.solver_nodes
+        )),
+        "{md}"
+    );
+    assert!(!md.contains("Planned in"), "{md}");
+}
+
+/// No clock, a node budget instead of a time limit: planning is a function of its input.
+#[test]
+fn planning_is_deterministic() {
+    let a = example();
+    let b = example();
+    assert_eq!(a, b);
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap()
+    );
 }
 
 #[test]

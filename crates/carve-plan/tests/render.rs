@@ -64,7 +64,13 @@ fn place(replica: u32, node: &str, gpu: u32, mig: Option<(&str, u8)>) -> Placeme
     }
 }
 
-fn tenant(name: &str, mode: Mode, placements: Vec<Placement>) -> PlannedTenant {
+/// Where each tenant of the sample is (what its GPUs say, checked by
+/// `placements_come_from_the_gpus`).
+type Said = Vec<(String, Vec<Placement>)>;
+
+/// A tenant with its replicas at `placements`.
+fn tenant(said: &mut Said, name: &str, mode: Mode, placements: Vec<Placement>) -> PlannedTenant {
+    said.push((name.to_string(), placements.clone()));
     PlannedTenant {
         name: name.into(),
         workload: "inference".into(),
@@ -84,7 +90,6 @@ fn tenant(name: &str, mode: Mode, placements: Vec<Placement>) -> PlannedTenant {
         share: None,
         profiles: BTreeMap::new(),
         spread: false,
-        placements,
         unplaced: 0,
         resource: None,
         licence: None,
@@ -95,6 +100,11 @@ fn tenant(name: &str, mode: Mode, placements: Vec<Placement>) -> PlannedTenant {
 /// A Kubernetes node with two H100s (one MIG with three tenants, one time-sliced with two shares
 /// under fixed share), a vSphere node with a vGPU time-sliced H100 (RmPVMRL) and an unused H100.
 fn sample() -> Plan {
+    sample_and_placements().0
+}
+
+fn sample_and_placements() -> (Plan, Said) {
+    let mut said = Said::new();
     let mut mig = gpu(K8S, 0, GpuMode::Mig);
     mig.instances = vec![
         inst("1g.10gb", 0, 1, "search", 0),
@@ -129,6 +139,7 @@ fn sample() -> Plan {
     let unused = gpu(ESX, 1, GpuMode::Unused);
 
     let mut search = tenant(
+        &mut said,
         "search",
         Mode::Mig,
         vec![
@@ -141,6 +152,7 @@ fn sample() -> Plan {
     search.spread = true;
     search.warnings = vec!["search: spread asked, both replicas share GPU 0".into()];
     let mut recsys = tenant(
+        &mut said,
         "recsys",
         Mode::Mig,
         vec![place(0, K8S, 0, Some(("2g.20gb", 2)))],
@@ -148,24 +160,45 @@ fn sample() -> Plan {
     recsys.profiles.insert("H100-80GB".into(), "2g.20gb".into());
     recsys.resource = Some("nvidia.com/mig-2g.20gb".into());
     let mut fraud = tenant(
+        &mut said,
         "fraud",
         Mode::Mig,
         vec![place(0, K8S, 0, Some(("3g.40gb", 4)))],
     );
     fraud.profiles.insert("H100-80GB".into(), "3g.40gb".into());
     fraud.resource = Some("nvidia.com/mig-3g.40gb".into());
-    let mut notebooks = tenant("notebooks", Mode::TimeSliced, vec![place(0, K8S, 1, None)]);
+    let mut notebooks = tenant(
+        &mut said,
+        "notebooks",
+        Mode::TimeSliced,
+        vec![place(0, K8S, 1, None)],
+    );
     notebooks.share = Some(0.25);
     notebooks.resource = Some("nvidia.com/gpu".into());
-    let mut nightly = tenant("nightly", Mode::TimeSliced, vec![place(0, K8S, 1, None)]);
+    let mut nightly = tenant(
+        &mut said,
+        "nightly",
+        Mode::TimeSliced,
+        vec![place(0, K8S, 1, None)],
+    );
     nightly.share = Some(0.75);
     nightly.resource = Some("nvidia.com/gpu".into());
-    let mut vm_ci = tenant("vm-ci", Mode::VgpuTimeSliced, vec![place(0, ESX, 0, None)]);
+    let mut vm_ci = tenant(
+        &mut said,
+        "vm-ci",
+        Mode::VgpuTimeSliced,
+        vec![place(0, ESX, 0, None)],
+    );
     vm_ci.licence = Some("vCS".into());
-    let mut desk = tenant("desk", Mode::VgpuTimeSliced, vec![place(0, ESX, 0, None)]);
+    let mut desk = tenant(
+        &mut said,
+        "desk",
+        Mode::VgpuTimeSliced,
+        vec![place(0, ESX, 0, None)],
+    );
     desk.licence = Some("vWS".into());
 
-    Plan {
+    let plan = Plan {
         version: PLAN_VERSION,
         nodes: vec![
             PlannedNode {
@@ -193,10 +226,94 @@ fn sample() -> Plan {
             mig_optimal: true,
             mig_lower_bound: 1,
             time_sliced_lower_bound: 2,
-            plan_ms: 1.5,
+            solver_nodes: 3,
         },
         warnings: vec!["the vSphere host lacks a vWS licence for desk".into()],
+    };
+    (plan, said)
+}
+
+// ---------------------------------------------------------------------------------------------
+// plan.json
+
+#[test]
+fn placements_come_from_the_gpus() {
+    let (plan, said) = sample_and_placements();
+    let all = plan.placements_by_tenant();
+    for (name, want) in &said {
+        assert_eq!(&plan.placements(name), want, "{name}");
+        assert_eq!(&all[name.as_str()], want, "{name}");
     }
+    assert_eq!(all.len(), said.len());
+    assert!(plan.placements("nobody").is_empty());
+}
+
+#[test]
+fn version_2_round_trips_without_a_copy_of_the_placements() {
+    let plan = sample();
+    let text = serde_json::to_string_pretty(&plan).unwrap();
+    assert!(!text.contains("placements"), "{text}");
+    assert!(!text.contains("plan_ms"), "{text}");
+    assert_eq!(Plan::from_json(&text).unwrap(), plan);
+}
+
+/// The sample as carve 0.1 wrote it: version 1, each tenant's placements, plan_ms.
+fn as_version_1(plan: &Plan, said: &Said) -> serde_json::Value {
+    let mut v = serde_json::to_value(plan).unwrap();
+    v["version"] = 1.into();
+    v["stats"].as_object_mut().unwrap().remove("solver_nodes");
+    v["stats"]["plan_ms"] = 12.5.into();
+    for t in v["tenants"].as_array_mut().unwrap() {
+        let name = t["name"].as_str().unwrap().to_string();
+        let ps = &said.iter().find(|(n, _)| *n == name).unwrap().1;
+        t["placements"] = serde_json::to_value(ps).unwrap();
+    }
+    v
+}
+
+#[test]
+fn version_1_plans_are_read_and_checked() {
+    let (plan, said) = sample_and_placements();
+    let v1 = as_version_1(&plan, &said);
+    let read = Plan::from_json(&v1.to_string()).unwrap();
+    assert_eq!(read.version, PLAN_VERSION, "upgraded in memory");
+    let mut want = plan.clone();
+    want.stats.solver_nodes = 0;
+    assert_eq!(read, want);
+
+    // A copy that disagrees with the GPUs was edited by hand: refused.
+    let mut bad = v1.clone();
+    bad["tenants"][0]["placements"][1]["gpu"] = 1.into();
+    let e = Plan::from_json(&bad.to_string()).unwrap_err();
+    assert_eq!(
+        e,
+        carve_plan::plan::PlanError::Placements {
+            tenant: "search".into()
+        }
+    );
+    assert!(e.to_string().contains("tenant 'search'"), "{e}");
+    let mut missing = v1;
+    missing["tenants"][6]["placements"] = serde_json::json!([]);
+    assert!(Plan::from_json(&missing.to_string()).is_err());
+}
+
+#[test]
+fn unreadable_plans_say_why_and_where() {
+    use carve_plan::plan::PlanError;
+    let e = Plan::from_json("{\n  \"version\": 2,\n  \"nodes\": 7\n}").unwrap_err();
+    assert_eq!(e.pos().map(|p| p.line), Some(3), "{e}");
+    assert!(e.to_string().starts_with("3:"), "{e}");
+    assert!(!e.to_string().contains(" at line "), "{e}");
+    let e = Plan::from_json("{\"version\": 3}").unwrap_err();
+    assert_eq!(e, PlanError::Version { found: 3 });
+    assert_eq!(
+        e.to_string(),
+        "plan version 3 is not supported (this carve reads versions 1 to 2)"
+    );
+    assert!(matches!(
+        Plan::from_json("[1"),
+        Err(PlanError::Format { .. })
+    ));
 }
 
 fn node_models<'a>(plan: &Plan, cat: &'a Catalog, node: &str) -> Vec<&'a carve_model::GpuModel> {

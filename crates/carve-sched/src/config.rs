@@ -1,6 +1,7 @@
 //! The scheduler's configuration: policy, slice, and per tenant its share, memory limit and how
 //! its processes prove who they are. From a small YAML file, or from a plan's time-sliced GPU.
 
+use carve_model::SourcePos;
 use carve_timeslice::{Policy, Schedule, ScheduledTenant, Settings};
 use serde::Deserialize;
 use std::fmt;
@@ -37,28 +38,25 @@ pub struct DaemonConfig {
     pub tenants: Vec<TenantConfig>,
 }
 
-/// A located configuration problem.
+/// A configuration problem, located when it is one of the YAML text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    pub line: usize,
-    pub column: usize,
+    pub pos: Option<SourcePos>,
     pub message: String,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line > 0 {
-            write!(f, "{}:{}: {}", self.line, self.column, self.message)
-        } else {
-            f.write_str(&self.message)
+        match self.pos {
+            Some(p) => write!(f, "{p}: {}", self.message),
+            None => f.write_str(&self.message),
         }
     }
 }
 
 fn err(message: impl Into<String>) -> ConfigError {
     ConfigError {
-        line: 0,
-        column: 0,
+        pos: None,
         message: message.into(),
     }
 }
@@ -133,22 +131,14 @@ impl DaemonConfig {
                 marked_yaml::FromYamlError::ParseYaml(le) => {
                     let d = carve_migparted::load_error(&le);
                     ConfigError {
-                        line: d.pos.line,
-                        column: d.pos.column,
+                        pos: Some(d.pos),
                         message: d.message,
                     }
                 }
-                marked_yaml::FromYamlError::FromNode(ne) => {
-                    let (line, column) = ne
-                        .start_mark()
-                        .map(|m| (m.line(), m.column()))
-                        .unwrap_or((0, 0));
-                    ConfigError {
-                        line,
-                        column,
-                        message: ne.to_string(),
-                    }
-                }
+                marked_yaml::FromYamlError::FromNode(ne) => ConfigError {
+                    pos: ne.start_mark().map(|m| carve_migparted::marker_pos(&m)),
+                    message: ne.to_string(),
+                },
             })?;
         let mut tenants = Vec::new();
         for t in raw.tenants {

@@ -6,10 +6,10 @@
 //! chosen NVML error; and `crash_after(N)` aborts the process right after the Nth mutation of this
 //! process is committed (the CLI sets it from `CARVE_SIM_CRASH_AFTER`).
 
-use carve_backend::engine::{parse_node_spec, SimNode};
+use carve_backend::engine::SimNode;
 use carve_backend::{Backend, BackendError, GpuInfo, GpuInstance, MigMode, Process, Result};
-use carve_model::{Catalog, NvmlGiProfile};
-use carve_state::Store;
+use carve_model::{Catalog, GpuListError, NvmlGiProfile};
+use carve_state::{StateError, Store};
 use serde::{Deserialize, Serialize};
 
 /// The default simulated node.
@@ -32,6 +32,27 @@ struct SimState {
     fault: Option<Fault>,
     #[serde(default)]
     mutations: u64,
+}
+
+/// The simulated node could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The node spec (`2xH100-80GB`) is not a list of catalog GPUs.
+    #[error(transparent)]
+    Spec(#[from] GpuListError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// A fault that cannot be injected.
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    #[error("unknown NVML error '{kind}' (one of: {})", BackendError::KINDS.join(", "))]
+    UnknownKind { kind: String },
+    #[error("the mutation number counts from 1")]
+    Zeroth,
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 pub struct SimBackend {
@@ -61,14 +82,11 @@ impl SimBackend {
         store: Store,
         catalog: Catalog,
         spec: Option<&str>,
-    ) -> std::result::Result<(SimBackend, bool), String> {
-        let existing: Option<SimState> = store.get(KEY).map_err(|e| e.to_string())?;
+    ) -> std::result::Result<(SimBackend, bool), OpenError> {
+        let existing: Option<SimState> = store.get(KEY)?;
         let wanted = spec.map(str::trim);
-        let canonical = |s: &str| -> std::result::Result<Vec<String>, String> {
-            Ok(parse_node_spec(&catalog, s)?
-                .iter()
-                .map(|m| m.key.clone())
-                .collect())
+        let canonical = |s: &str| -> std::result::Result<Vec<String>, GpuListError> {
+            Ok(catalog.gpu_list(s)?.iter().map(|m| m.key.clone()).collect())
         };
         let fresh = match (&existing, wanted) {
             (None, _) => true,
@@ -85,14 +103,14 @@ impl SimBackend {
         };
         if fresh {
             let spec = wanted.unwrap_or(DEFAULT_NODE).to_string();
-            let models = parse_node_spec(&catalog, &spec)?;
+            let models = catalog.gpu_list(&spec)?;
             let st = SimState {
                 node: SimNode::new(&models, seed()),
                 spec,
                 fault: None,
                 mutations: 0,
             };
-            store.put(KEY, &st).map_err(|e| e.to_string())?;
+            store.put(KEY, &st)?;
         }
         Ok((
             SimBackend {
@@ -193,15 +211,14 @@ impl SimBackend {
     }
 
     /// Makes the `nth` GPU mutation from now fail with an NVML error kind (`in-use`, ...).
-    pub fn inject_fault(&mut self, nth: u64, kind: &str) -> std::result::Result<(), String> {
+    pub fn inject_fault(&mut self, nth: u64, kind: &str) -> std::result::Result<(), FaultError> {
         if BackendError::from_kind(kind, String::new()).is_none() {
-            return Err(format!(
-                "unknown NVML error '{kind}' (one of: {})",
-                BackendError::KINDS.join(", ")
-            ));
+            return Err(FaultError::UnknownKind {
+                kind: kind.to_string(),
+            });
         }
         if nth == 0 {
-            return Err("the mutation number counts from 1".into());
+            return Err(FaultError::Zeroth);
         }
         self.store
             .update::<SimState, _>(KEY, |st| {
@@ -212,7 +229,7 @@ impl SimBackend {
                     });
                 }
             })
-            .map_err(|e| e.to_string())
+            .map_err(FaultError::from)
     }
 
     pub fn clear_fault(&mut self) -> Result<()> {
@@ -331,6 +348,27 @@ mod tests {
         .unwrap();
         assert!(fresh);
         assert_eq!(other.gpus().unwrap().len(), 1);
-        assert!(b.inject_fault(1, "bogus").is_err());
+        let e = b.inject_fault(1, "bogus").unwrap_err();
+        assert!(matches!(e, FaultError::UnknownKind { .. }), "{e}");
+        assert!(e
+            .to_string()
+            .starts_with("unknown NVML error 'bogus' (one of: "));
+        assert!(matches!(
+            b.inject_fault(0, "in-use"),
+            Err(FaultError::Zeroth)
+        ));
+        // A spec that names no GPU says which, with a suggestion.
+        let e = SimBackend::open(
+            Store::open(&dir).unwrap(),
+            Catalog::embedded(),
+            Some("2xA100-4OGB"),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            matches!(e, OpenError::Spec(GpuListError::Unknown(_))),
+            "{e}"
+        );
+        assert!(e.to_string().contains("did you mean 'A100-40GB'"), "{e}");
     }
 }

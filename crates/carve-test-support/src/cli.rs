@@ -105,19 +105,28 @@ pub fn success_json(out: &Output) -> Value {
 pub type Devices = BTreeSet<(u64, String, u64, String)>;
 
 /// Every MIG device of a `carve status --json` document.
+///
+/// Every instance must show its catalog profile name (`2g.20gb`) with the NVML constant beside it.
 pub fn mig_devices(status: &Value) -> Devices {
     let mut out = BTreeSet::new();
     for (g, gpu) in status["gpus"].as_array().unwrap().iter().enumerate() {
-        for (gi, name) in gpu["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(gpu["profile_names"].as_array().unwrap())
-        {
+        for gi in gpu["instances"].as_array().unwrap() {
+            let name = gi["profile"].as_str().unwrap();
+            assert!(
+                name.contains("g.") && name.contains("gb"),
+                "a catalog profile name: {gi}"
+            );
+            assert!(
+                gi["nvml_profile"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("NVML_GPU_INSTANCE_PROFILE_"),
+                "{gi}"
+            );
             for ci in gi["compute_instances"].as_array().unwrap() {
                 out.insert((
                     g as u64,
-                    name.as_str().unwrap().to_string(),
+                    name.to_string(),
                     gi["start"].as_u64().unwrap(),
                     ci["uuid"].as_str().unwrap().to_string(),
                 ));
