@@ -9,6 +9,14 @@
 
 pub mod engine;
 
+/// The GPUs a simulated node (the simulated backend, the stand-in NVML) starts with when nobody
+/// says otherwise.
+pub const DEFAULT_SIM_NODE: &str = "2xH100-80GB";
+
+/// NVML's "no GPU instance" / "no compute instance" id (`0xFFFFFFFF`) in `nvmlEventData_t`:
+/// the event is about a whole GPU, not one MIG device. nvml-wrapper-sys does not name it.
+pub const NVML_NO_INSTANCE: u32 = 0xFFFF_FFFF;
+
 use carve_model::NvmlGiProfile;
 use serde::{Deserialize, Serialize};
 

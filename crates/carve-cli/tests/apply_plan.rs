@@ -439,7 +439,9 @@ fn bad_plans_exit_2_and_change_nothing() {
         .args(["apply", &f])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("broken.json:3:12: not valid JSON"));
+        .stderr(predicate::str::contains(
+            "broken.json:3:12: not a carve plan",
+        ));
     // -c is for mig-parted configs; --node for plans.
     let p = n.plan("ok.json", &first_plan());
     n.cmd()

@@ -329,17 +329,17 @@ fn validate_node_option_targets_gpu_indexes() {
     for (node, want) in [
         (
             "2000xH100-80GB",
-            "--node: '2000xH100-80GB': the GPU count must be 1 to 1024",
+            "--gpus: '2000xH100-80GB': the GPU count must be 1 to 1024",
         ),
         (
             "1000xH100-80GB,100xH100-80GB",
             "more than 1024 GPUs on one node",
         ),
-        (",", "--node: no GPUs given"),
+        (",", "--gpus: no GPUs given"),
         ("2xH100-8OGB", "did you mean 'H100-80GB'"),
     ] {
         carve()
-            .args(["validate", f.to_str().unwrap(), "--node", node])
+            .args(["validate", f.to_str().unwrap(), "--gpus", node])
             .assert()
             .code(2)
             .stderr(predicate::str::contains(want));

@@ -60,7 +60,7 @@ impl Node {
         std::fs::write(self.dir.join("sched.yaml"), config).unwrap();
         let child = self
             .carve()
-            .args(["sched", "serve", "--config"])
+            .args(["sched", "serve"])
             .arg(self.dir.join("sched.yaml"))
             .arg("--socket")
             .arg(&self.socket)

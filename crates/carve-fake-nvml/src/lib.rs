@@ -64,7 +64,6 @@ const NVML_VERSION: &str = "13.580.65.06";
 
 pub const ENV_NODE: &str = "CARVE_FAKE_NVML_NODE";
 pub const ENV_STATE: &str = "CARVE_FAKE_NVML_STATE";
-pub const DEFAULT_NODE: &str = "2xH100-80GB";
 
 // ---------------------------------------------------------------------------------------------
 // Handles
@@ -540,7 +539,7 @@ fn fresh_node(catalog: &Catalog) -> Result<SimNode, Rc> {
     let spec = std::env::var(ENV_NODE)
         .ok()
         .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| DEFAULT_NODE.to_string());
+        .unwrap_or_else(|| carve_backend::DEFAULT_SIM_NODE.to_string());
     let models = catalog.gpu_list(&spec).map_err(|e| {
         eprintln!("carve-fake-nvml: {ENV_NODE}={spec}: {e}");
         ERROR_UNKNOWN
@@ -1412,7 +1411,7 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v2(
 
 pub const ENV_EVENTS: &str = "CARVE_FAKE_NVML_EVENTS";
 /// `nvmlEventData_t.gpuInstanceId` when the event is not about a MIG device.
-const NO_INSTANCE: c_uint = 0xFFFF_FFFF;
+use carve_backend::NVML_NO_INSTANCE as NO_INSTANCE;
 
 struct EventSet {
     /// GPUs registered for XID events.

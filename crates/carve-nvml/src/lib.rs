@@ -574,7 +574,7 @@ pub struct XidEvent {
 }
 
 /// `nvmlEventData_t.gpuInstanceId` when the event is not about one MIG device.
-const NO_INSTANCE: c_uint = 0xFFFF_FFFF;
+use carve_backend::NVML_NO_INSTANCE as NO_INSTANCE;
 
 /// Watches every GPU for critical XID events (`nvmlEventTypeXidCriticalError`) on a thread of
 /// its own, with its own NVML handle, until `stop` is set; `on` gets each event. GPUs that do

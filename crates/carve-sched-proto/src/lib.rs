@@ -15,11 +15,15 @@
 //! This crate is the whole contract between separately deployed processes (the shim is built
 //! into containers' images and preloaded; the daemon runs on the node): the messages, the
 //! daemon's timing that clients rely on ([`GRACE_NS`], [`DRAIN_NS`], [`LEDGER_TURNS`]), the
-//! environment the shim reads ([`ENV_SCHED_SOCKET`] and the others) and a blocking [`Client`].
-//! A change to the wire format needs a [`VERSION`] bump.
+//! environment the shim reads ([`ENV_SCHED_SOCKET`] and the others) and, with the feature
+//! `client` (on by default; the daemon, the shim and the CLI take it), a blocking `Client` and
+//! the clock (`now_ns`). Without it the crate is pure: the simulator reads the daemon's figures
+//! from it. A change to the wire format needs a [`VERSION`] bump.
 
+#[cfg(feature = "client")]
 mod client;
 
+#[cfg(feature = "client")]
 pub use client::{status, Client, ClientError, MAX_LINE};
 
 use serde::{Deserialize, Serialize};
@@ -175,7 +179,8 @@ pub const WAIT_BUCKETS_NS: [u64; 11] = [
     100_000_000,
 ];
 
-/// `CLOCK_MONOTONIC` now, in nanoseconds.
+/// `CLOCK_MONOTONIC` now, in nanoseconds (feature `client`).
+#[cfg(feature = "client")]
 pub fn now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -12,9 +12,6 @@ use carve_model::{Catalog, GpuListError, NvmlGiProfile};
 use carve_state::{StateError, Store};
 use serde::{Deserialize, Serialize};
 
-/// The default simulated node.
-pub const DEFAULT_NODE: &str = "2xH100-80GB";
-
 const KEY: &str = "sim";
 
 /// A pending injected fault: the `countdown`-th mutation from now fails with `kind`.
@@ -102,7 +99,9 @@ impl SimBackend {
             (Some(_), None) => false,
         };
         if fresh {
-            let spec = wanted.unwrap_or(DEFAULT_NODE).to_string();
+            let spec = wanted
+                .unwrap_or(carve_backend::DEFAULT_SIM_NODE)
+                .to_string();
             let models = catalog.gpu_list(&spec)?;
             let st = SimState {
                 node: SimNode::new(&models, seed()),

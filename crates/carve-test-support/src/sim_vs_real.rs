@@ -14,6 +14,7 @@
 use crate::fake_cuda;
 use carve_sched::config::{DaemonConfig, Identity};
 use carve_sched::server::Server;
+use carve_sched_proto as proto;
 use carve_timeslice::{Policy, Schedule, ScheduledTenant, Settings};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -150,10 +151,10 @@ impl Stand {
                     .env("LD_PRELOAD", self.bin.join(fake_cuda::SHIM_LIB))
                     .env("LD_LIBRARY_PATH", self.root.join("lib"))
                     .env("CARVE_FAKE_CUDA_DIR", &gpu)
-                    .env("CARVE_SCHED_SOCKET", &sock)
-                    .env("CARVE_TENANT", format!("t{i}"))
-                    .env("CARVE_TOKEN_FILE", &tok)
-                    .env("CARVE_FAIL", "closed")
+                    .env(proto::ENV_SCHED_SOCKET, &sock)
+                    .env(proto::ENV_TENANT, format!("t{i}"))
+                    .env(proto::ENV_TOKEN_FILE, &tok)
+                    .env(proto::ENV_FAIL, proto::FAIL_CLOSED)
                     .stdout(Stdio::piped())
                     .spawn()
                     .expect("carve-workload")

@@ -56,6 +56,11 @@ pub struct Dep {
     pub package: String,
     pub kind: DepKind,
     pub optional: bool,
+    /// Whether the dependency's default features are on (`default-features = false` here or in
+    /// `[workspace.dependencies]` turns them off).
+    pub default_features: bool,
+    /// The features it turns on (`features = [...]`).
+    pub features: Vec<String>,
     /// `workspace = true`: from `[workspace.dependencies]`.
     pub workspace: bool,
     /// `Cargo.toml:LINE` of the entry, relative to the root.
@@ -189,11 +194,28 @@ impl Workspace {
                         &format!("{prefix}{}", kind.table()),
                         key,
                     );
+                    let ws_entry = uses_ws.then(|| ws_deps.get(key)).flatten();
+                    let no_default = |t: Option<&toml::Value>| {
+                        t.and_then(|t| t.get("default-features"))
+                            .and_then(|d| d.as_bool())
+                            == Some(false)
+                    };
+                    let features = v
+                        .get("features")
+                        .and_then(|f| f.as_array())
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|f| f.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     out.push(Dep {
                         key: key.clone(),
                         package,
                         kind,
                         optional: v.get("optional").and_then(|o| o.as_bool()) == Some(true),
+                        default_features: !no_default(Some(v)) && !no_default(ws_entry),
+                        features,
                         workspace: uses_ws,
                         at: format!("{}/Cargo.toml:{line}", krate.rel),
                     });
@@ -201,6 +223,35 @@ impl Workspace {
             }
         }
         out
+    }
+
+    /// The optional dependencies (by key) of `krate` that the features `on` turn on, `default`
+    /// included when asked: `[features]` followed through, `dep:NAME` and `NAME` entries alike.
+    pub fn enabled_optional(
+        &self,
+        krate: &Crate,
+        on: &[String],
+        default: bool,
+    ) -> BTreeSet<String> {
+        let table = krate.manifest.get("features").and_then(|f| f.as_table());
+        let mut todo: Vec<String> = on.to_vec();
+        if default {
+            todo.push("default".into());
+        }
+        let mut seen = BTreeSet::new();
+        let mut deps = BTreeSet::new();
+        while let Some(f) = todo.pop() {
+            if !seen.insert(f.clone()) {
+                continue;
+            }
+            let name = f.strip_prefix("dep:").unwrap_or(&f);
+            let name = name.split('/').next().unwrap_or(name).trim_end_matches('?');
+            deps.insert(name.to_string());
+            if let Some(list) = table.and_then(|t| t.get(name)).and_then(|l| l.as_array()) {
+                todo.extend(list.iter().filter_map(|x| x.as_str().map(str::to_string)));
+            }
+        }
+        deps
     }
 
     /// Every Rust file of the crate under `dirs` (relative to the crate, e.g. `src`, `tests`,

@@ -177,9 +177,6 @@ const IMPURE_IO: &[&str] = &["stdin", "stdout", "stderr"];
 /// Exceptions: (file, what, why).
 #[rustfmt::skip]
 const PURE_ALLOWANCES: &[(&str, &str, &str)] = &[
-    // TEMPORARY: the planner times its search with `Instant`; the branch that passes the time in
-    // removes it. Delete this entry when it is merged.
-    ("crates/carve-plan/src/planner.rs", "Instant", "TEMPORARY: the planner's search timer"),
 ];
 
 /// What in `src` pure code may not use: (line, what).
@@ -353,7 +350,7 @@ const FLOORS: &[Floor] = &[
 
 /// TEMPORARY: crates of FLOORS that other branches are creating. Delete each name when its
 /// crate is merged.
-const NOT_YET_CREATED: &[&str] = &["carve-sched-proto", "carve-cuda-abi"];
+const NOT_YET_CREATED: &[&str] = &[];
 
 /// Crates whose workspace dependencies (normal and build) are limited to a list: (crate,
 /// allowed, why).
@@ -374,9 +371,6 @@ const ONLY_DEPS: &[(&str, &[&str], &str)] = &[
 /// Exceptions to the floors and ONLY_DEPS: (crate, dependency, why).
 #[rustfmt::skip]
 const DEP_ALLOWANCES: &[(&str, &str, &str)] = &[
-    // TEMPORARY: the shim reads the protocol from carve-sched until carve-sched-proto exists.
-    // Delete when the branch creating carve-sched-proto is merged.
-    ("carve-shim", "carve-sched", "TEMPORARY: the protocol moves to carve-sched-proto"),
 ];
 
 /// Crates that do I/O, run processes or threads, read clocks or the environment: no crate of
@@ -518,22 +512,27 @@ fn pure_crates_depend_on_no_io_crate() {
     for p in pure.iter().filter(|p| ws().crates.contains_key(**p)) {
         // Through workspace crates: the path from `p` to each one reached, and where `p` names
         // the first step.
+        // (path, where `p` names the first step, the features the step turns on, defaults on).
         let mut seen = BTreeSet::new();
-        let mut todo: Vec<(Vec<String>, Option<String>)> = vec![(vec![p.to_string()], None)];
-        while let Some((path, first_at)) = todo.pop() {
+        type Step = (Vec<String>, Option<String>, Vec<String>, bool);
+        let mut todo: Vec<Step> = vec![(vec![p.to_string()], None, Vec::new(), true)];
+        while let Some((path, first_at, features, default)) = todo.pop() {
             let here = path.last().unwrap().clone();
-            if !seen.insert(here.clone()) {
+            if !seen.insert((here.clone(), features.clone(), default)) {
                 continue;
             }
-            for d in ws().deps(&ws().crates[&here]) {
-                if d.kind != DepKind::Normal {
+            let krate = &ws().crates[&here];
+            // Optional dependencies count only when a feature the dependent asks for turns them on.
+            let enabled = ws().enabled_optional(krate, &features, default);
+            for d in ws().deps(krate) {
+                if d.kind != DepKind::Normal || (d.optional && !enabled.contains(&d.key)) {
                     continue;
                 }
                 let at = first_at.clone().unwrap_or_else(|| d.at.clone());
                 if ws().crates.contains_key(&d.package) {
                     let mut next = path.clone();
                     next.push(d.package.clone());
-                    todo.push((next, Some(at)));
+                    todo.push((next, Some(at), d.features.clone(), d.default_features));
                 } else if IO_CRATES.contains(&d.package.as_str()) {
                     problems.push(format!(
                         "{at}: {p} (a pure crate) depends on {}: {}",
@@ -565,12 +564,6 @@ fn pure_crates_depend_on_no_io_crate() {
 const UNUSED_ALLOWANCES: &[(&str, &str, &str)] = &[
     ("carve-agent", "prost", "used by the gRPC code build.rs generates (OUT_DIR), which the scan does not read"),
     ("carve-agent", "tonic-prost", "used by the gRPC code build.rs generates (OUT_DIR), which the scan does not read"),
-    // TEMPORARY: unused entries of crates that other branches are changing: delete the entry
-    // from the crate's Cargo.toml, and here, after merging them.
-    ("carve-apply", "carve-simnode", "TEMPORARY: an unused dev-dependency"),
-    ("carve-model", "serde_json", "TEMPORARY: an unused dev-dependency"),
-    // TEMPORARY: removed on the branch that changes carve-migparted.
-    ("carve-migparted", "thiserror", "TEMPORARY: an unused dependency"),
 ];
 
 #[test]
@@ -648,23 +641,11 @@ const SHARED_CONST_NAMES: &[(&str, &[&str], &str)] = &[
     ("ERROR_NOT_SUPPORTED", &["carve-nvml", "carve-fake-nvml"], "a short local name for nvml-wrapper-sys's value"),
     ("ERROR_NOT_FOUND", &["carve-nvml", "carve-fake-nvml"], "a short local name for nvml-wrapper-sys's value"),
     ("ERROR_INSUFFICIENT_SIZE", &["carve-nvml", "carve-fake-nvml"], "a short local name for nvml-wrapper-sys's value"),
-    // TEMPORARY: copies. NO_INSTANCE is NVML's "no GPU/compute instance" id in event data
-    // (0xFFFFFFFF), which nvml-wrapper-sys does not name; DEFAULT_NODE is the GPUs both stand-in
-    // nodes start with (it could live in carve-backend, under both). Delete each entry when its
-    // constant has one home.
-    ("NO_INSTANCE", &["carve-nvml", "carve-fake-nvml"], "TEMPORARY: a copy of an NVML ABI value"),
-    ("DEFAULT_NODE", &["carve-simnode", "carve-fake-nvml"], "TEMPORARY: a copy"),
-    // TEMPORARY: the driver API's result codes, copied in the stand-in, the shim and the
-    // workload until carve-cuda-abi (another branch) holds them. Delete on merge.
-    ("CUDA_SUCCESS", &["carve-fake-cuda", "carve-shim"], "TEMPORARY: moves to carve-cuda-abi"),
-    ("CUDA_ERROR_OUT_OF_MEMORY", &["carve-fake-cuda", "carve-shim", "carve-workload"], "TEMPORARY: moves to carve-cuda-abi"),
-    ("CUDA_ERROR_NOT_FOUND", &["carve-fake-cuda", "carve-shim"], "TEMPORARY: moves to carve-cuda-abi"),
-    ("CUDA_ERROR_UNKNOWN", &["carve-fake-cuda", "carve-shim"], "TEMPORARY: moves to carve-cuda-abi"),
 ];
 
 /// The crate that defines the scheduler protocol's names.
 /// TEMPORARY: becomes "carve-sched-proto" when the branch creating it is merged.
-const SCHED_PROTO_HOME: &str = "carve-sched";
+const SCHED_PROTO_HOME: &str = "carve-sched-proto";
 
 /// The environment the shim reads: spelt as string literals only in SCHED_PROTO_HOME.
 const SCHED_ENV_NAMES: &[&str] = &[
@@ -687,19 +668,6 @@ const SCHED_CONST_NAMES: &[&str] = &[
 /// the environment's names written as string literals.
 #[rustfmt::skip]
 const SCHED_NAME_ALLOWANCES: &[(&str, &str, &str)] = &[
-    // TEMPORARY, all of them: the environment's names have no constants yet; the branch
-    // creating carve-sched-proto adds them, and these files use them. Delete on merge.
-    ("crates/carve-shim/src/lib.rs", "literals", "TEMPORARY"),
-    ("crates/carve-agent/src/allocate.rs", "literals", "TEMPORARY"),
-    ("crates/carve-agent/src/cdi.rs", "literals", "TEMPORARY"),
-    ("crates/carve-agent/tests/pure.rs", "literals", "TEMPORARY"),
-    ("crates/carve-agent/tests/kubelet.rs", "literals", "TEMPORARY"),
-    ("crates/carve-cli/src/sched.rs", "literals", "TEMPORARY"),
-    ("crates/carve-cli/tests/up.rs", "literals", "TEMPORARY"),
-    ("crates/carve-test-support/src/sim_vs_real.rs", "literals", "TEMPORARY"),
-    // TEMPORARY: the simulator's copy of the daemon's ledger length; it reads it from
-    // carve-sched-proto once that exists. Delete on merge.
-    ("crates/carve-simulate/src/lib.rs", "LEDGER_TURNS", "TEMPORARY"),
 ];
 
 /// Where the averaging factor's default (33, vGPU's) is written: only here.
@@ -710,11 +678,6 @@ const AVERAGING_FACTOR_HOME: &str = "crates/carve-timeslice/src/lib.rs";
 #[rustfmt::skip]
 const AVERAGING_FACTOR_ALLOWANCES: &[(&str, &str, &str)] = &[
     ("crates/carve-timeslice/tests/properties.rs", "33", "TEMPORARY"),
-    ("crates/carve-simulate/src/lib.rs", "33", "TEMPORARY"),
-    ("crates/carve-sched/src/config.rs", "33", "TEMPORARY"),
-    ("crates/carve-sched/src/plan.rs", "33", "TEMPORARY"),
-    ("crates/carve-sched/tests/daemon.rs", "33", "TEMPORARY"),
-    ("crates/carve-agent/src/agent.rs", "33", "TEMPORARY"),
 ];
 
 #[test]
@@ -1180,19 +1143,13 @@ const LINTS_NOT_YET: &[&str] = &[
     "carve-apply",
     "carve-backend",
     "carve-cli",
-    "carve-fake-cuda",
-    "carve-fake-nvml",
     "carve-migparted",
     "carve-model",
-    "carve-nvml",
     "carve-plan",
-    "carve-sched",
-    "carve-shim",
     "carve-simnode",
     "carve-simulate",
     "carve-state",
     "carve-timeslice",
-    "carve-workload",
 ];
 
 #[test]
