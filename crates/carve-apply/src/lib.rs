@@ -494,6 +494,46 @@ pub struct Changes {
     pub blockers: Vec<Blocker>,
 }
 
+/// What a set of changes does to one GPU: instances kept, destroyed and created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuChanges {
+    pub gpu: u32,
+    pub model: String,
+    pub keep: usize,
+    pub destroy: usize,
+    pub create: usize,
+    /// Operations of any kind on the GPU (MIG mode included).
+    pub ops: usize,
+}
+
+impl GpuChanges {
+    pub fn unchanged(&self) -> bool {
+        self.ops == 0
+    }
+}
+
+impl Changes {
+    /// Per target GPU, what the changes do to it.
+    pub fn per_gpu(&self, targets: &[GpuTarget]) -> Vec<GpuChanges> {
+        targets
+            .iter()
+            .map(|t| {
+                let ops: Vec<&Op> = self.ops.iter().filter(|o| o.gpu() == t.gpu_index).collect();
+                let count = |f: fn(&Op) -> bool| ops.iter().filter(|o| f(o)).count();
+                let create = count(|o| matches!(o, Op::CreateGpuInstance { .. }));
+                GpuChanges {
+                    gpu: t.gpu_index,
+                    model: t.model.clone(),
+                    keep: t.instances.len().saturating_sub(create),
+                    destroy: count(|o| matches!(o, Op::DestroyGpuInstance { .. })),
+                    create,
+                    ops: ops.len(),
+                }
+            })
+            .collect()
+    }
+}
+
 /// Operations from `observed` to `targets`.
 pub fn diff(observed: &[Observed], targets: &[GpuTarget]) -> Result<Changes, ApplyError> {
     let mut changes = Changes {

@@ -1,7 +1,9 @@
 //! `carve agent` (the node agent) and `carve up` (plan, apply and run the agent on this machine,
 //! a simulated node when it has no GPU).
 
-use crate::node::{self, Ctx};
+use crate::backend::{self, Ctx};
+use crate::input;
+use crate::node;
 use crate::output::{self, Failure, Out};
 use carve_agent::agent::{self, GpuNode, Handle};
 use carve_agent::control::ReconcileError;
@@ -105,7 +107,7 @@ fn resync(a: &AgentArgs) -> Result<Option<Duration>, Failure> {
     if a.resync == "off" {
         return Ok(None);
     }
-    let d = output::parse_duration(&a.resync, "--resync", 86400.0)?;
+    let d = input::parse_duration(&a.resync, "--resync", 86400.0)?;
     if d < Duration::from_millis(100) {
         return Err(Failure::bad("--resync must be at least 100ms"));
     }
@@ -335,7 +337,7 @@ fn run(
     let run_for = a
         .run_for
         .as_deref()
-        .map(|d| output::parse_duration(d, "--run-for", 365.0 * 86400.0))
+        .map(|d| input::parse_duration(d, "--run-for", 365.0 * 86400.0))
         .transpose()?;
     let resync = resync(a)?;
     let (token, token_file) = api_token(a, &p.state)?;
@@ -411,7 +413,7 @@ pub fn agent_cmd(
         None => Desired::Recorded,
         Some(f) => node::load_desired(f, config, node_name)?,
     };
-    let state = node::state_dir(ctx);
+    let state = backend::state_dir(ctx);
     let p = Paths {
         plugins: a
             .device_plugin_dir
@@ -425,9 +427,9 @@ pub fn agent_cmd(
         run: a.run_dir.clone().unwrap_or_else(|| "/run/carve".into()),
         state: state.clone(),
     };
-    let (backend, note) = node::open_backend(ctx, &catalog)?;
+    let (backend, note) = backend::open_backend(ctx, &catalog)?;
     let sim_health = (backend.kind() == "sim").then(|| state.clone());
-    let store = node::open_store(ctx)?;
+    let store = backend::open_store(ctx)?;
     let node = GpuNode {
         backend,
         store,
@@ -455,7 +457,7 @@ pub fn up_cmd(
             tenancy.display()
         )));
     }
-    let t = crate::plan::load_tenancy(&catalog, tenancy)?;
+    let t = crate::input::load_tenancy(&catalog, tenancy)?;
     let plan = carve_plan::plan(&t, &catalog);
     if !plan.complete {
         return Err(Failure::no(format!(
@@ -504,15 +506,15 @@ pub fn up_cmd(
     };
     // NVML when this machine has GPUs (and --backend allows), else a simulated node of the
     // planned GPUs.
-    let use_nvml = !matches!(ctx.backend, node::BackendChoice::Sim)
+    let use_nvml = !matches!(ctx.backend, backend::BackendChoice::Sim)
         && ctx.sim.is_none()
-        && crate::nvml::open()
+        && crate::backend::open_nvml()
             .ok()
             .and_then(|mut b| b.gpus().ok())
             .is_some_and(|g| !g.is_empty());
     let (backend, note, sim_health): (Box<dyn carve_backend::Backend + Send>, String, _) =
         if use_nvml {
-            let (b, n) = node::open_backend(&sub, &catalog)?;
+            let (b, n) = backend::open_backend(&sub, &catalog)?;
             (b, n, None)
         } else {
             let store = carve_state::Store::open(&state).map_err(|e| Failure::no(e.to_string()))?;

@@ -2,9 +2,10 @@
 //! reads files, and prints what the library crates compute.
 
 mod agent;
-mod commands;
+mod backend;
+mod catalog;
+mod input;
 mod node;
-mod nvml;
 mod output;
 mod plan;
 mod sched;
@@ -12,7 +13,7 @@ mod simulate;
 mod svg;
 
 use clap::{Parser, Subcommand};
-use output::Failure;
+use output::{Failure, Out};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,8 +37,8 @@ struct Cli {
     state: Option<PathBuf>,
     /// Which GPUs to use: nvml (the driver), sim (the simulated node), or auto (NVML when it loads
     /// and finds GPUs, else the simulated node).
-    #[arg(long, global = true, value_enum, default_value_t = node::BackendChoice::Auto)]
-    backend: node::BackendChoice,
+    #[arg(long, global = true, value_enum, default_value_t = backend::BackendChoice::Auto)]
+    backend: backend::BackendChoice,
     /// The simulated node's GPUs, e.g. 2xH100-80GB or A100-40GB,H100-80GB (default: the stored
     /// node, or 2xH100-80GB). Implies --backend sim.
     #[arg(long, global = true, value_name = "GPUS")]
@@ -229,7 +230,7 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.json;
-    match commands::run(cli) {
+    match run(cli) {
         Ok(out) => {
             output::emit(&out.text);
             ExitCode::from(out.code)
@@ -240,6 +241,108 @@ fn main() -> ExitCode {
                 Failure::BadInput { .. } => 2,
                 Failure::No { .. } => 1,
             })
+        }
+    }
+}
+
+/// Runs the command: each module parses its input, calls the library crates and prints.
+fn run(cli: Cli) -> Result<Out, Failure> {
+    let (catalog, catalog_note) = input::load_catalog(cli.catalog.as_deref())?;
+    let json = cli.json;
+    let ctx = backend::Ctx {
+        state: cli.state.clone(),
+        backend: cli.backend,
+        sim: cli.sim.clone(),
+        json,
+    };
+    match cli.command {
+        Command::Apply {
+            file,
+            config,
+            node,
+            boot,
+            dry_run,
+            force,
+        } => node::apply_cmd(
+            &ctx,
+            catalog,
+            file.as_deref(),
+            config.as_deref(),
+            node.as_deref(),
+            boot,
+            dry_run,
+            force,
+        ),
+        Command::Plan {
+            file,
+            out,
+            allow_partial,
+        } => plan::plan_cmd(&catalog, &file, out.as_deref(), allow_partial, json),
+        Command::Sched(cmd) => sched::sched_cmd(cmd, json),
+        Command::Simulate {
+            file,
+            plan,
+            duration,
+            seed,
+            out,
+        } => simulate::simulate_cmd(
+            &catalog,
+            &file,
+            plan.as_deref(),
+            &duration,
+            seed,
+            out.as_deref(),
+            json,
+        ),
+        Command::Run {
+            tenant,
+            socket,
+            token_file,
+            fail,
+            command,
+        } => sched::run_cmd(&tenant, &socket, token_file.as_deref(), &fail, &command),
+        Command::Status => node::status_cmd(&ctx, catalog),
+        Command::Assert { file, config, node } => node::assert_cmd(
+            &ctx,
+            catalog,
+            file.as_deref(),
+            config.as_deref(),
+            node.as_deref(),
+        ),
+        Command::Export { label } => node::export_cmd(&ctx, catalog, &label),
+        Command::Sim(cmd) => node::sim_cmd(&ctx, catalog, cmd),
+        Command::Agent {
+            file,
+            config,
+            node,
+            agent,
+        } => agent::agent_cmd(
+            &ctx,
+            catalog,
+            file.as_deref(),
+            config.as_deref(),
+            node.as_deref(),
+            &agent,
+        ),
+        Command::Up {
+            tenancy,
+            node,
+            dir,
+            agent,
+        } => agent::up_cmd(&ctx, catalog, &tenancy, node.as_deref(), &dir, &agent),
+        Command::Catalog => catalog::catalog_cmd(&catalog, catalog_note, json),
+        Command::Profiles { gpu } => catalog::profiles_cmd(catalog.gpu(&gpu)?, &catalog, json),
+        Command::Layouts { gpu, all, svg } => {
+            catalog::layouts_cmd(catalog.gpu(&gpu)?, all, svg, json)
+        }
+        Command::Fit {
+            gpu,
+            profiles,
+            used,
+            svg,
+        } => catalog::fit_cmd(catalog.gpu(&gpu)?, &profiles, &used, svg, json),
+        Command::Validate { file, gpus } => {
+            catalog::validate_cmd(&catalog, &file, gpus.as_deref(), json)
         }
     }
 }

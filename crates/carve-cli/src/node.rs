@@ -1,31 +1,16 @@
 //! Commands that work on the node's GPUs through a backend: apply, status, assert, export, sim.
 //! `apply` and `assert` take a mig-parted config or a carve plan (`plan.json`).
 
-use crate::commands::read_input;
+use crate::backend::{open_backend, open_sim, open_store, Ctx};
+use crate::input::read_input;
 use crate::output::{table, Failure, Out};
-use carve_apply::{ApplyError, Changes, Desired, ErrorKind, Event, GpuTarget, Observed, Op};
-use carve_backend::{Backend, Process};
+use carve_apply::{Changes, Desired, Event, GpuTarget, Observed};
+use carve_backend::Process;
 use carve_model::geometry::{self, Instance};
 use carve_model::Catalog;
-use carve_simnode::SimBackend;
-use carve_state::Store;
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use serde_json::json;
-use std::path::{Path, PathBuf};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackendChoice {
-    Auto,
-    Sim,
-    Nvml,
-}
-
-pub struct Ctx {
-    pub state: Option<PathBuf>,
-    pub backend: BackendChoice,
-    pub sim: Option<String>,
-    pub json: bool,
-}
+use std::path::Path;
 
 #[derive(Subcommand, Debug)]
 pub enum SimCommand {
@@ -68,99 +53,6 @@ pub enum SimCommand {
     Reset { gpu: u32 },
 }
 
-/// The state directory: --state, $CARVE_STATE_DIR, or the user's data dir.
-pub(crate) fn state_dir(ctx: &Ctx) -> PathBuf {
-    ctx.state
-        .clone()
-        .or_else(|| std::env::var_os("CARVE_STATE_DIR").map(PathBuf::from))
-        .or_else(|| {
-            directories::ProjectDirs::from("", "", "carve").map(|d| d.data_dir().to_path_buf())
-        })
-        .unwrap_or_else(|| PathBuf::from(".carve"))
-}
-
-pub(crate) fn open_store(ctx: &Ctx) -> Result<Store, Failure> {
-    Store::open(&state_dir(ctx)).map_err(|e| Failure::no(e.to_string()))
-}
-
-/// `--sim` takes a spec (`2xH100-80GB,A30`) or a node file: one spec per line, `#` comments.
-fn sim_spec(arg: &str) -> Result<String, Failure> {
-    let path = Path::new(arg);
-    if !path.is_file() {
-        return Ok(arg.to_string());
-    }
-    let text = read_input(path)?;
-    let parts: Vec<&str> = text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .collect();
-    if parts.is_empty() {
-        return Err(Failure::bad(format!(
-            "{arg}: the node file names no GPUs (e.g. a line 2xH100-80GB)"
-        )));
-    }
-    Ok(parts.join(","))
-}
-
-fn open_sim(ctx: &Ctx, catalog: &Catalog) -> Result<(SimBackend, String), Failure> {
-    let spec = ctx.sim.as_deref().map(sim_spec).transpose()?;
-    let (mut sim, fresh) = SimBackend::open(open_store(ctx)?, catalog.clone(), spec.as_deref())
-        .map_err(|e| Failure::bad(format!("--sim: {e}")))?;
-    let crash = std::env::var("CARVE_SIM_CRASH_AFTER")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    sim.crash_after(crash);
-    let spec = sim.spec().map_err(|e| Failure::no(e.to_string()))?;
-    let note = format!(
-        "simulated node {spec}{} (state: {})",
-        if fresh { ", new" } else { "" },
-        sim.store().path().display()
-    );
-    Ok((sim, note))
-}
-
-/// The backend to use, and a line saying which.
-pub fn open_backend(
-    ctx: &Ctx,
-    catalog: &Catalog,
-) -> Result<(Box<dyn Backend + Send>, String), Failure> {
-    let choice = if ctx.sim.is_some() {
-        BackendChoice::Sim
-    } else {
-        ctx.backend
-    };
-    match choice {
-        BackendChoice::Sim => {
-            let (sim, note) = open_sim(ctx, catalog)?;
-            Ok((Box::new(sim), note))
-        }
-        BackendChoice::Nvml => {
-            let mut b = crate::nvml::open().map_err(|e| Failure::no(format!("NVML: {e}")))?;
-            let n = b.gpus().map(|g| g.len()).unwrap_or(0);
-            Ok((b, format!("NVML ({n} GPUs)")))
-        }
-        BackendChoice::Auto => {
-            if let Ok(mut b) = crate::nvml::open() {
-                if let Ok(g) = b.gpus() {
-                    if !g.is_empty() {
-                        return Ok((b, format!("NVML ({} GPUs)", g.len())));
-                    }
-                }
-            }
-            let (sim, note) = open_sim(ctx, catalog)?;
-            Ok((Box::new(sim), note))
-        }
-    }
-}
-
-fn apply_failure(e: ApplyError) -> Failure {
-    match e.kind() {
-        ErrorKind::Input => Failure::bad(e.to_string()),
-        ErrorKind::Refused | ErrorKind::Failed => Failure::no(e.to_string()),
-    }
-}
-
 /// Reads a mig-parted config or a carve plan (`-` is standard input); picks the config (`-c`) or
 /// the node (`--node`).
 pub(crate) fn load_desired(
@@ -169,7 +61,7 @@ pub(crate) fn load_desired(
     node: Option<&str>,
 ) -> Result<Desired, Failure> {
     let text = read_input(file)?;
-    Desired::read(&text, &file.display().to_string(), config, node).map_err(apply_failure)
+    Desired::read(&text, &file.display().to_string(), config, node).map_err(Failure::from)
 }
 
 fn draw_observed(catalog: &Catalog, o: &Observed) -> Option<String> {
@@ -270,7 +162,7 @@ fn status_text(catalog: &Catalog, observed: &[Observed]) -> String {
 
 pub fn status_cmd(ctx: &Ctx, catalog: Catalog) -> Result<Out, Failure> {
     let (mut backend, note) = open_backend(ctx, &catalog)?;
-    let observed = carve_apply::observe(backend.as_mut(), &catalog).map_err(apply_failure)?;
+    let observed = carve_apply::observe(backend.as_mut(), &catalog).map_err(Failure::from)?;
     let store = open_store(ctx)?;
     let unfinished = store
         .journal_unfinished()
@@ -293,26 +185,15 @@ pub fn status_cmd(ctx: &Ctx, catalog: Catalog) -> Result<Out, Failure> {
 
 fn summarize(targets: &[GpuTarget], changes: &Changes) -> String {
     let mut s = String::new();
-    for t in targets {
-        let ops: Vec<&Op> = changes
-            .ops
-            .iter()
-            .filter(|o| o.gpu() == t.gpu_index)
-            .collect();
-        let destroys = ops
-            .iter()
-            .filter(|o| matches!(o, Op::DestroyGpuInstance { .. }))
-            .count();
-        let creates = ops
-            .iter()
-            .filter(|o| matches!(o, Op::CreateGpuInstance { .. }))
-            .count();
-        let keep = t.instances.len().saturating_sub(creates);
+    for g in changes.per_gpu(targets) {
         s.push_str(&format!(
-            "GPU {} ({}): keep {keep}, destroy {destroys}, create {creates}{}\n",
-            t.gpu_index,
-            t.model,
-            if ops.is_empty() {
+            "GPU {} ({}): keep {}, destroy {}, create {}{}\n",
+            g.gpu,
+            g.model,
+            g.keep,
+            g.destroy,
+            g.create,
+            if g.unchanged() {
                 " (already as wanted)"
             } else {
                 ""
@@ -368,7 +249,7 @@ pub fn apply_cmd(
             _ => {}
         },
     )
-    .map_err(apply_failure)?;
+    .map_err(Failure::from)?;
     if dry_run {
         if json {
             return Ok(Out::json(
@@ -431,7 +312,7 @@ pub fn assert_cmd(
     let (mut backend, _) = open_backend(ctx, &catalog)?;
     let store = open_store(ctx)?;
     let (targets, changes) = carve_apply::compare(backend.as_mut(), &catalog, &store, &desired)
-        .map_err(apply_failure)?;
+        .map_err(Failure::from)?;
     let matches = changes.ops.is_empty();
     if ctx.json {
         return Ok(Out::json(
@@ -463,7 +344,7 @@ pub fn export_cmd(ctx: &Ctx, catalog: Catalog, label: &str) -> Result<Out, Failu
         )));
     }
     let (mut backend, _) = open_backend(ctx, &catalog)?;
-    let observed = carve_apply::observe(backend.as_mut(), &catalog).map_err(apply_failure)?;
+    let observed = carve_apply::observe(backend.as_mut(), &catalog).map_err(Failure::from)?;
     let yaml = carve_apply::export::to_migparted(&catalog, &observed, label);
     if ctx.json {
         return Ok(Out::json(&json!({ "config": label, "yaml": yaml }), 0));
@@ -483,7 +364,7 @@ pub fn sim_cmd(ctx: &Ctx, catalog: Catalog, cmd: SimCommand) -> Result<Out, Fail
     let no = |e: carve_backend::BackendError| Failure::no(e.to_string());
     match cmd {
         SimCommand::Show => {
-            let observed = carve_apply::observe(&mut sim, &catalog).map_err(apply_failure)?;
+            let observed = carve_apply::observe(&mut sim, &catalog).map_err(Failure::from)?;
             if ctx.json {
                 let fault = sim.fault().map_err(no)?;
                 return Ok(Out::json(
@@ -524,7 +405,7 @@ pub fn sim_cmd(ctx: &Ctx, catalog: Catalog, cmd: SimCommand) -> Result<Out, Fail
             ))
         }
         SimCommand::Xid { device, xid, clear } => {
-            let observed = carve_apply::observe(&mut sim, &catalog).map_err(apply_failure)?;
+            let observed = carve_apply::observe(&mut sim, &catalog).map_err(Failure::from)?;
             let mut known: Vec<String> = Vec::new();
             for o in &observed {
                 known.push(o.info.uuid.clone());

@@ -172,25 +172,13 @@ pub fn excerpt(text: &str, line: usize, column: usize) -> Vec<String> {
     }
 }
 
-/// A duration for `flag`: `250ms`, `90s`, `30m`, `1h`, or plain seconds; positive, at most `max_s`.
-pub fn parse_duration(s: &str, flag: &str, max_s: f64) -> Result<std::time::Duration, Failure> {
-    let t = s.trim();
-    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 1e-3)
-    } else {
-        match t.chars().last() {
-            Some('h') => (&t[..t.len() - 1], 3600.0),
-            Some('m') => (&t[..t.len() - 1], 60.0),
-            Some('s') => (&t[..t.len() - 1], 1.0),
-            _ => (t, 1.0),
+/// `carve apply`'s errors: bad input exits 2, a refusal or a failure 1.
+impl From<carve_apply::ApplyError> for Failure {
+    fn from(e: carve_apply::ApplyError) -> Failure {
+        use carve_apply::ErrorKind;
+        match e.kind() {
+            ErrorKind::Input => Failure::bad(e.to_string()),
+            ErrorKind::Refused | ErrorKind::Failed => Failure::no(e.to_string()),
         }
-    };
-    match num.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v * mult <= max_s => {
-            Ok(std::time::Duration::from_secs_f64(v * mult))
-        }
-        _ => Err(Failure::bad(format!(
-            "{flag} {s}: give a positive time up to {max_s} s, like 90s, 30m or 1h"
-        ))),
     }
 }

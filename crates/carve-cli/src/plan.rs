@@ -1,39 +1,10 @@
 //! `carve plan`: a tenancy file in, a plan (and the files that follow from it) out.
 
-use crate::commands::read_input;
-use crate::output::{excerpt, table, Failure, Out};
+use crate::input::load_tenancy;
+use crate::output::{table, Failure, Out};
 use carve_model::Catalog;
 use carve_plan::plan::{Placement, Plan, PlannedTenant};
-use serde_json::json;
 use std::path::Path;
-
-/// Reads and checks a tenancy file; errors are located `FILE:LINE:COL`.
-pub fn load_tenancy(catalog: &Catalog, file: &Path) -> Result<carve_plan::Tenancy, Failure> {
-    let text = read_input(file)?;
-    carve_plan::parse(&text, catalog).map_err(|errs| {
-        let name = file.display().to_string();
-        let first = &errs[0];
-        let mut detail = first
-            .pos
-            .map(|p| excerpt(&text, p.line, p.column))
-            .unwrap_or_default();
-        for e in &errs[1..] {
-            detail.push(format!("{name}:{e}"));
-        }
-        Failure::BadInput {
-            message: format!("{name}:{first}"),
-            detail,
-            suggestions: Vec::new(),
-            diagnostics: Some(Box::new(json!(errs
-                .iter()
-                .map(|e| {
-                    let (line, column) = e.pos.map_or((0, 0), |p| (p.line, p.column));
-                    json!({"file": name, "line": line, "column": column, "message": e.message})
-                })
-                .collect::<Vec<_>>()))),
-        }
-    })
-}
 
 fn where_text(t: &PlannedTenant, placements: &[Placement]) -> String {
     let mut parts: Vec<String> = Vec::new();

@@ -1,7 +1,7 @@
 //! `carve sched` (the time-slice scheduler daemon and its status) and `carve run` (a command under
 //! the shim).
 
-use crate::commands::read_input;
+use crate::input::read_input;
 use crate::output::{table, Failure, Out};
 use carve_plan::plan::Sniff;
 use carve_sched::config::DaemonConfig;

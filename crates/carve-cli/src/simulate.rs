@@ -1,6 +1,6 @@
 //! `carve simulate`: each tenant's latency under every sharing mode, before anyone repartitions.
 
-use crate::commands::read_input;
+use crate::input::read_input;
 use crate::output::{table, Failure, Out};
 use carve_model::Catalog;
 use carve_simulate::scenario::{self, Report, MODES};
@@ -17,8 +17,8 @@ pub fn simulate_cmd(
     json: bool,
 ) -> Result<Out, Failure> {
     let duration_s =
-        crate::output::parse_duration(duration, "--duration", 7.0 * 86400.0)?.as_secs_f64();
-    let tenancy = crate::plan::load_tenancy(catalog, file)?;
+        crate::input::parse_duration(duration, "--duration", 7.0 * 86400.0)?.as_secs_f64();
+    let tenancy = crate::input::load_tenancy(catalog, file)?;
     let plan = match plan_file {
         Some(p) => carve_plan::Plan::from_json(&read_input(p)?)
             .map_err(|e| Failure::bad(format!("{}:{e}", p.display())))?,

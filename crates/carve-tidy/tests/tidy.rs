@@ -1224,3 +1224,143 @@ fn no_source_includes() {
         problems,
     );
 }
+
+// =============================================================================================
+// h. No import circles between a crate's modules
+
+/// Module circles that are accepted: (crate, the modules of the circle sorted and joined by ` `,
+/// why).
+const MODULE_CYCLE_ALLOWANCES: &[(&str, &str, &str)] = &[];
+
+/// The top-level modules of a crate's `src/` (a file `x.rs` or a directory `x/`) and, for each,
+/// the other top-level modules its code names through `crate::` (`use crate::x`, `crate::x::f`).
+/// The crate root (`lib.rs`, `main.rs`) declares the modules and is left out.
+fn module_graph(krate: &carve_tidy::Crate) -> BTreeMap<String, BTreeSet<String>> {
+    let src = format!("{}/src/", krate.rel);
+    let module_of = |file: &str| -> Option<String> {
+        let rest = file.strip_prefix(&src)?;
+        let first = rest.split('/').next()?;
+        let name = first.strip_suffix(".rs").unwrap_or(first);
+        (!matches!(name, "lib" | "main")).then(|| name.to_string())
+    };
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let files = ws().rust_files(krate, &["src"]);
+    let modules: BTreeSet<String> = files.iter().filter_map(|f| module_of(f)).collect();
+    for file in &files {
+        let Some(here) = module_of(file) else {
+            continue;
+        };
+        let src = ws().source(file);
+        let t = &src.tokens;
+        let names = graph.entry(here.clone()).or_default();
+        for k in 0..t.len() {
+            if src.in_test[k] || !t[k].is(Kind::Ident, "crate") {
+                continue;
+            }
+            // `crate::x`, or `crate::{x, y::z}` in a `use`.
+            if !(k + 2 < t.len() && t[k + 1].is(Kind::Punct, ":") && t[k + 2].is(Kind::Punct, ":"))
+            {
+                continue;
+            }
+            let mut heads = Vec::new();
+            if let Some(next) = t.get(k + 3) {
+                if next.kind == Kind::Ident {
+                    heads.push(next.text.clone());
+                } else if next.is(Kind::Punct, "{") {
+                    let mut depth = 0;
+                    let mut expect = true;
+                    for tok in &t[k + 3..] {
+                        match (&tok.kind, tok.text.as_str()) {
+                            (Kind::Punct, "{") => {
+                                depth += 1;
+                                expect = depth == 1;
+                            }
+                            (Kind::Punct, "}") => {
+                                depth -= 1;
+                                if depth == 0 {
+                                    break;
+                                }
+                            }
+                            (Kind::Punct, ",") if depth == 1 => expect = true,
+                            (Kind::Ident, name) if expect && depth == 1 => {
+                                heads.push(name.to_string());
+                                expect = false;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            for h in heads {
+                if h != here && modules.contains(&h) {
+                    names.insert(h);
+                }
+            }
+        }
+    }
+    graph
+}
+
+/// A circle through `start` in `graph`, if there is one (the shortest found by a breadth-first
+/// search).
+fn circle(graph: &BTreeMap<String, BTreeSet<String>>, start: &str) -> Option<Vec<String>> {
+    let mut prev: BTreeMap<String, String> = BTreeMap::new();
+    let mut queue = std::collections::VecDeque::from([start.to_string()]);
+    while let Some(m) = queue.pop_front() {
+        for n in graph.get(&m).into_iter().flatten() {
+            if n == start {
+                let mut path = vec![m.clone()];
+                let mut at = m.clone();
+                while let Some(p) = prev.get(&at) {
+                    path.push(p.clone());
+                    at = p.clone();
+                }
+                path.reverse();
+                return Some(path);
+            }
+            if n != start && !prev.contains_key(n) {
+                prev.insert(n.clone(), m.clone());
+                queue.push_back(n.clone());
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn modules_import_no_circle() {
+    let mut allow = Allowances::new("MODULE_CYCLE_ALLOWANCES", MODULE_CYCLE_ALLOWANCES);
+    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (name, krate) in &ws().crates {
+        let graph = module_graph(krate);
+        for m in graph.keys() {
+            let Some(path) = circle(&graph, m) else {
+                continue;
+            };
+            let mut key: Vec<&str> = path.iter().map(String::as_str).collect();
+            key.sort_unstable();
+            let key = key.join(" ");
+            if !seen.insert((name.clone(), key.clone())) || allow.allows(name, &key) {
+                continue;
+            }
+            let shown: Vec<String> = path
+                .iter()
+                .chain(std::iter::once(&path[0]))
+                .map(|m| format!("{m}.rs"))
+                .collect();
+            problems.push(format!(
+                "{}/src: {name}'s modules import each other in a circle: {}",
+                krate.rel,
+                shown.join(" -> ")
+            ));
+        }
+    }
+    problems.extend(allow.stale());
+    report(
+        "a crate's modules do not import each other in a circle (each idea has one home; the \
+         crate reads as layers)",
+        "move what both need into the lower module (or a new leaf module) and import it from there",
+        problems,
+    );
+}

@@ -1,7 +1,8 @@
 //! The commands. Each returns what to print and its status, or a bad-input failure.
 
+use crate::input::{read_input, write_svg};
 use crate::output::{excerpt, table, Failure, Out};
-use crate::{svg, Cli, Command};
+use crate::svg;
 use carve_migparted as migparted;
 use carve_model::geometry::{self, describe_counts, Infeasible, Instance, PlacedInstance};
 use carve_model::{Catalog, GpuListError, GpuModel};
@@ -9,168 +10,13 @@ use serde::Serialize;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
-pub fn run(cli: Cli) -> Result<Out, Failure> {
-    let (catalog, catalog_note) = load_catalog(cli.catalog.as_deref())?;
-    let json = cli.json;
-    let ctx = crate::node::Ctx {
-        state: cli.state.clone(),
-        backend: cli.backend,
-        sim: cli.sim.clone(),
-        json,
-    };
-    match cli.command {
-        Command::Apply {
-            file,
-            config,
-            node,
-            boot,
-            dry_run,
-            force,
-        } => crate::node::apply_cmd(
-            &ctx,
-            catalog,
-            file.as_deref(),
-            config.as_deref(),
-            node.as_deref(),
-            boot,
-            dry_run,
-            force,
-        ),
-        Command::Plan {
-            file,
-            out,
-            allow_partial,
-        } => crate::plan::plan_cmd(&catalog, &file, out.as_deref(), allow_partial, json),
-        Command::Sched(cmd) => crate::sched::sched_cmd(cmd, json),
-        Command::Simulate {
-            file,
-            plan,
-            duration,
-            seed,
-            out,
-        } => crate::simulate::simulate_cmd(
-            &catalog,
-            &file,
-            plan.as_deref(),
-            &duration,
-            seed,
-            out.as_deref(),
-            json,
-        ),
-        Command::Run {
-            tenant,
-            socket,
-            token_file,
-            fail,
-            command,
-        } => crate::sched::run_cmd(&tenant, &socket, token_file.as_deref(), &fail, &command),
-        Command::Status => crate::node::status_cmd(&ctx, catalog),
-        Command::Assert { file, config, node } => crate::node::assert_cmd(
-            &ctx,
-            catalog,
-            file.as_deref(),
-            config.as_deref(),
-            node.as_deref(),
-        ),
-        Command::Export { label } => crate::node::export_cmd(&ctx, catalog, &label),
-        Command::Sim(cmd) => crate::node::sim_cmd(&ctx, catalog, cmd),
-        Command::Agent {
-            file,
-            config,
-            node,
-            agent,
-        } => crate::agent::agent_cmd(
-            &ctx,
-            catalog,
-            file.as_deref(),
-            config.as_deref(),
-            node.as_deref(),
-            &agent,
-        ),
-        Command::Up {
-            tenancy,
-            node,
-            dir,
-            agent,
-        } => crate::agent::up_cmd(&ctx, catalog, &tenancy, node.as_deref(), &dir, &agent),
-        Command::Catalog => catalog_cmd(&catalog, catalog_note, json),
-        Command::Profiles { gpu } => profiles_cmd(catalog.gpu(&gpu)?, &catalog, json),
-        Command::Layouts { gpu, all, svg } => layouts_cmd(catalog.gpu(&gpu)?, all, svg, json),
-        Command::Fit {
-            gpu,
-            profiles,
-            used,
-            svg,
-        } => fit_cmd(catalog.gpu(&gpu)?, &profiles, &used, svg, json),
-        Command::Validate { file, gpus } => validate_cmd(&catalog, &file, gpus.as_deref(), json),
-    }
-}
-
-/// The embedded catalog, plus the user's file: `--catalog`, else `$CARVE_CATALOG`, else
-/// `<config dir>/carve/catalog.toml` when it exists.
-fn load_catalog(flag: Option<&Path>) -> Result<(Catalog, Option<String>), Failure> {
-    let mut catalog = Catalog::embedded();
-    let path: Option<PathBuf> = flag
-        .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("CARVE_CATALOG").map(PathBuf::from))
-        .or_else(|| {
-            directories::ProjectDirs::from("", "", "carve")
-                .map(|d| d.config_dir().join("catalog.toml"))
-                .filter(|p| p.is_file())
-        });
-    let Some(path) = path else {
-        return Ok((catalog, None));
-    };
-    let text = read_input(&path)?;
-    let origin = path.display().to_string();
-    let user = Catalog::from_toml(&text, &origin).map_err(|e| Failure::BadInput {
-        message: format!("invalid catalog: {e}"),
-        detail: excerpt(&text, e.pos.line, e.pos.column),
-        suggestions: Vec::new(),
-        diagnostics: Some(Box::new(
-            json!([{ "line": e.pos.line, "column": e.pos.column, "message": e.message }]),
-        )),
-    })?;
-    let added = user.gpus.len();
-    let replaced = catalog.merge(user);
-    let note = format!(
-        "{origin}: {} GPU model(s) added, {} replaced{}",
-        added - replaced.len(),
-        replaced.len(),
-        if replaced.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", replaced.join(", "))
-        }
-    );
-    Ok((catalog, Some(note)))
-}
-
-pub(crate) fn read_input(path: &Path) -> Result<String, Failure> {
-    if path == Path::new("-") {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-            .map_err(|e| Failure::bad(format!("cannot read standard input: {e}")))?;
-        return Ok(s);
-    }
-    let bytes = std::fs::read(path)
-        .map_err(|e| Failure::bad(format!("cannot read {}: {e}", path.display())))?;
-    String::from_utf8(bytes)
-        .map_err(|_| Failure::bad(format!("{} is not UTF-8 text", path.display())))
-}
-
-fn write_svg(path: &Path, svg: &str) -> Result<(), Failure> {
-    std::fs::write(path, svg)
-        .map_err(|e| Failure::bad(format!("cannot write {}: {e}", path.display())))
-}
-
 fn unconfirmed_line(gpu: &GpuModel) -> Option<String> {
     (!gpu.unconfirmed.is_empty()).then(|| format!("unconfirmed: {}", gpu.unconfirmed.join("; ")))
 }
 
 // ------------------------------------------------------------------------------------------------
 
-fn catalog_cmd(catalog: &Catalog, note: Option<String>, json: bool) -> Result<Out, Failure> {
+pub fn catalog_cmd(catalog: &Catalog, note: Option<String>, json: bool) -> Result<Out, Failure> {
     if json {
         #[derive(Serialize)]
         struct J<'a> {
@@ -243,7 +89,7 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
-fn profiles_cmd(gpu: &GpuModel, catalog: &Catalog, json: bool) -> Result<Out, Failure> {
+pub fn profiles_cmd(gpu: &GpuModel, catalog: &Catalog, json: bool) -> Result<Out, Failure> {
     if json {
         #[derive(Serialize)]
         struct P<'a> {
@@ -386,7 +232,7 @@ fn profiles_cmd(gpu: &GpuModel, catalog: &Catalog, json: bool) -> Result<Out, Fa
 
 // ------------------------------------------------------------------------------------------------
 
-fn layouts_cmd(
+pub fn layouts_cmd(
     gpu: &GpuModel,
     all: bool,
     svg_path: Option<PathBuf>,
@@ -521,7 +367,7 @@ fn parse_used_arg(gpu: &GpuModel, arg: &str) -> Result<Instance, Failure> {
     Ok(Instance { profile, start })
 }
 
-fn fit_cmd(
+pub fn fit_cmd(
     gpu: &GpuModel,
     args: &[String],
     used: &[String],
@@ -672,7 +518,7 @@ fn parse_node<'c>(catalog: &'c Catalog, spec: &str) -> Result<Vec<&'c GpuModel>,
     })
 }
 
-fn validate_cmd(
+pub fn validate_cmd(
     catalog: &Catalog,
     file: &Path,
     node: Option<&str>,
