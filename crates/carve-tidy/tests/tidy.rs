@@ -833,6 +833,10 @@ fn the_averaging_factor_default_is_written_once() {
 #[rustfmt::skip]
 const EXTERNAL_NAMES: &[(&str, &str)] = &[
     ("Arc", "std::sync::Arc"),
+    ("String", "std's String"),
+    ("unsafe_op_in_unsafe_fn", "a rustc lint, set in [workspace.lints]"),
+    ("clippy", "clippy's lint namespace"),
+    ("undocumented_unsafe_blocks", "a clippy lint, set in [workspace.lints]"),
     ("possible_placements", "nvml-wrapper's API (the bug carve-nvml works around)"),
 ];
 
