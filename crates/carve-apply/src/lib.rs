@@ -285,13 +285,34 @@ pub fn model_of<'c>(catalog: &'c Catalog, info: &GpuInfo) -> Option<&'c GpuModel
 /// A desired GI: profile index and the compute-instance size.
 type Item = (usize, u8);
 
+/// The most current instances [`choose_layout`] weighs keeping (it tries every subset).
+const MAX_KEEP_CANDIDATES: usize = 16;
+
+/// Why [`choose_layout`] found no placed target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// More than 16 current instances could stay (every subset of them is tried).
+    #[error("too many GPU instances to consider")]
+    TooManyInstances { candidates: usize },
+    /// The wanted instances do not fit the GPU even when it is empty; `message` is `reason` in
+    /// the model's words (`carve_migparted::infeasible_text`).
+    #[error("{message}")]
+    Infeasible {
+        reason: geometry::Infeasible,
+        message: String,
+    },
+    /// They fit an empty GPU, but not around any set of the instances that must stay.
+    #[error("no layout found")]
+    NoLayout,
+}
+
 /// Chooses placements for `items` on a GPU holding `current`, keeping the most current instances
 /// (busy ones first). Returns the placed target, or why it cannot be placed.
 pub fn choose_layout(
     model: &GpuModel,
     current: &[GpuInstance],
     items: &[Item],
-) -> Result<Vec<TargetInstance>, String> {
+) -> Result<Vec<TargetInstance>, LayoutError> {
     // Current instances that could stay: same profile as some wanted item and a compatible CI
     // split (equal, or none yet: a GI whose CI was never made).
     let cand: Vec<(usize, Item, &GpuInstance)> = current
@@ -305,8 +326,10 @@ pub fn choose_layout(
             Some((p, *item, gi))
         })
         .collect();
-    if cand.len() > 16 {
-        return Err("too many GPU instances to consider".into());
+    if cand.len() > MAX_KEEP_CANDIDATES {
+        return Err(LayoutError::TooManyInstances {
+            candidates: cand.len(),
+        });
     }
     let mut best: Option<((usize, usize, usize), Vec<TargetInstance>)> = None;
     for mask in 0u32..(1 << cand.len()) {
@@ -390,8 +413,11 @@ pub fn choose_layout(
         counts[*p] += 1;
     }
     match geometry::fit(model, &counts, &[]) {
-        Err(e) => Err(carve_migparted::infeasible_text(model, &e)),
-        Ok(_) => Err("no layout found".into()),
+        Err(reason) => Err(LayoutError::Infeasible {
+            message: carve_migparted::infeasible_text(model, &reason),
+            reason,
+        }),
+        Ok(_) => Err(LayoutError::NoLayout),
     }
 }
 

@@ -2,7 +2,7 @@
 //! carve keeps the most instances any valid target could keep, issues exactly one destroy per
 //! removed and one create per added GPU/compute instance, and ends in the desired layout.
 
-use carve_apply::{choose_layout, diff, observe, run_op, GpuTarget, Op};
+use carve_apply::{choose_layout, diff, observe, run_op, GpuTarget, LayoutError, Op};
 use carve_backend::engine::InMemory;
 use carve_backend::Backend;
 use carve_model::geometry::{self, counts_of, Instance};
@@ -160,5 +160,30 @@ fn busy_instances_win_ties() {
             .iter()
             .any(|t| t.profile == "1g.10gb" && t.start == 5),
         "{target:?}"
+    );
+}
+
+#[test]
+fn a_layout_that_cannot_fit_says_why_in_the_models_words() {
+    let fx = fixture();
+    let model = fx.catalog.gpu("H100-80GB").unwrap();
+    let three = model.profile_index("3g.40gb").unwrap();
+    let mut backend = node_with(model, &[]);
+    let observed = observe(&mut backend, &fx.catalog).unwrap();
+    let items = vec![(three, 3); 3];
+    let e = choose_layout(model, &observed[0].gpu_instances(), &items).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LayoutError::Infeasible {
+                reason: geometry::Infeasible::Rule(_),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "3g.40gb x3 needs 9 compute slices, H100-80GB has 7"
     );
 }

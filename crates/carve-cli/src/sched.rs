@@ -78,8 +78,8 @@ pub fn sched_cmd(cmd: SchedCommand, json: bool) -> Result<Out, Failure> {
                         .map_err(|e| Failure::bad(format!("{name}:{e}")))?
                 }
             };
-            let server =
-                carve_sched::server::Server::start(cfg.clone(), &socket).map_err(Failure::no)?;
+            let server = carve_sched::server::Server::start(cfg.clone(), &socket)
+                .map_err(|e| Failure::no(e.to_string()))?;
             // SAFETY: installing async-signal-safe handlers that only store an atomic.
             unsafe {
                 libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);

@@ -82,37 +82,54 @@ pub fn admits(id: &Identity, peer: Peer, token: Option<&str>, cgroups: &[String]
     false
 }
 
+/// Why a client's claim to be a tenant is refused. The daemon sends the text to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No tenant of that name; `suggestion` is a close name, `known` every name.
+    #[error("unknown tenant '{claim}'{}", unknown_hint(known, suggestion.as_deref()))]
+    UnknownTenant {
+        claim: String,
+        known: Vec<String>,
+        suggestion: Option<String>,
+    },
+    /// The tenant exists, but neither the token nor the peer's user or cgroup proves the claim.
+    #[error("process {pid} (uid {uid}) is not recognised as tenant '{tenant}': no matching token, user or cgroup")]
+    NotRecognised { tenant: String, pid: u32, uid: u32 },
+}
+
+/// The end of [`AuthError::UnknownTenant`]'s message: the suggestion, else the names there are.
+fn unknown_hint(known: &[String], suggestion: Option<&str>) -> String {
+    match suggestion {
+        Some(s) => format!("; did you mean '{s}'?"),
+        None => format!(" (this scheduler has {})", known.join(", ")),
+    }
+}
+
 /// Finds the tenant a client claims and checks the claim. The error says why, for the client.
 pub fn authenticate<'a>(
     tenants: &'a [TenantConfig],
     claim: &str,
     token: Option<&str>,
     peer: Peer,
-) -> Result<&'a TenantConfig, String> {
+) -> Result<&'a TenantConfig, AuthError> {
     let Some(t) = tenants.iter().find(|t| t.tenant.name == claim) else {
-        let names: Vec<&str> = tenants.iter().map(|t| t.tenant.name.as_str()).collect();
-        let close = names
-            .iter()
-            .filter(|n| strsim_like(claim, n))
-            .copied()
-            .collect::<Vec<_>>();
-        return Err(if close.is_empty() {
-            format!(
-                "unknown tenant '{claim}' (this scheduler has {})",
-                names.join(", ")
-            )
-        } else {
-            format!("unknown tenant '{claim}'; did you mean '{}'?", close[0])
+        let known: Vec<String> = tenants.iter().map(|t| t.tenant.name.clone()).collect();
+        let suggestion = known.iter().find(|n| strsim_like(claim, n)).cloned();
+        return Err(AuthError::UnknownTenant {
+            claim: claim.to_string(),
+            known,
+            suggestion,
         });
     };
     let groups = cgroups(peer.pid);
     if admits(&t.identity, peer, token, &groups) {
         Ok(t)
     } else {
-        Err(format!(
-            "process {} (uid {}) is not recognised as tenant '{claim}': no matching token, user or cgroup",
-            peer.pid, peer.uid
-        ))
+        Err(AuthError::NotRecognised {
+            tenant: claim.to_string(),
+            pid: peer.pid,
+            uid: peer.uid,
+        })
     }
 }
 
@@ -186,7 +203,32 @@ mod tests {
             identity: id(None, &[1000], None),
         }];
         let e = authenticate(&t, "serch", None, P).unwrap_err();
-        assert!(e.contains("did you mean 'search'"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "unknown tenant 'serch'; did you mean 'search'?"
+        );
+        assert!(
+            matches!(e, AuthError::UnknownTenant { ref suggestion, .. } if suggestion.as_deref() == Some("search")),
+            "{e:?}"
+        );
+        let e = authenticate(&t, "zzz", None, P).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown tenant 'zzz' (this scheduler has search)"
+        );
         assert!(authenticate(&t, "search", None, P).is_ok());
+        let e = authenticate(&t, "search", None, Peer { uid: 7, ..P }).unwrap_err();
+        assert_eq!(
+            e,
+            AuthError::NotRecognised {
+                tenant: "search".into(),
+                pid: 1,
+                uid: 7
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "process 1 (uid 7) is not recognised as tenant 'search': no matching token, user or cgroup"
+        );
     }
 }

@@ -1,13 +1,15 @@
 //! The daemon: a unix-socket server, one thread per client connection, and one scheduling thread
 //! that hands out turns through the policy core (`carve-timeslice`). The control plane is never in
-//! the fast path: a client that holds a turn launches without talking to the daemon.
+//! the fast path: a client that holds a turn launches without talking to the daemon. A request
+//! line is at most `carve_sched_proto::MAX_LINE` bytes: a client that sends more is answered
+//! with an error and disconnected, so no client makes the daemon buffer without end.
 
 use crate::config::DaemonConfig;
 use crate::identity;
 use carve_sched_proto::{self as proto, Reply, Request, StatusReport, TenantStatus};
 use carve_sched_proto::{DRAIN_NS, GRACE_NS, LEDGER_TURNS};
 use carve_timeslice as core;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -44,7 +46,7 @@ struct Turn {
     used: u64,
 }
 
-struct State {
+struct DaemonState {
     core: core::Scheduler,
     tenants: Vec<TenantState>,
     turn: Option<Turn>,
@@ -60,16 +62,55 @@ struct State {
 
 struct Shared {
     config: DaemonConfig,
-    state: Mutex<State>,
+    state: Mutex<DaemonState>,
     cv: Condvar,
     started: u64,
     stop: AtomicBool,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, DaemonState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Why a scheduler did not start (nothing is left listening).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The scheduling settings are invalid.
+    #[error(transparent)]
+    Settings(#[from] core::SettingsError),
+    /// Another scheduler answers on the socket.
+    #[error("{} is in use by another scheduler", path.display())]
+    InUse { path: PathBuf },
+    /// A stale socket file could not be removed.
+    #[error("cannot remove {}: {source}", path.display())]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket's directory could not be created.
+    #[error("cannot create {}: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket could not be bound.
+    #[error("cannot listen on {}: {source}", path.display())]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket could not be made owner-only.
+    #[error("cannot set permissions on {}: {source}", path.display())]
+    Permissions {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running scheduler.
@@ -84,30 +125,42 @@ pub struct Server {
 
 impl Server {
     /// Binds the socket (owner-only, 0600) and starts serving.
-    pub fn start(config: DaemonConfig, path: &Path) -> Result<Server, String> {
-        let sched = core::Scheduler::new(config.settings.clone()).map_err(|e| e.to_string())?;
+    pub fn start(config: DaemonConfig, path: &Path) -> Result<Server, StartError> {
+        let sched = core::Scheduler::new(config.settings.clone())?;
         if path.exists() {
             // A stale socket from a previous run: refuse if someone still answers on it.
             if UnixStream::connect(path).is_ok() {
-                return Err(format!("{} is in use by another scheduler", path.display()));
+                return Err(StartError::InUse {
+                    path: path.to_path_buf(),
+                });
             }
-            std::fs::remove_file(path)
-                .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+            std::fs::remove_file(path).map_err(|source| StartError::Remove {
+                path: path.to_path_buf(),
+                source,
+            })?;
         }
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                std::fs::create_dir_all(dir).map_err(|source| StartError::CreateDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
             }
         }
-        let listener = UnixListener::bind(path)
-            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("cannot set permissions on {}: {e}", path.display()))?;
+        let listener = UnixListener::bind(path).map_err(|source| StartError::Listen {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| StartError::Permissions {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
         let n = config.tenants.len();
         let shared = Arc::new(Shared {
             config,
-            state: Mutex::new(State {
+            state: Mutex::new(DaemonState {
                 core: sched,
                 tenants: vec![TenantState::default(); n],
                 turn: None,
@@ -119,9 +172,10 @@ impl Server {
             started: proto::now_ns(),
             stop: AtomicBool::new(false),
         });
-        let waker = listener
-            .try_clone()
-            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        let waker = listener.try_clone().map_err(|source| StartError::Listen {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut threads = Vec::new();
         let s = shared.clone();
         threads.push(std::thread::spawn(move || schedule_loop(&s)));
@@ -190,7 +244,7 @@ fn tenant_id(i: usize) -> core::TenantId {
 }
 
 /// Closes the current turn, charging `used`; a tenant with no client waiting stops being due.
-fn end_turn(st: &mut State, used: u64, now: u64) {
+fn end_turn(st: &mut DaemonState, used: u64, now: u64) {
     let Some(t) = st.turn.take() else { return };
     st.core.finish(tenant_id(t.tenant), used, now);
     st.tenants[t.tenant].gpu_time += used;
@@ -204,7 +258,7 @@ fn end_turn(st: &mut State, used: u64, now: u64) {
 }
 
 /// Starts a turn for a tenant.
-fn begin_turn(st: &mut State, tenant: usize, until: u64, now: u64) -> u64 {
+fn begin_turn(st: &mut DaemonState, tenant: usize, until: u64, now: u64) -> u64 {
     st.seq += 1;
     st.turn = Some(Turn {
         tenant,
@@ -223,7 +277,7 @@ fn begin_turn(st: &mut State, tenant: usize, until: u64, now: u64) -> u64 {
 }
 
 /// A client reports the GPU time it took in turn `seq` (from the grant until its work drained).
-fn client_report(st: &mut State, me: usize, seq: u64, used: u64, now: u64) {
+fn client_report(st: &mut DaemonState, me: usize, seq: u64, used: u64, now: u64) {
     if let Some(t) = st.turn.as_mut() {
         if t.seq == seq {
             t.running = t.running.saturating_sub(1);
@@ -361,6 +415,30 @@ fn acquire(s: &Shared, me: usize) -> Option<(u64, u64)> {
     }
 }
 
+/// What [`read_request`] read.
+enum Line {
+    /// A request line, its newline included (or, before the client closed, without one).
+    Got,
+    /// The client closed the connection, or reading failed.
+    Closed,
+    /// [`proto::MAX_LINE`] bytes without a newline.
+    TooLong,
+}
+
+/// Reads one request line into `buf`, at most [`proto::MAX_LINE`] bytes with its newline (the
+/// limit clients keep for replies), so that a client cannot make the daemon buffer without end.
+fn read_request(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> Line {
+    buf.clear();
+    let limit = proto::MAX_LINE as u64;
+    match reader.take(limit).read_until(b'\n', buf) {
+        Ok(0) | Err(_) => Line::Closed,
+        Ok(_) if buf.last() == Some(&b'\n') => Line::Got,
+        Ok(_) if buf.len() >= proto::MAX_LINE => Line::TooLong,
+        // The last line of a client that closed its side (as `read_line` returns it).
+        Ok(_) => Line::Got,
+    }
+}
+
 fn serve(s: &Shared, conn: UnixStream) {
     let Ok(peer) = identity::peer(&conn) else {
         return;
@@ -372,15 +450,29 @@ fn serve(s: &Shared, conn: UnixStream) {
     // The turn this client last joined.
     let mut mine: Option<u64> = None;
     let mut reserved: u64 = 0;
-    let mut line = String::new();
+    let mut buf = Vec::new();
     let send = |w: &mut UnixStream, r: &Reply| w.write_all(proto::encode(r).as_bytes()).is_ok();
     loop {
-        line.clear();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let req: Request = match serde_json::from_str(&line) {
+        let line = match read_request(&mut reader, &mut buf) {
+            Line::Closed => break,
+            Line::TooLong => {
+                let _ = send(
+                    &mut writer,
+                    &Reply::Error {
+                        message: format!(
+                            "bad request: longer than {} bytes without a newline",
+                            proto::MAX_LINE
+                        ),
+                    },
+                );
+                break;
+            }
+            Line::Got => match std::str::from_utf8(&buf) {
+                Ok(line) => line,
+                Err(_) => break,
+            },
+        };
+        let req: Request = match serde_json::from_str(line) {
             Ok(r) => r,
             Err(e) => {
                 let _ = send(
@@ -431,7 +523,9 @@ fn serve(s: &Shared, conn: UnixStream) {
                                 policy: s.config.settings.policy.as_str().into(),
                             }
                         }
-                        Err(message) => Reply::Error { message },
+                        Err(e) => Reply::Error {
+                            message: e.to_string(),
+                        },
                     }
                 }
             }

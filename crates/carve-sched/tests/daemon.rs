@@ -1,10 +1,13 @@
 //! The daemon through its socket, with test clients playing the shim's side of the protocol:
-//! identity checks, shares under fixed and equal share, memory limits, status, disconnects.
+//! identity checks, shares under fixed and equal share, memory limits, status, disconnects, and
+//! a client that sends a request line without end.
 
 use carve_sched::config::{DaemonConfig, Identity, TenantConfig};
 use carve_sched::server::Server;
 use carve_sched_proto::{self as proto, Reply, Request};
 use carve_timeslice::{Policy, ScheduledTenant, Settings};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -296,4 +299,76 @@ fn shares_hold_with_renewals_and_overruns() {
     for (g, t) in got.iter().zip(targets) {
         assert!((g - t).abs() < 0.05, "{got:?}");
     }
+}
+
+#[test]
+fn a_request_line_without_end_is_cut_off_and_the_others_are_served() {
+    let p = sock("long");
+    let s = Server::start(config(Policy::BestEffort, &[None, None], 2, None), &p).unwrap();
+    // A client that identifies itself, then sends a request that never ends.
+    let mut flood = UnixStream::connect(&p).unwrap();
+    flood
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut replies = BufReader::new(flood.try_clone().unwrap());
+    let hello = proto::encode(&Request::Hello {
+        version: proto::VERSION,
+        tenant: "t0".into(),
+        token: Some(token(0)),
+    });
+    flood.write_all(hello.as_bytes()).unwrap();
+    let mut welcome = String::new();
+    replies.read_line(&mut welcome).unwrap();
+    assert!(welcome.contains("welcome"), "{welcome}");
+    let chunk = vec![b' '; 64 * 1024];
+    let mut sent = 0usize;
+    // Half the limit: the daemon waits for the rest of the line, serving the others meanwhile.
+    while sent < proto::MAX_LINE / 2 {
+        flood.write_all(&chunk).unwrap();
+        sent += chunk.len();
+    }
+    let (mut other, r) = Client::hello(&p, "t1", Some(token(1)));
+    assert!(matches!(r, Reply::Welcome { .. }), "{r:?}");
+    assert!(matches!(other.call(&Request::Acquire), Reply::Grant { .. }));
+    assert_eq!(s.status().tenants[0].clients, 1);
+    // Past the limit the daemon hangs up: what it took (so what it may hold for the line) stays
+    // near MAX_LINE (plus the sockets' buffers), however much the client goes on sending.
+    let offered = 64 * proto::MAX_LINE;
+    while sent < offered {
+        match flood.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        sent < proto::MAX_LINE + 8 * 1024 * 1024,
+        "the daemon took {sent} bytes of one request line"
+    );
+    let mut refusal = String::new();
+    replies.read_line(&mut refusal).unwrap();
+    let refusal: Reply = serde_json::from_str(&refusal).unwrap();
+    assert!(
+        matches!(refusal, Reply::Error { ref message } if message.contains("longer than")),
+        "{refusal:?}"
+    );
+    // Its client is gone; the others are still served.
+    carve_test_support::wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        || match s.status().tenants[0].clients {
+            0 => Ok(()),
+            n => Err(format!(
+                "the cut-off client is still counted: {n} client(s) of t0"
+            )),
+        },
+    );
+    assert!(matches!(
+        other.call(&Request::Release {
+            used_ns: 1,
+            pending: false
+        }),
+        Reply::Yield
+    ));
+    let (_, r) = Client::hello(&p, "t0", Some(token(0)));
+    assert!(matches!(r, Reply::Welcome { .. }), "{r:?}");
 }

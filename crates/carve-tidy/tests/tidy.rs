@@ -673,11 +673,9 @@ const SCHED_NAME_ALLOWANCES: &[(&str, &str, &str)] = &[
 /// Where the averaging factor's default (33, vGPU's) is written: only here.
 const AVERAGING_FACTOR_HOME: &str = "crates/carve-timeslice/src/lib.rs";
 
-/// TEMPORARY: files that still write the averaging factor's default as a number; each takes
-/// `carve_timeslice::DEFAULT_AVERAGING_FACTOR` on the branch that owns it. Delete on merge.
+/// Exceptions: (file, "33", why). Files take `carve_timeslice::DEFAULT_AVERAGING_FACTOR`.
 #[rustfmt::skip]
 const AVERAGING_FACTOR_ALLOWANCES: &[(&str, &str, &str)] = &[
-    ("crates/carve-timeslice/tests/properties.rs", "33", "TEMPORARY"),
 ];
 
 #[test]
@@ -1140,20 +1138,10 @@ fn architecture_md_names_what_exists() {
 // =============================================================================================
 // f. Workspace lints
 
-/// TEMPORARY: crates that have not opted into [workspace.lints] yet; the branches that own them
-/// add `[lints] workspace = true` (and make the code pass). Delete each name as they merge.
+/// Crates that have not opted into [workspace.lints] yet (none now: every crate has). A crate
+/// named here must add `[lints] workspace = true` and make its code pass; then delete its name.
+#[rustfmt::skip]
 const LINTS_NOT_YET: &[&str] = &[
-    "carve-agent",
-    "carve-apply",
-    "carve-backend",
-    "carve-cli",
-    "carve-migparted",
-    "carve-model",
-    "carve-plan",
-    "carve-simnode",
-    "carve-simulate",
-    "carve-state",
-    "carve-timeslice",
 ];
 
 #[test]

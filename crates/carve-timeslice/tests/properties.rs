@@ -3,7 +3,7 @@
 //! overrun their slice. Tenants come and go, go idle, come back, and some have finite bursts of
 //! work (they yield early). Every step checks the invariants; long runs check the shares.
 
-use carve_timeslice::{Decision, Policy, Scheduler, Settings, TenantId};
+use carve_timeslice::{Decision, Policy, Scheduler, Settings, TenantId, DEFAULT_AVERAGING_FACTOR};
 use proptest::prelude::*;
 
 const MS: u64 = 1_000_000;
@@ -206,7 +206,7 @@ fn sched(policy: Policy, work_conserving: bool) -> Scheduler {
         policy,
         slice_ns: None,
         work_conserving,
-        averaging_factor: 33,
+        averaging_factor: DEFAULT_AVERAGING_FACTOR,
     })
     .unwrap()
 }
