@@ -1,7 +1,8 @@
 //! A GPU instance as observed, with the catalog name of its profile.
 
-use carve_backend::{ComputeInstance, GpuInstance};
-use carve_model::GpuModel;
+use crate::{backend_err, ApplyError};
+use carve_backend::{Backend, ComputeInstance, GpuInfo, GpuInstance};
+use carve_model::{Catalog, GpuModel};
 use serde::{Serialize, Serializer};
 
 /// A GPU instance as observed, named: the backend speaks NVML constants, people read catalog
@@ -59,6 +60,55 @@ impl Serialize for ObservedInstance {
         }
         .serialize(s)
     }
+}
+
+/// One GPU as observed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Observed {
+    pub info: GpuInfo,
+    /// Catalog key, when the model is known.
+    pub model: Option<String>,
+    /// GPU instances, empty when MIG is off.
+    pub instances: Vec<ObservedInstance>,
+}
+
+impl Observed {
+    /// The GPU instances as the backend gave them.
+    pub fn gpu_instances(&self) -> Vec<GpuInstance> {
+        self.instances.iter().map(|i| i.gi.clone()).collect()
+    }
+}
+
+/// Reads every GPU and its instances.
+pub fn observe(backend: &mut dyn Backend, catalog: &Catalog) -> Result<Vec<Observed>, ApplyError> {
+    let gpus = backend.gpus().map_err(backend_err("list GPUs"))?;
+    let mut out = Vec::new();
+    for info in gpus {
+        let model = model_of(catalog, &info);
+        let instances = match info.mig {
+            Some(m) if m.current => backend
+                .gpu_instances(info.index)
+                .map_err(backend_err("list GPU instances"))?,
+            _ => Vec::new(),
+        };
+        out.push(Observed {
+            info,
+            model: model.map(|m| m.key.clone()),
+            instances: instances
+                .into_iter()
+                .map(|gi| ObservedInstance::new(model, gi))
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// The catalog model of a GPU, by PCI device id, then by product name.
+pub fn model_of<'c>(catalog: &'c Catalog, info: &GpuInfo) -> Option<&'c GpuModel> {
+    catalog
+        .gpus_by_pci_id(info.pci_device_id)
+        .next()
+        .or_else(|| catalog.gpu(&info.name).ok())
 }
 
 #[cfg(test)]
