@@ -8,7 +8,7 @@
 //! plugins and registers them again.
 
 use crate::allocate::HostPaths;
-use crate::control::{Command, Control, ReconcileError, Reconciled};
+use crate::control::{ApplySummary, Command, Control, ReconcileError};
 use crate::error::{AgentError, InstallError};
 use crate::inventory::{self, Inventory, Options};
 use crate::plugin::{self, Running, KUBELET_SOCKET};
@@ -119,13 +119,13 @@ impl Handle {
 pub fn reconcile(
     node: &mut GpuNode,
     desired: &Desired,
-) -> Result<(Vec<Observed>, Option<NodePlan>, Reconciled), ReconcileError> {
+) -> Result<(Vec<Observed>, Option<NodePlan>, ApplySummary), ReconcileError> {
     let r = carve_apply::reconcile(
         node.backend.as_mut(),
         &node.catalog,
         &node.store,
         desired,
-        carve_apply::Options::default(),
+        carve_apply::ApplyOptions::default(),
         &mut |e| match e {
             carve_apply::Event::Waiting => tracing::info!("waiting for another apply to finish"),
             carve_apply::Event::Recovering { ops } => {
@@ -134,7 +134,7 @@ pub fn reconcile(
             _ => {}
         },
     )?;
-    let done = Reconciled {
+    let done = ApplySummary {
         ops: r
             .outcome
             .iter()
@@ -355,7 +355,7 @@ async fn reconcile_install(
     cfg: &AgentConfig,
     desired: &Desired,
     always: bool,
-) -> Result<(Reconciled, bool), ReconcileError> {
+) -> Result<(ApplySummary, bool), ReconcileError> {
     let (node, st, cfg, desired) = (node.clone(), state.clone(), cfg.clone(), desired.clone());
     let r = tokio::task::spawn_blocking(move || {
         let mut n = node.lock().unwrap_or_else(|p| p.into_inner());

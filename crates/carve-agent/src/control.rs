@@ -5,9 +5,9 @@
 use carve_plan::Plan;
 use tokio::sync::{mpsc, oneshot};
 
-/// What a reconcile did.
+/// What a reconcile did, as the API answers it: the operations run and the MIG devices kept.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Reconciled {
+pub struct ApplySummary {
     pub ops: Vec<String>,
     pub kept: Vec<String>,
 }
@@ -42,7 +42,7 @@ pub(crate) enum Command {
     Apply(
         Box<Plan>,
         String,
-        oneshot::Sender<Result<Reconciled, ReconcileError>>,
+        oneshot::Sender<Result<ApplySummary, ReconcileError>>,
     ),
     Stop,
 }
@@ -55,7 +55,7 @@ pub struct Control {
 
 impl Control {
     /// Applies a new plan (this node's part), then offers the new devices.
-    pub async fn apply(&self, plan: Plan, node: String) -> Result<Reconciled, ReconcileError> {
+    pub async fn apply(&self, plan: Plan, node: String) -> Result<ApplySummary, ReconcileError> {
         let stopping = || ReconcileError::Failed("the agent is stopping".into());
         let (tx, rx) = oneshot::channel();
         self.tx

@@ -31,7 +31,7 @@ fn node(spec: &str, yaml: &str) -> Vec<Observed> {
             &catalog,
             &store,
             &desired,
-            carve_apply::Options::default(),
+            carve_apply::ApplyOptions::default(),
             &mut |_| {},
         )
     };

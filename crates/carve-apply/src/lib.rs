@@ -31,7 +31,7 @@ pub use diff::{diff, Blocker, Changes, GpuChanges, Op};
 pub use execute::{desired_targets, execute, recover, run_op, Outcome};
 pub use from_plan::{hostname, plan_node, plan_node_names, targets_from_plan, up_node};
 pub use observed::{model_of, observe, Observed, ObservedInstance};
-pub use reconcile::{compare, reconcile, Event, Options, Reconciled};
+pub use reconcile::{compare, reconcile, ApplyOptions, Event, Reconciled};
 pub use targets::{choose_layout, targets_from_migparted, LayoutError};
 
 use carve_backend::BackendError;

@@ -12,7 +12,7 @@ use carve_state::Store;
 
 /// How to reconcile.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Options {
+pub struct ApplyOptions {
     /// Compute the changes and stop: no lock, no recovery, nothing written.
     pub dry_run: bool,
     /// Destroy instances in use too (the driver still refuses while processes run).
@@ -63,7 +63,7 @@ pub fn reconcile(
     catalog: &Catalog,
     store: &Store,
     desired: &Desired,
-    opts: Options,
+    opts: ApplyOptions,
     on: &mut dyn FnMut(Event<'_>),
 ) -> Result<Reconciled, ApplyError> {
     let observed = observe(backend, catalog)?;

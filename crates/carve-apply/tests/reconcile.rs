@@ -3,14 +3,14 @@
 //! bad input changes nothing; an apply with nothing to do journals nothing; a dry run writes
 //! nothing.
 
-use carve_apply::{compare, reconcile, recorded_plan, Desired, Options};
+use carve_apply::{compare, reconcile, recorded_plan, ApplyOptions, Desired};
 use carve_backend::engine::InMemory;
 use carve_backend::Backend;
 use carve_model::Catalog;
 use carve_state::Store;
 
 const PLAN: &str = r#"{
-  "version": 1,
+  "version": 2,
   "nodes": [{"name": "node-a", "platform": "kubernetes"}],
   "gpus": [
     {"node": "node-a", "index": 0, "model": "H100-80GB", "memory_mib": 81920, "mig_capable": true,
@@ -26,7 +26,7 @@ const PLAN: &str = r#"{
   "tenants": [],
   "gpus_used": 2, "lower_bound_gpus": 2, "optimal": true, "complete": true,
   "stats": {"dedicated_gpus": 0, "time_sliced_gpus": 1, "mig_gpus": 1, "mig_optimal": true,
-            "mig_lower_bound": 1, "time_sliced_lower_bound": 1, "plan_ms": 0.1}
+            "mig_lower_bound": 1, "time_sliced_lower_bound": 1, "solver_nodes": 0}
 }"#;
 
 const MIG_PARTED: &str = "version: v1\nmig-configs:\n  small:\n    - devices: all\n      mig-enabled: true\n      mig-devices:\n        1g.10gb: 2\n";
@@ -58,7 +58,7 @@ fn apply(n: &mut Node, d: &Desired) -> carve_apply::Reconciled {
         &n.catalog,
         &n.store,
         d,
-        Options::default(),
+        ApplyOptions::default(),
         &mut |_| {},
     )
     .unwrap()
@@ -103,7 +103,7 @@ fn bad_input_and_dry_runs_change_nothing() {
         &n.catalog,
         &n.store,
         &d,
-        Options::default(),
+        ApplyOptions::default(),
         &mut |_| {},
     )
     .unwrap_err();
@@ -119,7 +119,7 @@ fn bad_input_and_dry_runs_change_nothing() {
         &n.catalog,
         &n.store,
         &d,
-        Options {
+        ApplyOptions {
             dry_run: true,
             force: false,
         },

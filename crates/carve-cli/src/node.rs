@@ -233,7 +233,7 @@ pub fn apply_cmd(
         &catalog,
         &store,
         &desired,
-        carve_apply::Options { dry_run, force },
+        carve_apply::ApplyOptions { dry_run, force },
         &mut |e| match e {
             Event::Waiting => eprintln!("carve: another apply is running; waiting for it"),
             Event::Recovering { ops } => {
