@@ -348,8 +348,8 @@ const FLOORS: &[Floor] = &[
     },
 ];
 
-/// TEMPORARY: crates of FLOORS that other branches are creating. Delete each name when its
-/// crate is merged.
+/// Crates of FLOORS that work under way is creating (TEMPORARY entries): the floor is decided
+/// before the crate exists. Delete each name when its crate is merged.
 const NOT_YET_CREATED: &[&str] = &[];
 
 /// Crates whose workspace dependencies (normal and build) are limited to a list: (crate,
@@ -644,7 +644,6 @@ const SHARED_CONST_NAMES: &[(&str, &[&str], &str)] = &[
 ];
 
 /// The crate that defines the scheduler protocol's names.
-/// TEMPORARY: becomes "carve-sched-proto" when the branch creating it is merged.
 const SCHED_PROTO_HOME: &str = "carve-sched-proto";
 
 /// The environment the shim reads: spelt as string literals only in SCHED_PROTO_HOME.
