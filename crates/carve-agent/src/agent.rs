@@ -113,9 +113,9 @@ impl Handle {
     }
 }
 
-/// Brings the GPUs to `desired` (`carve apply`'s pipeline: finishes interrupted applies, then
-/// makes the fewest changes, recording the plan the node follows). Returns the GPUs afterwards,
-/// that plan, and what was done.
+/// Brings the GPUs to `desired` (`carve apply`'s pipeline: the fewest changes from what the GPUs
+/// hold, superseding interrupted applies, recording the plan the node follows). Returns the GPUs
+/// afterwards, that plan, and what was done.
 pub fn reconcile(
     node: &mut GpuNode,
     desired: &Desired,
@@ -128,8 +128,9 @@ pub fn reconcile(
         carve_apply::ApplyOptions::default(),
         &mut |e| match e {
             carve_apply::Event::Waiting => tracing::info!("waiting for another apply to finish"),
-            carve_apply::Event::Recovering { ops } => {
-                tracing::info!("finished an interrupted apply: {ops} operation(s)")
+            carve_apply::Event::Superseding { journal_ids } => {
+                let to = desired.describe();
+                tracing::info!("interrupted apply(s) {journal_ids:?} superseded: straight to {to}")
             }
             _ => {}
         },

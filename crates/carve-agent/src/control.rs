@@ -21,7 +21,7 @@ pub enum ReconcileError {
     /// It fits, but would destroy instances in use, or cannot be realised.
     #[error("{0}")]
     Refused(String),
-    /// A GPU or state operation failed part-way (the journal finishes it at the next start).
+    /// A GPU or state operation failed part-way (the next start goes on from what the GPUs hold).
     #[error("{0}")]
     Failed(String),
 }

@@ -1,11 +1,10 @@
-//! Running changes crash-safely: the desired state and the plan the node follows recorded first,
-//! the operations journaled before the first and their progress after each; and finishing what a
-//! crash interrupted.
+//! Running changes crash-safely: the desired state and the plan the node follows recorded, the
+//! operations journaled and the applies a crash interrupted marked superseded, all before the
+//! first operation and in one transaction; each operation's progress after it.
 
-use crate::{diff, observe, ApplyError, Changes, GpuTarget, Observed, Op};
+use crate::{ApplyError, Changes, GpuTarget, Observed, Op};
 use carve_backend::{Backend, BackendError};
-use carve_model::Catalog;
-use carve_state::Store;
+use carve_state::{status, NewEntry, Store};
 use serde::Serialize;
 
 /// Runs one operation.
@@ -50,10 +49,13 @@ pub struct Outcome {
     pub kept: Vec<String>,
 }
 
-/// Runs `changes` crash-safely: records the targets as the desired state (and, in the same
-/// transaction, the documents in `record`: the plan the node follows), then, when there is
-/// anything to do, the operations in the journal before the first, and each one's progress after
-/// it. `progress(i, n, op)` is called before each operation.
+/// Runs `changes` crash-safely. Before the first operation, in one transaction: the targets
+/// become the desired state (with the documents in `record`: the plan the node follows), the
+/// operations are journaled (when there are any), and the interrupted applies in `supersedes`
+/// (their journal ids) are marked superseded — the targets must cover their GPUs (see
+/// [`interrupted`]). Then each operation's progress is journaled after it. `progress(i, n, op)`
+/// is called before each operation.
+#[allow(clippy::too_many_arguments)] // the pipeline's steps, each given once
 pub fn execute(
     backend: &mut dyn Backend,
     store: &Store,
@@ -61,6 +63,7 @@ pub fn execute(
     changes: &Changes,
     force: bool,
     record: &[(&str, Option<serde_json::Value>)],
+    supersedes: &[i64],
     progress: &mut dyn FnMut(usize, usize, &Op),
 ) -> Result<Outcome, ApplyError> {
     if !changes.blockers.is_empty() && !force {
@@ -70,21 +73,25 @@ pub fn execute(
         .iter()
         .map(|t| (t.gpu_uuid.clone(), json_of(t)))
         .collect();
-    store.set_desired(&desired, record)?;
-    let mut outcome = Outcome {
-        journal_id: None,
+    let (target_json, ops_json) = (json_of(targets), json_of(&changes.ops));
+    let entry = (!changes.ops.is_empty()).then_some(NewEntry {
+        backend: backend.kind(),
+        target: &target_json,
+        ops: &ops_json,
+    });
+    let journal_id = store.begin_apply(&desired, record, entry, supersedes)?;
+    let outcome = Outcome {
+        journal_id,
         ops: changes.ops.clone(),
         kept: changes.kept.clone(),
     };
-    if changes.ops.is_empty() {
+    let Some(id) = journal_id else {
         return Ok(outcome);
-    }
-    let id = store.journal_begin(backend.kind(), &json_of(targets), &json_of(&changes.ops))?;
-    outcome.journal_id = Some(id);
+    };
     for (i, op) in changes.ops.iter().enumerate() {
         progress(i, changes.ops.len(), op);
         if let Err(error) = run_op(backend, op) {
-            store.journal_finish(id, "failed")?;
+            store.journal_finish(id, status::FAILED)?;
             return Err(ApplyError::Backend {
                 op: op.to_string(),
                 error,
@@ -92,7 +99,7 @@ pub fn execute(
         }
         store.journal_progress(id, i as i64 + 1)?;
     }
-    store.journal_finish(id, "done")?;
+    store.journal_finish(id, status::DONE)?;
     Ok(outcome)
 }
 
@@ -101,34 +108,35 @@ fn json_of<T: Serialize + ?Sized>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
-/// Finishes applies that a crash interrupted: converges each to its recorded targets. Returns
-/// what was done (empty when nothing was pending).
-pub fn recover(
-    backend: &mut dyn Backend,
-    catalog: &Catalog,
-    store: &Store,
-    force: bool,
-    progress: &mut dyn FnMut(usize, usize, &Op),
-) -> Result<Vec<Outcome>, ApplyError> {
-    let mut out = Vec::new();
+/// The applies a crash interrupted (journal entries still running), for the next apply to take
+/// over: it supersedes them rather than replaying them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Interrupted {
+    /// Their journal ids, oldest first.
+    pub ids: Vec<i64>,
+    /// What they were bringing the GPUs present to: per GPU, the newest entry's target.
+    pub targets: Vec<GpuTarget>,
+}
+
+/// The applies a crash interrupted and their targets for the GPUs present now (read only).
+pub fn interrupted(store: &Store, observed: &[Observed]) -> Result<Interrupted, ApplyError> {
+    let mut out = Interrupted::default();
     for entry in store.journal_unfinished()? {
         let targets: Vec<GpuTarget> =
             serde_json::from_value(entry.target.clone()).map_err(|e| {
                 ApplyError::Input(format!("journal entry {} is unreadable: {e}", entry.id))
             })?;
-        let observed = observe(backend, catalog)?;
-        let changes = diff(&observed, &targets)?;
-        store.journal_finish(entry.id, "interrupted")?;
-        out.push(execute(
-            backend,
-            store,
-            &targets,
-            &changes,
-            force,
-            &[],
-            progress,
-        )?);
+        for t in targets {
+            if !observed.iter().any(|o| o.info.uuid == t.gpu_uuid) {
+                continue;
+            }
+            // Entries come oldest first: a newer one's target replaces an older one's.
+            out.targets.retain(|o| o.gpu_uuid != t.gpu_uuid);
+            out.targets.push(t);
+        }
+        out.ids.push(entry.id);
     }
+    out.targets.sort_by_key(|t| t.gpu_index);
     Ok(out)
 }
 

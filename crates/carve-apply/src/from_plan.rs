@@ -255,7 +255,7 @@ pub fn targets_from_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{diff, execute, observe, recover, Op};
+    use crate::{diff, execute, interrupted, observe, Interrupted, Op};
     use carve_backend::engine::InMemory;
     use carve_backend::Backend;
     use serde_json::json;
@@ -342,11 +342,12 @@ mod tests {
                 enabled: false
             }
         )));
-        execute(&mut b, &store, &t, &d, false, &[], &mut |_, _, _| {}).unwrap();
-        assert!(recover(&mut b, &catalog, &store, false, &mut |_, _, _| {})
-            .unwrap()
-            .is_empty());
+        execute(&mut b, &store, &t, &d, false, &[], &[], &mut |_, _, _| {}).unwrap();
         let observed = observe(&mut b, &catalog).unwrap();
+        assert_eq!(
+            interrupted(&store, &observed).unwrap(),
+            Interrupted::default()
+        );
         assert!(diff(&observed, &t).unwrap().ops.is_empty());
         let starts: Vec<u8> = b
             .gpu_instances(0)

@@ -7,10 +7,11 @@
 //!    same for a carve plan (`plan.json`), whose placements are already explicit.
 //! 3. [`diff`] lists the operations from the observed state to the targets: an instance present in
 //!    both (same profile, same placement, same compute-instance split) is kept untouched.
-//! 4. [`execute`] records the targets and operations in the journal, then runs the operations,
-//!    recording progress after each. [`recover`] finds an apply that never finished (a crash) and
-//!    converges to its targets; it is idempotent, since it recomputes the operations from what
-//!    the GPUs really hold.
+//! 4. [`execute`] records the targets and the operations (and marks the applies it takes over
+//!    superseded) in one transaction, then runs the operations, recording progress after each.
+//!    An apply that never finished (a crash) is not replayed: the next apply computes its
+//!    operations from what the GPUs really hold to its own targets — and, for GPUs it does not
+//!    cover, to the [`interrupted`] apply's — and supersedes it.
 //!
 //! [`reconcile`] is the whole pipeline for a [`Desired`] state (a mig-parted config, a plan's
 //! node, the recorded state); every command and the agent go through it ([`compare`] for
@@ -28,7 +29,7 @@ mod targets;
 
 pub use desired::{recorded_plan, Desired, NodePlan};
 pub use diff::{diff, Blocker, Changes, GpuChanges, Op};
-pub use execute::{desired_targets, execute, recover, run_op, Outcome};
+pub use execute::{desired_targets, execute, interrupted, run_op, Interrupted, Outcome};
 pub use from_plan::{hostname, plan_node, plan_node_names, targets_from_plan, up_node};
 pub use observed::{model_of, observe, Observed, ObservedInstance};
 pub use reconcile::{compare, reconcile, ApplyOptions, Event, Reconciled};
@@ -84,7 +85,7 @@ pub enum ErrorKind {
     Input,
     /// It fits, but cannot be realised, or would destroy instances in use: nothing was changed.
     Refused,
-    /// A GPU or state operation failed part-way (the journal finishes it at the next apply).
+    /// A GPU or state operation failed part-way (the next apply goes on from what the GPUs hold).
     Failed,
 }
 

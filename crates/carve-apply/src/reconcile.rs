@@ -1,10 +1,11 @@
-//! The one apply pipeline: recover → observe → targets → diff → record → execute. `carve apply`,
-//! `carve apply --boot`, the node agent (at start, on `POST /v1/plan`, every resync) all run
-//! [`reconcile`]; `carve assert` and dry runs run [`compare`], its read-only half.
+//! The one apply pipeline: observe → targets → diff → record → execute, taking over the applies
+//! a crash interrupted. `carve apply`, `carve apply --boot`, the node agent (at start, on `POST
+//! /v1/plan`, every resync) all run [`reconcile`]; `carve assert` runs [`compare`], its
+//! read-only half.
 
 use crate::{
-    diff, execute, observe, recover, ApplyError, Changes, Desired, GpuTarget, NodePlan, Observed,
-    Op, Outcome,
+    diff, execute, interrupted, observe, ApplyError, Changes, Desired, GpuTarget, NodePlan,
+    Observed, Op, Outcome,
 };
 use carve_backend::Backend;
 use carve_model::Catalog;
@@ -13,7 +14,8 @@ use carve_state::Store;
 /// How to reconcile.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ApplyOptions {
-    /// Compute the changes and stop: no lock, no recovery, nothing written.
+    /// Compute the changes and stop: no lock, nothing written. What it reports (operations,
+    /// interrupted applies superseded) is what a real run from the same state does.
     pub dry_run: bool,
     /// Destroy instances in use too (the driver still refuses while processes run).
     pub force: bool,
@@ -24,8 +26,9 @@ pub struct ApplyOptions {
 pub enum Event<'a> {
     /// Another apply holds the node's lock; this one waits for it.
     Waiting,
-    /// An apply that a crash interrupted is finished first: its operations.
-    Recovering { ops: usize },
+    /// Applies that a crash interrupted (their journal ids) are taken over: not replayed, but
+    /// superseded by this apply, which goes straight from what the GPUs hold to its targets.
+    Superseding { journal_ids: &'a [i64] },
     /// The changes are known and about to be made (not sent on a dry run).
     Applying {
         targets: &'a [GpuTarget],
@@ -38,9 +41,11 @@ pub enum Event<'a> {
 /// What a reconcile found and did.
 #[derive(Debug, Clone)]
 pub struct Reconciled {
-    /// Interrupted applies that were finished first.
-    pub recovered: Vec<Outcome>,
-    /// The targets of the desired state for the GPUs present.
+    /// The journal ids of the interrupted applies this one superseded (on a dry run: would
+    /// supersede).
+    pub superseded: Vec<i64>,
+    /// The targets: the desired state's for the GPUs it covers, and for any other GPU an
+    /// interrupted apply was changing, that apply's.
     pub targets: Vec<GpuTarget>,
     /// The changes from what the GPUs held to the targets (on a dry run: what would be done).
     pub changes: Changes,
@@ -54,10 +59,12 @@ pub struct Reconciled {
 
 /// Brings the GPUs to `desired` with the fewest changes, crash-safely. Before anything changes,
 /// the desired state is checked against the GPUs (invalid input changes nothing, and no lock is
-/// taken for it). Then, under the node's apply lock: interrupted applies are finished; the
-/// targets are recomputed from what the GPUs hold; the desired state and the plan the node
-/// follows are recorded (one transaction) and the operations journaled and run. Instances in use
-/// are never destroyed without `force`.
+/// taken for it). Then, under the node's apply lock, the targets are computed from what the GPUs
+/// hold now; applies that a crash interrupted are not replayed: the GPUs they were changing that
+/// `desired` does not cover keep their targets, and this apply supersedes them. The desired
+/// state, the plan the node follows, the journal entry and the superseding are recorded in one
+/// transaction before the first operation. Instances in use are never destroyed without `force`.
+/// A dry run computes the same from the same state and writes nothing.
 pub fn reconcile(
     backend: &mut dyn Backend,
     catalog: &Catalog,
@@ -70,11 +77,11 @@ pub fn reconcile(
     desired.targets(catalog, store, &observed)?;
     let plan = desired.plan(store)?;
     if opts.dry_run {
-        let (targets, changes) = compare_with(catalog, store, desired, &observed)?;
+        let w = work(catalog, store, desired, &observed)?;
         return Ok(Reconciled {
-            recovered: Vec::new(),
-            targets,
-            changes,
+            superseded: w.superseded,
+            targets: w.targets,
+            changes: w.changes,
             outcome: None,
             observed,
             plan,
@@ -82,23 +89,26 @@ pub fn reconcile(
     }
     // One apply at a time per node; the lock dies with the process.
     let _lock = store.lock_apply(|| on(Event::Waiting))?;
-    let recovered = recover(backend, catalog, store, opts.force, &mut |i, n, op| {
-        on(Event::Op { i, n, op })
-    })?;
-    for r in &recovered {
-        on(Event::Recovering { ops: r.ops.len() });
-    }
     let observed = observe(backend, catalog)?;
-    let (targets, changes) = compare_with(catalog, store, desired, &observed)?;
+    let Work {
+        targets,
+        changes,
+        superseded,
+    } = work(catalog, store, desired, &observed)?;
     let record = desired.record();
-    if targets.is_empty() && record.is_empty() {
+    if targets.is_empty() && record.is_empty() && superseded.is_empty() {
         return Ok(Reconciled {
-            recovered,
+            superseded,
             targets,
             changes,
             outcome: None,
             observed,
             plan,
+        });
+    }
+    if !superseded.is_empty() {
+        on(Event::Superseding {
+            journal_ids: &superseded,
         });
     }
     on(Event::Applying {
@@ -112,6 +122,7 @@ pub fn reconcile(
         &changes,
         opts.force,
         &record,
+        &superseded,
         &mut |i, n, op| on(Event::Op { i, n, op }),
     )?;
     let observed = if outcome.ops.is_empty() {
@@ -120,7 +131,7 @@ pub fn reconcile(
         observe(backend, catalog)?
     };
     Ok(Reconciled {
-        recovered,
+        superseded,
         targets,
         changes,
         outcome: Some(outcome),
@@ -129,8 +140,42 @@ pub fn reconcile(
     })
 }
 
-/// The read-only half: the targets of `desired` for the GPUs as they are, and the changes that
-/// would bring them there (empty when the GPUs match). For `carve assert` and dry runs.
+/// What an apply of a desired state does from the GPUs observed.
+struct Work {
+    targets: Vec<GpuTarget>,
+    changes: Changes,
+    superseded: Vec<i64>,
+}
+
+/// The one computation behind a real run and a dry run: the desired state's targets from what
+/// the GPUs hold, plus, for every GPU present that an interrupted apply was changing and the
+/// desired state does not cover, that apply's target (so superseding it leaves no GPU
+/// part-way); the fewest changes to them; and the interrupted applies superseded.
+fn work(
+    catalog: &Catalog,
+    store: &Store,
+    desired: &Desired,
+    observed: &[Observed],
+) -> Result<Work, ApplyError> {
+    let mut targets = desired.targets(catalog, store, observed)?;
+    let interrupted = interrupted(store, observed)?;
+    for t in interrupted.targets {
+        if !targets.iter().any(|d| d.gpu_uuid == t.gpu_uuid) {
+            targets.push(t);
+        }
+    }
+    targets.sort_by_key(|t| t.gpu_index);
+    let changes = diff(observed, &targets)?;
+    Ok(Work {
+        targets,
+        changes,
+        superseded: interrupted.ids,
+    })
+}
+
+/// The read-only half, for `carve assert`: the targets of `desired` alone for the GPUs as they
+/// are, and the changes that would bring them there (empty when the GPUs match). A dry run of
+/// [`reconcile`] also counts what interrupted applies leave to do.
 pub fn compare(
     backend: &mut dyn Backend,
     catalog: &Catalog,
@@ -138,16 +183,7 @@ pub fn compare(
     desired: &Desired,
 ) -> Result<(Vec<GpuTarget>, Changes), ApplyError> {
     let observed = observe(backend, catalog)?;
-    compare_with(catalog, store, desired, &observed)
-}
-
-fn compare_with(
-    catalog: &Catalog,
-    store: &Store,
-    desired: &Desired,
-    observed: &[Observed],
-) -> Result<(Vec<GpuTarget>, Changes), ApplyError> {
-    let targets = desired.targets(catalog, store, observed)?;
-    let changes = diff(observed, &targets)?;
+    let targets = desired.targets(catalog, store, &observed)?;
+    let changes = diff(&observed, &targets)?;
     Ok((targets, changes))
 }

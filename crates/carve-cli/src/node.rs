@@ -175,9 +175,15 @@ pub fn status_cmd(ctx: &Ctx, catalog: Catalog) -> Result<Out, Failure> {
     }
     let mut s = format!("{note}\n\n{}", status_text(&catalog, &observed));
     if !unfinished.is_empty() {
+        let ids: Vec<String> = unfinished.iter().map(|e| format!("#{}", e.id)).collect();
+        let what = if ids.len() == 1 {
+            "an apply was"
+        } else {
+            "applies were"
+        };
         s.push_str(&format!(
-            "\nwarning: {} apply was interrupted; the next `carve apply` finishes it.\n",
-            unfinished.len()
+            "\nwarning: {what} interrupted (journal {}): the GPUs may be part-way. The next `carve apply` goes straight from what they hold to its desired state, and `carve apply --boot` to the interrupted apply's.\n",
+            ids.join(", ")
         ));
     }
     Ok(Out::ok(s))
@@ -201,6 +207,26 @@ fn summarize(targets: &[GpuTarget], changes: &Changes) -> String {
         ));
     }
     s
+}
+
+/// The line saying that interrupted applies are (or, on a dry run, would be) superseded; empty
+/// when there are none.
+fn superseding(journal_ids: &[i64], desired: &Desired, dry_run: bool) -> String {
+    if journal_ids.is_empty() {
+        return String::new();
+    }
+    let ids: Vec<String> = journal_ids.iter().map(|id| format!("#{id}")).collect();
+    let (what, verb) = match (journal_ids.len(), dry_run) {
+        (1, false) => ("apply", "is"),
+        (_, false) => ("applies", "are"),
+        (1, true) => ("apply", "would be"),
+        (_, true) => ("applies", "would be"),
+    };
+    format!(
+        "interrupted {what} {} {verb} superseded, not replayed: going straight to {} from what the GPUs hold\n",
+        ids.join(", "),
+        desired.describe()
+    )
 }
 
 #[allow(clippy::too_many_arguments)] // one per flag of `carve apply`
@@ -236,10 +262,8 @@ pub fn apply_cmd(
         carve_apply::ApplyOptions { dry_run, force },
         &mut |e| match e {
             Event::Waiting => eprintln!("carve: another apply is running; waiting for it"),
-            Event::Recovering { ops } => {
-                log.push_str(&format!(
-                    "finished an interrupted apply: {ops} operation(s)\n"
-                ));
+            Event::Superseding { journal_ids } => {
+                log.push_str(&superseding(journal_ids, &desired, false));
             }
             Event::Applying { targets, changes } if !json => {
                 eprintln!("carve: applying {} on {note}", desired.describe());
@@ -253,13 +277,14 @@ pub fn apply_cmd(
     if dry_run {
         if json {
             return Ok(Out::json(
-                &json!({ "dry_run": true, "backend": backend.kind(), "targets": r.targets, "ops": r.changes.ops, "kept": r.changes.kept, "blocked": r.changes.blockers }),
+                &json!({ "dry_run": true, "backend": backend.kind(), "superseded": r.superseded, "targets": r.targets, "ops": r.changes.ops, "kept": r.changes.kept, "blocked": r.changes.blockers }),
                 0,
             ));
         }
         eprintln!("carve: applying {} on {note}", desired.describe());
         eprint!("{}", summarize(&r.targets, &r.changes));
         let mut s = log;
+        s.push_str(&superseding(&r.superseded, &desired, true));
         if r.targets.is_empty() {
             s.push_str("no GPU is selected: nothing to do.\n");
         }
@@ -281,7 +306,7 @@ pub fn apply_cmd(
     };
     if json {
         return Ok(Out::json(
-            &json!({ "dry_run": false, "backend": backend.kind(), "journal_id": journal_id, "targets": r.targets, "ops": ops, "kept": kept }),
+            &json!({ "dry_run": false, "backend": backend.kind(), "journal_id": journal_id, "superseded": r.superseded, "targets": r.targets, "ops": ops, "kept": kept }),
             0,
         ));
     }

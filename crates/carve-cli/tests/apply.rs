@@ -1,5 +1,6 @@
 //! `carve apply` on the simulated node, through the real binary: fewest changes, busy instances,
-//! crash safety at every operation boundary, faults, reboot, assert and export.
+//! crash safety at every operation boundary (and the next apply going straight to its own state,
+//! as its dry run says), faults, reboot, assert and export.
 
 use carve_test_support::cli::{
     carve_in, mig_devices, placements, success_json, Devices, MIG_CONFIG,
@@ -188,7 +189,8 @@ fn a_crash_at_every_operation_boundary_converges() {
             .assert()
             .success()
             .stdout(predicate::str::contains("interrupted"));
-        // A second crash, during recovery, when there is work left.
+        // A second crash, during the apply that supersedes the interrupted one (straight from
+        // what the GPUs hold to `small`), when there is work left.
         if crash_after + 1 < total {
             let out = n
                 .cmd()
@@ -198,12 +200,18 @@ fn a_crash_at_every_operation_boundary_converges() {
                 .unwrap();
             assert!(
                 !out.status.success(),
-                "crash {crash_after}: recovery should abort"
+                "crash {crash_after}: the superseding apply should abort"
             );
         }
+        // The interrupted apply (or the crashed recovery) is superseded, not replayed.
         n.apply("small")
             .success()
-            .stdout(predicate::str::contains("finished an interrupted apply"));
+            .stdout(predicate::str::contains("superseded, not replayed"));
+        n.cmd()
+            .args(["status"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("interrupted").not());
         n.assert_matches("small");
         let after = n.devices();
         for d in &to_keep {
@@ -218,6 +226,88 @@ fn a_crash_at_every_operation_boundary_converges() {
         }
         want.sort();
         assert_eq!(placements(&after), want, "crash {crash_after}");
+    }
+}
+
+/// `carve apply <config> --json` (with `--dry-run` when `dry`), its JSON.
+fn apply_json(n: &Node, config: &str, dry: bool) -> Value {
+    let mut args = vec!["apply", n.config.to_str().unwrap(), "-c", config, "--json"];
+    if dry {
+        args.push("--dry-run");
+    }
+    success_json(&n.cmd().args(&args).output().unwrap())
+}
+
+#[test]
+fn after_a_crash_a_new_config_goes_straight_there() {
+    // balanced -> sevens on two GPUs (28 operations), crashed after every one of them, then a
+    // third config: the interrupted apply is superseded, not finished first; the operations run
+    // are exactly the ones a dry run announced after the crash (the fewest from what the GPUs
+    // held); and no instance the crashed state and the new config share is destroyed. With a
+    // second crash, during that shortest-way apply, the same holds for the next apply.
+    let n = Node::new("straight-count", "2xH100-80GB");
+    n.apply("balanced").success();
+    let total = apply_json(&n, "sevens", true)["ops"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(total, 28);
+    for crash_after in 1..=total {
+        for (c, second_crash) in [("balanced", false), ("small", true)] {
+            let case = format!("crash {crash_after}, then {c}");
+            let n = Node::new(&format!("straight-{crash_after}-{c}"), "2xH100-80GB");
+            n.apply("balanced").success();
+            let out = n
+                .cmd()
+                .env("CARVE_SIM_CRASH_AFTER", crash_after.to_string())
+                .args(["apply", n.config.to_str().unwrap(), "-c", "sevens"])
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{case}: the process should abort");
+            let crashed = n.devices();
+            assert_eq!(n.status()["interrupted_applies"], 1, "{case}");
+            let mut dry = apply_json(&n, c, true);
+            assert_eq!(dry["superseded"].as_array().unwrap().len(), 1, "{case}");
+            if second_crash && dry["ops"].as_array().unwrap().len() >= 2 {
+                let out = n
+                    .cmd()
+                    .env("CARVE_SIM_CRASH_AFTER", "1")
+                    .args(["apply", n.config.to_str().unwrap(), "-c", c])
+                    .output()
+                    .unwrap();
+                assert!(!out.status.success(), "{case}: the second crash");
+                // The first entry was superseded when the second was written: one is left.
+                assert_eq!(n.status()["interrupted_applies"], 1, "{case}");
+                let again = apply_json(&n, c, true);
+                assert_ne!(again["superseded"], dry["superseded"], "{case}");
+                assert_eq!(again["superseded"].as_array().unwrap().len(), 1);
+                dry = again;
+            }
+            let real = apply_json(&n, c, false);
+            for field in ["superseded", "targets", "ops", "kept"] {
+                assert_eq!(real[field], dry[field], "{case}: {field}");
+            }
+            if crash_after == 3 && c == "balanced" {
+                // The case: 3 operations, where finishing sevens first took 25 + 28.
+                assert_eq!(real["ops"].as_array().unwrap().len(), 3, "{case}");
+            }
+            n.assert_matches(c);
+            assert_eq!(n.status()["interrupted_applies"], 0, "{case}");
+            let after = n.devices();
+            for d in &crashed {
+                let same_place = after.iter().any(|a| (a.0, &a.1, a.2) == (d.0, &d.1, d.2));
+                assert!(
+                    !same_place || after.contains(d),
+                    "{case}: {d:?} was destroyed and made again"
+                );
+            }
+            for uuid in dry["kept"].as_array().unwrap() {
+                assert!(
+                    after.iter().any(|a| a.3 == uuid.as_str().unwrap()),
+                    "{case}: {uuid} was to be kept"
+                );
+            }
+        }
     }
 }
 

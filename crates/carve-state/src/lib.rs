@@ -43,7 +43,32 @@ pub struct JournalEntry {
     pub target: serde_json::Value,
     pub ops: serde_json::Value,
     pub done: i64,
+    /// One of [`status`]'s words.
     pub status: String,
+}
+
+/// What a journal entry's `status` says about its apply.
+pub mod status {
+    /// Journaled before its first operation and not ended yet: while no apply runs, a crash
+    /// interrupted it.
+    pub const RUNNING: &str = "running";
+    /// Every operation ran.
+    pub const DONE: &str = "done";
+    /// An operation failed; the journal's `done` says how many ran before it.
+    pub const FAILED: &str = "failed";
+    /// A crash interrupted it and a later apply took its GPUs over, going straight from what
+    /// they held to its own targets (recorded in the same transaction as that apply's entry).
+    pub const SUPERSEDED: &str = "superseded";
+    // Older carve versions finished an interrupted apply by replaying it under a new entry and
+    // marked the old one `interrupted`; such entries are history, like `done`.
+}
+
+/// A new apply's journal entry: where it runs, its targets and its operations.
+#[derive(Debug, Clone, Copy)]
+pub struct NewEntry<'a> {
+    pub backend: &'a str,
+    pub target: &'a serde_json::Value,
+    pub ops: &'a serde_json::Value,
 }
 
 pub struct Store {
@@ -225,6 +250,21 @@ impl Store {
         targets: &[(String, serde_json::Value)],
         with: &[(&str, Option<serde_json::Value>)],
     ) -> Result<()> {
+        self.begin_apply(targets, with, None, &[]).map(|_| ())
+    }
+
+    /// Records an apply before its first operation, in one transaction: the desired state of its
+    /// GPUs and the documents that go with it (as [`Store::set_desired`]), its journal entry
+    /// (`entry`, when it has operations; `running`, its id returned), and the interrupted entries
+    /// it takes over (`supersedes`: those still `running` become `superseded`). A crash leaves
+    /// either all of it or none: some entry stays `running` until an apply ends.
+    pub fn begin_apply(
+        &self,
+        targets: &[(String, serde_json::Value)],
+        with: &[(&str, Option<serde_json::Value>)],
+        entry: Option<NewEntry<'_>>,
+        supersedes: &[i64],
+    ) -> Result<Option<i64>> {
         let tx = self.conn.unchecked_transaction().map_err(|e| self.db(e))?;
         for (uuid, target) in targets {
             tx.execute(
@@ -244,7 +284,26 @@ impl Store {
             }
             .map_err(|e| self.db(e))?;
         }
-        tx.commit().map_err(|e| self.db(e))
+        for id in supersedes {
+            tx.execute(
+                "UPDATE journal SET status = ?2 WHERE id = ?1 AND status = ?3",
+                params![id, status::SUPERSEDED, status::RUNNING],
+            )
+            .map_err(|e| self.db(e))?;
+        }
+        let id = match entry {
+            Some(e) => {
+                tx.execute(
+                    "INSERT INTO journal (started, backend, target, ops, done, status) VALUES (datetime('now'), ?1, ?2, ?3, 0, ?4)",
+                    params![e.backend, e.target.to_string(), e.ops.to_string(), status::RUNNING],
+                )
+                .map_err(|e| self.db(e))?;
+                Some(tx.last_insert_rowid())
+            }
+            None => None,
+        };
+        tx.commit().map_err(|e| self.db(e))?;
+        Ok(id)
     }
 
     /// Every recorded desired state: (GPU UUID, target).
@@ -266,7 +325,8 @@ impl Store {
 
     // --- journal ------------------------------------------------------------------------------
 
-    /// Records an apply before it starts. Returns its id.
+    /// Records an apply before it starts (its journal entry alone; an apply records it with its
+    /// desired state through [`Store::begin_apply`]). Returns its id.
     pub fn journal_begin(
         &self,
         backend: &str,
@@ -275,8 +335,8 @@ impl Store {
     ) -> Result<i64> {
         self.conn
             .execute(
-                "INSERT INTO journal (started, backend, target, ops, done, status) VALUES (datetime('now'), ?1, ?2, ?3, 0, 'running')",
-                params![backend, target.to_string(), ops.to_string()],
+                "INSERT INTO journal (started, backend, target, ops, done, status) VALUES (datetime('now'), ?1, ?2, ?3, 0, ?4)",
+                params![backend, target.to_string(), ops.to_string(), status::RUNNING],
             )
             .map_err(|e| self.db(e))?;
         Ok(self.conn.last_insert_rowid())
@@ -305,7 +365,7 @@ impl Store {
 
     /// Applies that started and never finished (a crash), oldest first.
     pub fn journal_unfinished(&self) -> Result<Vec<JournalEntry>> {
-        self.journal_query("WHERE status = 'running' ORDER BY id")
+        self.journal_query(&format!("WHERE status = '{}' ORDER BY id", status::RUNNING))
     }
 
     /// The last `n` applies, newest first.
@@ -406,6 +466,49 @@ mod tests {
         );
         s.set_desired(&[], &[("plan", None)]).unwrap();
         assert_eq!(s2.get::<serde_json::Value>("plan").unwrap(), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_apply_supersedes_interrupted_ones_as_it_is_recorded() {
+        let dir = tmp();
+        let s = Store::open(&dir).unwrap();
+        let v = |n: i64| serde_json::json!(n);
+        let done = s.journal_begin("sim", &v(0), &v(0)).unwrap();
+        s.journal_finish(done, status::DONE).unwrap();
+        let crashed = s.journal_begin("sim", &v(1), &v(1)).unwrap();
+        // The next apply: its desired state, its entry and the superseding, at once.
+        let entry = NewEntry {
+            backend: "sim",
+            target: &v(2),
+            ops: &v(2),
+        };
+        let next = s
+            .begin_apply(
+                &[("GPU-1".into(), v(2))],
+                &[],
+                Some(entry),
+                &[crashed, done],
+            )
+            .unwrap()
+            .expect("an entry");
+        let by_id = |id: i64| {
+            s.journal_recent(10)
+                .unwrap()
+                .into_iter()
+                .find(|e| e.id == id)
+                .unwrap()
+        };
+        assert_eq!(by_id(crashed).status, status::SUPERSEDED);
+        // Only running entries are superseded.
+        assert_eq!(by_id(done).status, status::DONE);
+        let left = s.journal_unfinished().unwrap();
+        assert_eq!((left.len(), left[0].id), (1, next));
+        assert_eq!(s.desired().unwrap(), vec![("GPU-1".to_string(), v(2))]);
+        // With nothing to run: no entry, the superseding still recorded.
+        assert_eq!(s.begin_apply(&[], &[], None, &[next]).unwrap(), None);
+        assert_eq!(by_id(next).status, status::SUPERSEDED);
+        assert!(s.journal_unfinished().unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
