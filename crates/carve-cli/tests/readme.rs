@@ -17,7 +17,11 @@ use std::time::{Duration, Instant};
 const SERVERS: &[(&str, u64, &str)] = &[
     ("carve up", 4, "the node agent: runs until Ctrl-C"),
     ("carve agent", 4, "the node agent: runs until Ctrl-C"),
-    ("carve sched serve", 1, "the scheduler daemon: runs until Ctrl-C"),
+    (
+        "carve sched serve",
+        1,
+        "the scheduler daemon: runs until Ctrl-C",
+    ),
 ];
 
 /// Commands not run here: (the start of the command, why).
@@ -27,10 +31,32 @@ const NOT_RUN: &[(&str, &str)] = &[
         "it is the command that runs this test",
     ),
     (
-        "carve run --tenant search --token-file examples/tokens/search -- python serve.py",
+        "carve run --socket gpu0.sock --tenant search --token-file examples/tokens/search -- python serve.py",
         "needs the reader's own CUDA program (carve run itself is tested in tests/sched.rs)",
     ),
 ];
+
+/// How a command of the README maps onto this test: `cargo run ... -p carve-cli -- ARGS` and
+/// `target/debug/carve ARGS` are the binary under test (cargo has built it), run in the scratch
+/// folder; other `cargo` commands run in the repository (they build; the binary they build is
+/// the one under test); everything else runs in the scratch folder. `a && b` runs `a`, then `b`.
+fn parts(cmd: &str) -> Vec<(bool, String)> {
+    cmd.split(" && ")
+        .map(|part| {
+            let part = part.trim();
+            if part.starts_with("cargo run ") && part.contains("-p carve-cli") {
+                let args = part.split_once(" -- ").map(|x| x.1).unwrap_or("");
+                return (false, format!("carve {args}").trim().to_string());
+            }
+            for prefix in ["./target/debug/carve", "target/debug/carve"] {
+                if let Some(rest) = part.strip_prefix(prefix) {
+                    return (false, format!("carve{rest}"));
+                }
+            }
+            (part.starts_with("cargo "), part.to_string())
+        })
+        .collect()
+}
 
 /// Commands whose exit status is not 0 by design: (the start of the command, status, why).
 const EXIT_STATUS: &[(&str, i32, &str)] = &[(
@@ -185,42 +211,50 @@ fn every_readme_command_runs_as_written() {
                         used_not_run[i] = true;
                         continue;
                     }
-                    if let Some((_, secs, _)) = SERVERS.iter().find(|(p, _, _)| starts(&cmd, p)) {
-                        let mut child = s
-                            .bash(&format!("exec {cmd}"))
-                            .stdout(Stdio::null())
-                            .stderr(Stdio::piped())
-                            .spawn()
-                            .unwrap();
-                        std::thread::sleep(Duration::from_secs(*secs));
-                        match child.try_wait() {
-                            Ok(None) => background.push((child, at)),
-                            _ => {
-                                let out = child.wait_with_output().unwrap();
-                                problems.push(format!(
-                                    "{at}: stopped on its own ({}): {}",
-                                    out.status,
-                                    String::from_utf8_lossy(&out.stderr)
-                                ));
+                    for (in_repo, part) in parts(&cmd) {
+                        if let Some((_, secs, _)) =
+                            SERVERS.iter().find(|(p, _, _)| starts(&part, p))
+                        {
+                            let mut child = s
+                                .bash(&format!("exec {part}"))
+                                .stdout(Stdio::null())
+                                .stderr(Stdio::piped())
+                                .spawn()
+                                .unwrap();
+                            std::thread::sleep(Duration::from_secs(*secs));
+                            match child.try_wait() {
+                                Ok(None) => background.push((child, at.clone())),
+                                _ => {
+                                    let out = child.wait_with_output().unwrap();
+                                    problems.push(format!(
+                                        "{at}: stopped on its own ({}): {}",
+                                        out.status,
+                                        String::from_utf8_lossy(&out.stderr)
+                                    ));
+                                }
                             }
+                            continue;
                         }
-                        continue;
-                    }
-                    let want = match EXIT_STATUS.iter().position(|(p, _, _)| starts(&cmd, p)) {
-                        Some(i) => {
-                            used_status[i] = true;
-                            EXIT_STATUS[i].1
+                        let want = match EXIT_STATUS.iter().position(|(p, _, _)| starts(&part, p)) {
+                            Some(i) => {
+                                used_status[i] = true;
+                                EXIT_STATUS[i].1
+                            }
+                            None => 0,
+                        };
+                        let mut c = s.bash(&part);
+                        if in_repo {
+                            c.current_dir(repo_root());
                         }
-                        None => 0,
-                    };
-                    let out = s.bash(&cmd).output().unwrap();
-                    if out.status.code() != Some(want) {
-                        problems.push(format!(
-                            "{at}: exit status {:?}, expected {want}:\n{}{}",
-                            out.status.code(),
-                            String::from_utf8_lossy(&out.stdout),
-                            String::from_utf8_lossy(&out.stderr)
-                        ));
+                        let out = c.output().unwrap();
+                        if out.status.code() != Some(want) {
+                            problems.push(format!(
+                                "{at}: `{part}`: exit status {:?}, expected {want}:\n{}{}",
+                                out.status.code(),
+                                String::from_utf8_lossy(&out.stdout),
+                                String::from_utf8_lossy(&out.stderr)
+                            ));
+                        }
                     }
                 }
             }
@@ -274,7 +308,11 @@ fn every_readme_command_runs_as_written() {
                     if !matches {
                         problems.push(format!(
                             "{at}: prints\n{}\nwhere README.md shows\n{}",
-                            got.iter().take(n + 2).cloned().collect::<Vec<_>>().join("\n"),
+                            got.iter()
+                                .take(n + 2)
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join("\n"),
                             expected.join("\n")
                         ));
                     }
@@ -304,6 +342,21 @@ fn every_readme_command_runs_as_written() {
     }
     assert!(problems.is_empty(), "\n{}", problems.join("\n\n"));
     let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn cargo_runs_of_the_cli_are_the_binary_under_test() {
+    assert_eq!(
+        parts("cargo run -q -p carve-cli -- up --dir x"),
+        [(false, "carve up --dir x".to_string())]
+    );
+    assert_eq!(
+        parts("cargo build -p carve-cli -p carve-shim && target/debug/carve up"),
+        [
+            (true, "cargo build -p carve-cli -p carve-shim".to_string()),
+            (false, "carve up".to_string())
+        ]
+    );
 }
 
 #[test]
