@@ -1,5 +1,21 @@
 //! Node labels like GPU Feature Discovery's (`nvidia.com/…`), plus carve's own (`carve.dev/…`).
 //! Pure; the agent writes them to a file (`key=value` lines, GFD's output format).
+//!
+//! The labels say what the node offers, as its inventory has it:
+//! - GFD's `nvidia.com/gpu.replicas` and `nvidia.com/gpu.sharing-strategy` describe the
+//!   `nvidia.com/gpu` resource (or `nvidia.com/gpu.shared`), as GFD does: the most time-sliced
+//!   replicas of one GPU offered under it (the agent's `--replicas`), and `time-slicing` when
+//!   there are any; else `1` and `none`. A plan's time-sliced shares are offered under each
+//!   tenant's own `carve.dev/<tenant>` resource, not as `nvidia.com/gpu` replicas, so they leave
+//!   these two as they are.
+//! - carve's own, for every GPU carve's scheduler time-slices (a plan's time-sliced GPU, or one
+//!   split into `--replicas`): `carve.dev/time-sliced-gpus` (how many), and per GPU `<i>` (its
+//!   index) `carve.dev/gpu-<i>.policy` (`best-effort`, `equal-share`, `fixed-share`),
+//!   `carve.dev/gpu-<i>.slice-ms` (the slice its scheduler runs: the planned one, else vGPU's
+//!   default for its tenant count), `carve.dev/gpu-<i>.work-conserving` (`true`/`false`),
+//!   `carve.dev/gpu-<i>.tenants` (its scheduler's tenants) and `carve.dev/gpu-<i>.shares` (the
+//!   devices offered on it); per planned tenant `carve.dev/tenant.<name>` (its resource's
+//!   devices on the node); `carve.dev/agent` and `carve.dev/plan-node`.
 
 use crate::inventory::{DeviceKind, Inventory, Options};
 use carve_apply::Observed;
@@ -60,15 +76,21 @@ pub fn labels(
         put(&format!("nvidia.com/mig-{p}.memory"), mib.to_string());
         put(&format!("nvidia.com/mig-{p}.replicas"), "1".into());
     }
-    let replicas = inv
+    // GFD's sharing labels: `nvidia.com/gpu` replicas only.
+    let mut replicas = BTreeMap::<u32, u32>::new();
+    for r in inv
         .resources
         .iter()
-        .flat_map(|r| r.devices.iter())
-        .filter(|d| matches!(d.kind, DeviceKind::Share { .. }))
-        .fold(BTreeMap::<u32, u32>::new(), |mut m, d| {
-            *m.entry(d.gpu_index).or_default() += 1;
-            m
-        });
+        .filter(|r| r.name == "nvidia.com/gpu" || r.name == "nvidia.com/gpu.shared")
+    {
+        for d in r
+            .devices
+            .iter()
+            .filter(|d| matches!(d.kind, DeviceKind::Share { .. }))
+        {
+            *replicas.entry(d.gpu_index).or_default() += 1;
+        }
+    }
     let per_gpu = replicas.values().copied().max().unwrap_or(1);
     put("nvidia.com/gpu.replicas", per_gpu.to_string());
     put(
@@ -80,8 +102,27 @@ pub fn labels(
         }
         .into(),
     );
+    // carve's: what each time-sliced GPU's scheduler runs.
     put("carve.dev/agent", "true".into());
-    put("carve.dev/time-sliced-gpus", replicas.len().to_string());
+    put("carve.dev/time-sliced-gpus", inv.shared.len().to_string());
+    for g in &inv.shared {
+        let st = &g.schedule.settings;
+        let slice_ns = st
+            .slice_ns
+            .unwrap_or_else(|| carve_timeslice::default_slice_ns(g.schedule.tenants.len()));
+        let shares = inv
+            .devices()
+            .filter(|(_, d)| {
+                d.gpu_index == g.gpu_index && matches!(d.kind, DeviceKind::Share { .. })
+            })
+            .count();
+        let key = |what: &str| format!("carve.dev/gpu-{}.{what}", g.gpu_index);
+        put(&key("policy"), st.policy.as_str().into());
+        put(&key("slice-ms"), (slice_ns / 1_000_000).to_string());
+        put(&key("work-conserving"), st.work_conserving.to_string());
+        put(&key("tenants"), g.schedule.tenants.len().to_string());
+        put(&key("shares"), shares.to_string());
+    }
     if let Some(n) = node {
         put("carve.dev/plan-node", value(n));
     }

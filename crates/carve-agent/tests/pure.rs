@@ -310,6 +310,17 @@ fn labels_and_cdi_describe_the_node() {
     assert_eq!(l["nvidia.com/mig-3g.40gb.count"], "1");
     assert_eq!(l["nvidia.com/gpu.replicas"], "3");
     assert_eq!(l["nvidia.com/gpu.sharing-strategy"], "time-slicing");
+    // carve's scheduler runs the replicas: equal share, work-conserving, vGPU's default slice.
+    assert_eq!(l["carve.dev/time-sliced-gpus"], "1");
+    assert_eq!(l["carve.dev/gpu-2.policy"], "equal-share");
+    assert_eq!(l["carve.dev/gpu-2.work-conserving"], "true");
+    assert_eq!(l["carve.dev/gpu-2.slice-ms"], "2");
+    assert_eq!(l["carve.dev/gpu-2.tenants"], "3");
+    assert_eq!(l["carve.dev/gpu-2.shares"], "3");
+    assert!(
+        !l.contains_key("carve.dev/gpu-0.policy"),
+        "a MIG GPU is not time-sliced"
+    );
     assert_eq!(l["carve.dev/plan-node"], "node-a");
     for (k, v) in &l {
         assert!(v.len() <= 63 && !v.contains(' '), "{k}={v}");
@@ -331,6 +342,88 @@ fn labels_and_cdi_describe_the_node() {
         assert!(names.contains(&format!("tenant-{t}")));
     }
     assert!(names.contains("0:0") && names.contains("2"));
+}
+
+/// A plan's time-sliced shares are each tenant's `carve.dev/<tenant>` devices, not
+/// `nvidia.com/gpu` replicas: GFD's sharing labels leave them out (unless `--replicas` offers
+/// some), and carve's labels say what each time-sliced GPU's scheduler runs, as planned.
+#[test]
+fn labels_describe_planned_shares_as_carves_not_as_gpu_replicas() {
+    let catalog = Catalog::embedded();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/tenancy.yaml"
+    ))
+    .unwrap();
+    let plan = carve_plan::plan(&carve_plan::parse(&text, &catalog).unwrap(), &catalog);
+    let gpus: Vec<&carve_plan::plan::PlannedGpu> = plan.node_gpus("node-a").collect();
+    let spec: Vec<&str> = gpus.iter().map(|g| g.model.as_str()).collect();
+    let off = "version: v1\nmig-configs:\n  c:\n    - devices: all\n      mig-enabled: false\n";
+    let observed = node(&spec.join(","), off);
+    let sliced: Vec<&&carve_plan::plan::PlannedGpu> = gpus
+        .iter()
+        .filter(|g| g.mode == carve_plan::plan::GpuMode::TimeSliced)
+        .collect();
+    assert!(!sliced.is_empty());
+
+    let opts = Options::default();
+    let inv = inventory(&observed, Some((&plan, "node-a")), &opts).unwrap();
+    let l = carve_agent::labels::labels(&observed, &inv, &opts, Some("node-a"));
+    assert_eq!(l["nvidia.com/gpu.replicas"], "1", "{l:#?}");
+    assert_eq!(l["nvidia.com/gpu.sharing-strategy"], "none");
+    assert_eq!(l["carve.dev/time-sliced-gpus"], sliced.len().to_string());
+    for g in &sliced {
+        let sch = g.scheduler.as_ref().unwrap();
+        let key = |what: &str| format!("carve.dev/gpu-{}.{what}", g.index);
+        assert_eq!(l[&key("policy")], sch.policy.as_str());
+        assert_eq!(l[&key("slice-ms")], sch.slice_ms.to_string());
+        assert_eq!(l[&key("work-conserving")], sch.work_conserving.to_string());
+        assert_eq!(l[&key("shares")], g.shares.len().to_string());
+        let mut tenants: Vec<&str> = g.shares.iter().map(|s| s.tenant.as_str()).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        assert_eq!(l[&key("tenants")], tenants.len().to_string());
+        for t in tenants {
+            let r = plan.tenant(t).unwrap().resource.clone().unwrap();
+            let name = r
+                .strip_prefix("carve.dev/")
+                .expect("a tenant's own resource");
+            assert_eq!(
+                l[&format!("carve.dev/tenant.{name}")],
+                inv.resource(&r).unwrap().devices.len().to_string()
+            );
+        }
+    }
+    for (k, v) in &l {
+        assert!(v.len() <= 63 && !v.contains(' '), "{k}={v}");
+        let name = k.split_once('/').map_or(k.as_str(), |(_, n)| n);
+        assert!(name.len() <= 63, "{k}");
+    }
+
+    // With --replicas, the GPUs the plan does not time-slice are offered as nvidia.com/gpu
+    // replicas: those, and only those, are GFD's.
+    let opts = Options {
+        replicas: 2,
+        ..Options::default()
+    };
+    let inv = inventory(&observed, Some((&plan, "node-a")), &opts).unwrap();
+    let l = carve_agent::labels::labels(&observed, &inv, &opts, Some("node-a"));
+    let offered = inv.resource("nvidia.com/gpu").map_or(0, |r| {
+        r.devices
+            .iter()
+            .filter(|d| matches!(d.kind, DeviceKind::Share { .. }))
+            .count()
+    });
+    assert!(offered > 0);
+    assert_eq!(l["nvidia.com/gpu.replicas"], "2");
+    assert_eq!(l["nvidia.com/gpu.sharing-strategy"], "time-slicing");
+    for g in &sliced {
+        let sch = g.scheduler.as_ref().unwrap();
+        assert_eq!(
+            l[&format!("carve.dev/gpu-{}.policy", g.index)],
+            sch.policy.as_str()
+        );
+    }
 }
 
 fn gpu_of(id: &str) -> Option<u32> {

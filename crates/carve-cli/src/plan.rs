@@ -84,26 +84,24 @@ pub fn summary(plan: &Plan) -> String {
 }
 
 fn shortfall_text(plan: &Plan) -> String {
-    let mut lines = Vec::new();
     let missing: Vec<String> = plan
         .tenants
         .iter()
         .filter(|t| t.unplaced > 0)
         .map(|t| format!("{} ({} of {} replicas)", t.name, t.unplaced, t.replicas))
         .collect();
-    lines.push(format!("not everything fits: {}", missing.join(", ")));
-    if plan.shortfall.is_empty() {
-        lines.push("no GPU of this fleet's models would hold them".into());
-    }
-    for (i, s) in plan.shortfall.iter().enumerate() {
-        lines.push(format!(
-            "{} {} more {} on a {} node would fit them",
-            if i == 0 { "→" } else { "  or" },
-            s.more_gpus,
-            s.model,
-            s.pool
-        ));
-    }
+    let mut lines = vec![format!("not everything fits: {}", missing.join(", "))];
+    lines.extend(
+        carve_plan::files::shortfall_lines(plan)
+            .into_iter()
+            .map(|l| {
+                if l.starts_with("or ") {
+                    format!("  {l}")
+                } else {
+                    format!("→ {l}")
+                }
+            }),
+    );
     lines.join("\n")
 }
 

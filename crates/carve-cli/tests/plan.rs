@@ -190,6 +190,58 @@ tenants:
     assert!(tenant(&v, "big")["unplaced"].as_u64().unwrap() >= 1);
 }
 
+/// The issue's examples: advice comes from planning again, and a tenant no GPU holds is named
+/// with the reason instead of being counted into advice that cannot hold it.
+#[test]
+fn advice_is_right_or_absent_with_the_reason() {
+    let t = tenancy(
+        "huge",
+        r#"fleet:
+  - node: a
+    gpus: [H100-80GB]
+tenants:
+  - {name: huge, workload: training, memory_gb: 200}
+  - {name: api, workload: inference, memory_gb: 40, replicas: 3, slo: strict}
+"#,
+    );
+    let out = carve().arg("plan").arg(&t).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("→ huge: no GPU of this fleet's models holds it: it needs 200 GB per replica; the largest GPU of this fleet has 80 GB\n"),
+        "{s}"
+    );
+    assert!(
+        s.contains("→ 1 more H100-80GB on a kubernetes/bare-metal node would make room for api\n"),
+        "{s}"
+    );
+    let v = plan_json(&[t.to_str().unwrap()], 1);
+    assert!(tenant(&v, "huge")["unplaceable"]
+        .as_str()
+        .unwrap()
+        .contains("200 GB"));
+    assert!(tenant(&v, "api").get("unplaceable").is_none());
+
+    let t = tenancy(
+        "shares",
+        r#"fleet:
+  - node: a
+    gpus: [H100-80GB]
+tenants:
+  - {name: x, workload: batch, memory_gb: 10, share: 0.8}
+  - {name: y, workload: batch, memory_gb: 10, share: 0.7}
+"#,
+    );
+    let out = carve().arg("plan").arg(&t).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("→ 1 more H100-80GB on a kubernetes/bare-metal node would make room for y\n"),
+        "{s}"
+    );
+    assert!(!s.contains("would hold them"), "{s}");
+}
+
 #[test]
 fn gpus_without_mig_time_slice_with_a_warning() {
     let t = tenancy(

@@ -239,7 +239,17 @@ fn up_serves_allocates_and_enforces() {
         labels.contains("nvidia.com/mig-1g.10gb.count=3\n"),
         "{labels}"
     );
-    assert!(labels.contains("nvidia.com/gpu.sharing-strategy=time-slicing\n"));
+    // The shares are carve.dev/<tenant> resources, not nvidia.com/gpu replicas: GFD's sharing
+    // labels say so, and carve's say what the time-sliced GPU runs.
+    for want in [
+        "nvidia.com/gpu.sharing-strategy=none\n",
+        "nvidia.com/gpu.replicas=1\n",
+        "carve.dev/gpu-1.policy=equal-share\n",
+        "carve.dev/gpu-1.slice-ms=1\n",
+        "carve.dev/gpu-1.shares=6\n",
+    ] {
+        assert!(labels.contains(want), "{want}{labels}");
+    }
     let cdi: Value = serde_json::from_str(
         &std::fs::read_to_string(ready["cdi_spec"].as_str().unwrap()).unwrap(),
     )

@@ -2,7 +2,7 @@
 //! the alternatives rejected, the MIG profile per GPU model, and time-slice policy and slice.
 
 use crate::plan::{Mode, Policy, Rejected};
-use crate::tenancy::{FleetGpu, Isolation, Tenancy, Tenant, Workload};
+use crate::tenancy::{FleetGpu, FleetNode, Isolation, Tenancy, Tenant, Workload};
 use carve_model::profile::{Attribute, ProfileName};
 use carve_model::{Catalog, GpuModel};
 use std::collections::BTreeMap;
@@ -22,9 +22,13 @@ pub struct Facts {
 
 impl Facts {
     pub fn of(t: &Tenancy) -> Facts {
+        Facts::of_nodes(&t.nodes)
+    }
+
+    /// The facts of a fleet given as its nodes (the planner's advice plans fleets with more GPUs).
+    pub fn of_nodes(nodes: &[FleetNode]) -> Facts {
         let models = |hyp: bool| {
-            let mut v: Vec<usize> = t
-                .nodes
+            let mut v: Vec<usize> = nodes
                 .iter()
                 .filter(|n| n.platform.is_hypervisor() == hyp)
                 .flat_map(|n| n.gpus.iter().filter_map(|g: &FleetGpu| g.model))
@@ -34,8 +38,8 @@ impl Facts {
             v
         };
         Facts {
-            has_hypervisor: t.nodes.iter().any(|n| n.platform.is_hypervisor()),
-            has_host: t.nodes.iter().any(|n| !n.platform.is_hypervisor()),
+            has_hypervisor: nodes.iter().any(|n| n.platform.is_hypervisor()),
+            has_host: nodes.iter().any(|n| !n.platform.is_hypervisor()),
             host_models: models(false),
             hypervisor_models: models(true),
         }
@@ -169,7 +173,9 @@ pub struct Decision {
     pub warnings: Vec<String>,
     /// MIG profile index per catalog model, for MIG modes (models of the tenant's pool).
     pub profiles: BTreeMap<usize, usize>,
-    /// Time-slice policy and preferred slice, for time-sliced modes.
+    /// Time-slice policy and preferred slice the tenant would get alone, for time-sliced modes
+    /// ([`policy_for`]). What its GPU runs is the planner's choice among its tenants, and the
+    /// reason's policy sentence says that.
     pub policy: Option<Policy>,
     pub slice_ms: Option<u32>,
     /// vGPU licence edition needed, for vGPU modes.
@@ -213,7 +219,7 @@ pub fn profile_for(g: &GpuModel, t: &Tenant) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
-fn gb(mib: u64) -> String {
+pub(crate) fn gb(mib: u64) -> String {
     let g = mib as f64 / 1024.0;
     if (g - g.round()).abs() < 1e-9 {
         format!("{} GB", g.round())
@@ -392,9 +398,10 @@ pub fn decide(t: &Tenant, catalog: &Catalog, facts: &Facts) -> Decision {
         };
         reason.push_str(&format!(" Profile: {} ({need}).", list.join(", ")));
     }
+    // The policy sentence is the planner's: a GPU's scheduler is known only once its tenants
+    // are (`planner`), and the reason says what that scheduler runs.
     let (policy, slice_ms) = if matches!(mode, Mode::TimeSliced | Mode::VgpuTimeSliced) {
-        let (p, s, why) = policy_for(t);
-        reason.push_str(&format!(" Policy {p}: {why}; slice {s} ms."));
+        let (p, s, _) = policy_for(t);
         (Some(p), Some(s))
     } else {
         (None, None)

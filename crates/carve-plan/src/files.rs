@@ -358,6 +358,67 @@ pub fn vgpu_sheet(plan: &Plan, node: &str) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // report.md
 
+/// What a partial plan says about the room it lacks, a sentence a line (none for a complete
+/// plan): each tenant no GPU of the fleet's models holds, and why; then per pool the advice
+/// ([`Plan::shortfall`]: alternatives, and for a second pool what it needs too), or that there is
+/// none within [`crate::planner::ADVICE_MAX_GPUS`] more GPUs of each model. `carve plan` and
+/// report.md print these.
+pub fn shortfall_lines(plan: &Plan) -> Vec<String> {
+    let mut lines = Vec::new();
+    for t in plan.tenants.iter().filter(|t| t.unplaced > 0) {
+        if let Some(why) = &t.unplaceable {
+            lines.push(format!(
+                "{}: no GPU of this fleet's models holds it: {why}",
+                t.name
+            ));
+        }
+    }
+    let mut pools = 0;
+    for hypervisor in [false, true] {
+        let pool = crate::plan::pool_name(hypervisor);
+        let waiting: Vec<&str> = plan
+            .tenants
+            .iter()
+            .filter(|t| t.unplaced > 0 && t.unplaceable.is_none() && t.mode.pool() == pool)
+            .map(|t| t.name.as_str())
+            .collect();
+        if waiting.is_empty() {
+            continue;
+        }
+        let who = if waiting.len() > 4 {
+            format!("{} and {} more", waiting[..3].join(", "), waiting.len() - 3)
+        } else {
+            waiting.join(", ")
+        };
+        let advice: Vec<&crate::plan::Shortfall> =
+            plan.shortfall.iter().filter(|x| x.pool == pool).collect();
+        if advice.is_empty() {
+            lines.push(format!(
+                "{who}: not even {} more GPUs of each of this fleet's models on a {pool} node would make room",
+                crate::planner::ADVICE_MAX_GPUS
+            ));
+        }
+        for (i, x) in advice.iter().enumerate() {
+            let mut more = format!("{} more {}", x.more_gpus, x.model);
+            for w in &x.with {
+                let _ = write!(more, " and {} more {}", w.more_gpus, w.model);
+            }
+            let lead = match (i, pools) {
+                (0, 0) => "",
+                (0, _) => "and ",
+                _ => "or ",
+            };
+            lines.push(format!(
+                "{lead}{more} on a {pool} node would make room for {who}"
+            ));
+        }
+        if !advice.is_empty() {
+            pools += 1;
+        }
+    }
+    lines
+}
+
 pub fn report_md(plan: &Plan, catalog: &Catalog) -> String {
     let mut s = String::from("# carve plan\n\n");
     let _ = writeln!(
@@ -380,20 +441,11 @@ pub fn report_md(plan: &Plan, catalog: &Catalog) -> String {
                 .filter(|t| t.unplaced > 0)
                 .map(|t| format!("{} ({} of {})", t.name, t.unplaced, t.replicas))
                 .collect();
-            let more: Vec<String> = plan
-                .shortfall
-                .iter()
-                .map(|x| format!("{} more {} ({})", x.more_gpus, x.model, x.pool))
-                .collect();
-            format!(
-                "**Not everything fits**: {}. What would: {}.",
-                missing.join(", "),
-                if more.is_empty() {
-                    "no GPU model of this fleet".into()
-                } else {
-                    more.join(", or ")
-                }
-            )
+            let mut s = format!("**Not everything fits**: {}.\n", missing.join(", "));
+            for line in shortfall_lines(plan) {
+                let _ = write!(s, "\n- {line}");
+            }
+            s
         }
     );
     let _ = writeln!(
@@ -543,6 +595,20 @@ pub fn report_md(plan: &Plan, catalog: &Catalog) -> String {
                 }
             );
         }
+        let mut first = true;
+        for g in plan.node_gpus(&n.name) {
+            if let Some(x) = &g.scheduler {
+                if first {
+                    s.push('\n');
+                    first = false;
+                }
+                let _ = writeln!(
+                    s,
+                    "- GPU {} runs {} at {} ms: {}",
+                    g.index, x.policy, x.slice_ms, x.reason
+                );
+            }
+        }
     }
     if !plan.warnings.is_empty() {
         s.push_str("\n## Warnings\n\n");
@@ -562,7 +628,8 @@ const PALETTE: [&str; 12] = [
     "#9c755f", "#bab0ac", "#86bcb6", "#d37295",
 ];
 
-/// One row per used GPU: the memory slots to scale (or time shares), each tenant its colour.
+/// One row per GPU of the fleet: the memory slots to scale (or time shares), each tenant its
+/// colour; a GPU the plan leaves unused is drawn empty, greyed and marked `unused`.
 pub fn layout_svg(plan: &Plan, catalog: &Catalog) -> String {
     const LABEL_W: f64 = 330.0;
     const BAR_W: f64 = 640.0;
@@ -575,7 +642,7 @@ pub fn layout_svg(plan: &Plan, catalog: &Catalog) -> String {
         .enumerate()
         .map(|(i, t)| (t.name.as_str(), PALETTE[i % PALETTE.len()]))
         .collect();
-    let rows: Vec<&PlannedGpu> = plan.gpus.iter().filter(|g| g.is_used()).collect();
+    let rows: Vec<&PlannedGpu> = plan.gpus.iter().collect();
     let legend_rows = plan.tenants.len().div_ceil(4) as f64;
     let height = TOP + rows.len() as f64 * (ROW_H + GAP) + 30.0 + legend_rows * 20.0;
     let width = LABEL_W + BAR_W + 20.0;
@@ -589,20 +656,27 @@ pub fn layout_svg(plan: &Plan, catalog: &Catalog) -> String {
     s.push_str("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
     let _ = writeln!(
         s,
-        r#"<text x="10" y="22" font-size="15" font-weight="bold">carve plan: {} of {} GPUs used (lower bound {}{})</text>"#,
+        r#"<text x="10" y="22" font-size="15" font-weight="bold">carve plan: {} of {} GPUs used (lower bound {}{}){}</text>"#,
         plan.gpus_used,
         plan.gpus.len(),
         plan.lower_bound_gpus,
-        if plan.optimal { ", optimal" } else { "" }
+        if plan.optimal { ", optimal" } else { "" },
+        match plan.gpus.len() as u32 - plan.gpus_used.min(plan.gpus.len() as u32) {
+            0 => String::new(),
+            n => format!(", {n} unused"),
+        }
     );
     for (r, g) in rows.iter().enumerate() {
         let y = TOP + r as f64 * (ROW_H + GAP);
+        let unused = !g.is_used();
         let _ = writeln!(
             s,
-            r#"<g class="gpu" data-node="{}" data-gpu="{}"><text x="10" y="{:.1}">{} / GPU {} · {} · {}</text>"#,
+            r#"<g class="gpu" data-node="{}" data-gpu="{}" data-mode="{}"><text x="10" y="{:.1}"{}>{} / GPU {} · {} · {}</text>"#,
             esc(&g.node),
             g.index,
+            g.mode,
             y + ROW_H / 2.0 + 4.0,
+            if unused { r##" fill="#888""## } else { "" },
             esc(&g.node),
             g.index,
             esc(&g.model),
@@ -610,8 +684,22 @@ pub fn layout_svg(plan: &Plan, catalog: &Catalog) -> String {
         );
         let _ = writeln!(
             s,
-            r##"<rect x="{LABEL_W}" y="{y:.1}" width="{BAR_W}" height="{ROW_H}" fill="url(#free)" stroke="#999"/>"##
+            r##"<rect x="{LABEL_W}" y="{y:.1}" width="{BAR_W}" height="{ROW_H}" fill="url(#free)" stroke="#999"{}/>"##,
+            if unused {
+                r#" stroke-dasharray="4,3""#
+            } else {
+                ""
+            }
         );
+        if unused {
+            let _ = writeln!(
+                s,
+                r##"<text class="unused" x="{:.1}" y="{:.1}" text-anchor="middle" fill="#888">unused: the plan leaves it as it is</text></g>"##,
+                LABEL_W + BAR_W / 2.0,
+                y + ROW_H / 2.0 + 4.0
+            );
+            continue;
+        }
         let model = catalog.gpu(&g.model).ok();
         match (g.mode, model) {
             (GpuMode::Mig | GpuMode::VgpuMig, Some(m)) => {

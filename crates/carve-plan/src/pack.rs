@@ -74,8 +74,6 @@ pub struct Outcome {
     /// The integer programme was solved to optimality and no GPU beyond it was needed.
     pub optimal: bool,
     pub lower_bound: u32,
-    /// When not everything fits: more GPUs of a model that would fit everything, fewest first.
-    pub shortfall: Vec<(usize, u32)>,
     /// Branch-and-bound nodes solved, all programmes together.
     pub nodes: u64,
     /// The most nodes one programme took.
@@ -467,25 +465,8 @@ pub fn pack_with_limit(
         Answer::Solved(s) => (s, true),
         Answer::Unknown => (nothing(), true),
         Answer::Infeasible => {
-            // Not everything fits: what would, and the most that does.
-            for (mi, m) in models.iter().enumerate() {
-                let mut c = caps.clone();
-                c[mi] = None;
-                if let Answer::Solved(s) = solve(
-                    &models,
-                    &classes,
-                    &c,
-                    Goal::All,
-                    false,
-                    node_limit,
-                    &mut work,
-                ) {
-                    let used: u32 = s.x[mi].iter().sum();
-                    out.shortfall
-                        .push((m.catalog, used.saturating_sub(m.free.len() as u32)));
-                }
-            }
-            out.shortfall.sort_by_key(|&(_, n)| n);
+            // Not everything fits: the most that does. (What would fit the rest is the
+            // planner's advice, which plans again with more GPUs.)
             match solve(
                 &models,
                 &classes,
@@ -876,7 +857,7 @@ mod tests {
     }
 
     #[test]
-    fn too_little_room_names_the_shortfall() {
+    fn too_little_room_places_the_most() {
         let c = Catalog::embedded();
         let pool: Vec<PoolGpu> = (0..1).map(|i| (i, h100(&c))).collect();
         let mut placer = Placer::new(&c);
@@ -887,6 +868,6 @@ mod tests {
             &mut placer,
         );
         assert_eq!(o.unplaced, vec![(0, 3)]);
-        assert_eq!(o.shortfall, vec![(h100(&c), 2)]);
+        assert_eq!(o.gpus.len(), 1);
     }
 }

@@ -10,6 +10,9 @@
 //! - version 2 (written now): each replica's place is said once, by the GPU that holds it
 //!   (`gpus[].instances[].tenant` / `gpus[].shares[].tenant`); [`Plan::placements`] lists a
 //!   tenant's. `stats` carries the solver's branch-and-bound nodes, no time.
+//!   Two optional fields came later within version 2, for partial plans only and read by
+//!   nobody but people: `shortfall[].with` and `tenants[].unplaceable` (every reader of
+//!   `plan.json` ignores fields it does not know, and an older file reads as having neither).
 //! - version 1: also listed each tenant's `placements`, a copy of what the GPUs say, and
 //!   `stats.plan_ms`. Read, the copy is checked against the GPUs (a file whose copy disagrees
 //!   was edited by hand, and older carve versions would act on the copy: it is refused) and
@@ -92,6 +95,21 @@ impl Mode {
     /// Gets a MIG slice.
     pub fn is_mig(self) -> bool {
         matches!(self, Mode::Mig | Mode::VgpuMig)
+    }
+
+    /// The pool of GPUs the mode's tenants are planned on, as [`Shortfall::pool`] names it.
+    pub fn pool(self) -> &'static str {
+        pool_name(self.is_vgpu())
+    }
+}
+
+/// The name of a pool of GPUs: the hypervisor nodes' (`vsphere`) or the others'
+/// (`kubernetes/bare-metal`). The planner fills each pool on its own.
+pub fn pool_name(hypervisor: bool) -> &'static str {
+    if hypervisor {
+        "vsphere"
+    } else {
+        "kubernetes/bare-metal"
     }
 }
 
@@ -306,6 +324,10 @@ pub struct PlannedTenant {
     /// Replicas that found no room (only in a partial plan).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unplaced: u32,
+    /// Why no GPU of the fleet's models can hold even one of its replicas, however many were
+    /// added (only in a partial plan): the [`Plan::shortfall`] advice leaves such a tenant out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unplaceable: Option<String>,
     /// The Kubernetes resource its pods request (`nvidia.com/mig-1g.10gb`), for Kubernetes nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
@@ -330,14 +352,29 @@ pub struct PlannedNode {
     pub licence: Option<String>,
 }
 
-/// What would make an infeasible plan fit.
+/// One way to make room in a partial plan, found by planning again with more GPUs: with
+/// `more_gpus` more GPUs of `model` (and those of `with`) on a new node of `pool`, every tenant
+/// of that pool has room, except the [`PlannedTenant::unplaceable`] ones. Entries of one pool are
+/// alternatives, fewest GPUs first; each pool with a tenant waiting needs one of its entries. A
+/// pool with tenants waiting and no entry has no advice: not even
+/// [`crate::planner::ADVICE_MAX_GPUS`] more GPUs of each of the fleet's models would do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shortfall {
-    /// `more GPUs of this model` on a node of this kind.
+    /// Catalog key, or the name of a GPU without MIG as the fleet gives it.
     pub model: String,
     pub more_gpus: u32,
-    /// `kubernetes/bare-metal` or `vsphere`.
+    /// `kubernetes/bare-metal` or `vsphere` ([`pool_name`]).
     pub pool: String,
+    /// More GPUs of other models needed together with these, when no one model would do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub with: Vec<MoreGpus>,
+}
+
+/// More GPUs of one model, part of a [`Shortfall`] that mixes models.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoreGpus {
+    pub model: String,
+    pub more_gpus: u32,
 }
 
 /// How the GPU count compares with what is possible.

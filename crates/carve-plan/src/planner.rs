@@ -1,18 +1,37 @@
 //! From a tenancy to a plan: decide every tenant's mode, then fill GPUs pool by pool (Kubernetes /
 //! bare-metal nodes; hypervisor nodes) in this order: dedicated GPUs, time-sliced GPUs, MIG.
+//!
+//! Two things are said only once the GPUs are filled, from what is applied:
+//! - a time-sliced tenant's policy sentence, from the [`PlannedScheduler`] of each GPU it runs on
+//!   (the strongest policy and the shortest slice the GPU's tenants ask for), saying when that is
+//!   not what the tenant would get alone, and which neighbours made it so;
+//! - when something has no room, the advice ([`Plan::shortfall`]): the pool is planned again with
+//!   more GPUs of the fleet's models, and a count is advised only when that plan has room for
+//!   every tenant of the pool. A tenant that not even a GPU of its own holds is
+//!   [`PlannedTenant::unplaceable`], with the reason, and left out of the advice. The search is
+//!   bounded ([`ADVICE_MAX_GPUS`]), and every plan in it by solver nodes: no clock.
 
 use crate::decide::{self, Decision, Facts};
 use crate::pack::{self, Demand, Placer, PoolGpu};
 use crate::plan::*;
-use crate::tenancy::{Tenancy, Tenant, Workload};
+use crate::tenancy::{FleetGpu, FleetNode, Tenancy, Tenant, Workload};
 use carve_model::Catalog;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Most tenant replicas time-sharing one GPU.
 pub const MAX_TIME_SLICED_PER_GPU: usize = 32;
 
 /// The vGPU scheduler's default slice above this many vGPUs is 1 ms (2 ms up to it).
 const VGPU_DENSE: usize = 8;
+
+/// The most GPUs of one model the advice adds to a pool when it plans again: one node's worth
+/// ([`carve_model::MAX_GPUS_PER_NODE`]). Per model (and, when no one model does, for a mix of
+/// all of them) the search doubles the count from 1 until the pool has room, then halves the
+/// gap: about 2 × log2(this) plans, each bounded by solver nodes.
+pub const ADVICE_MAX_GPUS: u32 = carve_model::MAX_GPUS_PER_NODE;
+
+/// The node that holds the GPUs the advice adds, after the fleet's nodes.
+const ADVICE_NODE: &str = "(more)";
 
 /// What a decision depends on.
 #[derive(PartialEq, Eq, Hash)]
@@ -49,196 +68,119 @@ impl DecisionKey {
     }
 }
 
+/// Decides every tenant. Tenants that differ only in name, replicas and spread get the same
+/// decision: decided once.
+fn decide_all(tenants: &[Tenant], catalog: &Catalog, facts: &Facts) -> Vec<Decision> {
+    let mut seen: HashMap<DecisionKey, Decision> = HashMap::new();
+    tenants
+        .iter()
+        .map(|t| {
+            seen.entry(DecisionKey::of(t))
+                .or_insert_with(|| decide::decide(t, catalog, facts))
+                .clone()
+        })
+        .collect()
+}
+
+/// The fleet's GPUs as the planner fills them, in fleet order.
+struct Fleet {
+    gpus: Vec<PlannedGpu>,
+    /// On a hypervisor node.
+    hyp: Vec<bool>,
+    /// Catalog model, for MIG-capable GPUs.
+    model_of: Vec<Option<usize>>,
+}
+
+impl Fleet {
+    fn of(nodes: &[FleetNode]) -> Fleet {
+        let mut f = Fleet {
+            gpus: Vec::new(),
+            hyp: Vec::new(),
+            model_of: Vec::new(),
+        };
+        for node in nodes {
+            for (i, g) in node.gpus.iter().enumerate() {
+                f.gpus.push(PlannedGpu {
+                    node: node.name.clone(),
+                    index: i as u32,
+                    model: g.name.clone(),
+                    memory_mib: g.memory_mib,
+                    mig_capable: g.model.is_some(),
+                    mode: GpuMode::Unused,
+                    instances: Vec::new(),
+                    shares: Vec::new(),
+                    scheduler: None,
+                });
+                f.hyp.push(node.platform.is_hypervisor());
+                f.model_of.push(g.model);
+            }
+        }
+        f
+    }
+}
+
+/// What filling the pools gives besides the GPUs, per tenant and in all.
+struct Packing {
+    placements: Vec<Vec<Placement>>,
+    unplaced: Vec<u32>,
+    warnings: Vec<String>,
+    stats: PackingStats,
+}
+
+impl Packing {
+    fn new(tenants: usize) -> Packing {
+        Packing {
+            placements: vec![Vec::new(); tenants],
+            unplaced: vec![0; tenants],
+            warnings: Vec::new(),
+            stats: PackingStats {
+                dedicated_gpus: 0,
+                time_sliced_gpus: 0,
+                mig_gpus: 0,
+                mig_optimal: true,
+                mig_lower_bound: 0,
+                time_sliced_lower_bound: 0,
+                solver_nodes: 0,
+            },
+        }
+    }
+}
+
 /// Plans a tenancy. Deterministic: the same tenancy and catalog give the same plan, on any
 /// machine (no clock is read; the solver's work is bounded by nodes, not time).
 pub fn plan(tenancy: &Tenancy, catalog: &Catalog) -> Plan {
     let facts = Facts::of(tenancy);
-    // Tenants that differ only in name, replicas and spread get the same decision: decide once.
-    let mut seen: std::collections::HashMap<DecisionKey, Decision> = Default::default();
-    let decisions: Vec<Decision> = tenancy
-        .tenants
-        .iter()
-        .map(|t| {
-            seen.entry(DecisionKey::of(t))
-                .or_insert_with(|| decide::decide(t, catalog, &facts))
-                .clone()
-        })
-        .collect();
-
-    let mut gpus: Vec<PlannedGpu> = Vec::new();
-    let mut hyp: Vec<bool> = Vec::new();
-    for (n, i, g) in tenancy.gpus() {
-        let node = &tenancy.nodes[n];
-        gpus.push(PlannedGpu {
-            node: node.name.clone(),
-            index: i,
-            model: g.name.clone(),
-            memory_mib: g.memory_mib,
-            mig_capable: g.model.is_some(),
-            mode: GpuMode::Unused,
-            instances: Vec::new(),
-            shares: Vec::new(),
-            scheduler: None,
-        });
-        hyp.push(node.platform.is_hypervisor());
-    }
-    let model_of: Vec<Option<usize>> = tenancy.gpus().map(|(_, _, g)| g.model).collect();
-    let mut placements: Vec<Vec<Placement>> = vec![Vec::new(); tenancy.tenants.len()];
-    let mut unplaced: Vec<u32> = vec![0; tenancy.tenants.len()];
-    let mut warnings: Vec<String> = Vec::new();
-    let mut stats = PackingStats {
-        dedicated_gpus: 0,
-        time_sliced_gpus: 0,
-        mig_gpus: 0,
-        mig_optimal: true,
-        mig_lower_bound: 0,
-        time_sliced_lower_bound: 0,
-        solver_nodes: 0,
-    };
-    let mut shortfall: Vec<Shortfall> = Vec::new();
+    let decisions = decide_all(&tenancy.tenants, catalog, &facts);
+    let mut fleet = Fleet::of(&tenancy.nodes);
     let mut placer = Placer::new(catalog);
-
+    let mut packing = Packing::new(tenancy.tenants.len());
     for hypervisor in [false, true] {
-        let pool_name = if hypervisor {
-            "vsphere"
-        } else {
-            "kubernetes/bare-metal"
-        };
-        let in_pool = |m: Mode| m.is_vgpu() == hypervisor;
-
-        // 1. Dedicated: a whole GPU per replica, largest first.
-        let mut ded: Vec<(usize, u32, u64)> = Vec::new();
-        for (ti, t) in tenancy.tenants.iter().enumerate() {
-            let d = &decisions[ti];
-            let whole = d.mode == Mode::Dedicated && in_pool(d.mode);
-            if whole {
-                for r in 0..t.replicas {
-                    ded.push((ti, r, t.memory_mib.unwrap_or(0)));
-                }
-            }
-        }
-        ded.sort_by_key(|&(ti, r, m)| (std::cmp::Reverse(m), ti, r));
-        for (ti, r, mem) in ded {
-            let pick = free_gpus(&gpus, &hyp, hypervisor)
-                .filter(|&p| gpus[p].memory_mib >= mem)
-                .min_by_key(|&p| (gpus[p].mig_capable, gpus[p].memory_mib, p));
-            match pick {
-                Some(p) => {
-                    let g = &mut gpus[p];
-                    g.mode = GpuMode::Dedicated;
-                    g.shares.push(PlannedShare {
-                        tenant: tenancy.tenants[ti].name.clone(),
-                        replica: r,
-                        share: 1.0,
-                        memory_mib: g.memory_mib,
-                        vgpu_type: None,
-                    });
-                    placements[ti].push(Placement {
-                        replica: r,
-                        node: g.node.clone(),
-                        gpu: g.index,
-                        profile: None,
-                        start: None,
-                    });
-                    stats.dedicated_gpus += 1;
-                }
-                None => unplaced[ti] += 1,
-            }
-        }
-
-        // 2. Time-sliced GPUs.
-        let ts_mode = if hypervisor {
-            Mode::VgpuTimeSliced
-        } else {
-            Mode::TimeSliced
-        };
-        let (used, bound) = time_slice(
-            tenancy,
+        fill_pool(
+            &tenancy.tenants,
             catalog,
             &decisions,
-            ts_mode,
-            &mut gpus,
-            &hyp,
-            &model_of,
-            &mut placements,
-            &mut unplaced,
-            &mut warnings,
+            &mut fleet,
+            hypervisor,
+            &mut placer,
+            &mut packing,
         );
-        stats.time_sliced_gpus += used;
-        stats.time_sliced_lower_bound += bound;
-
-        // 3. MIG on what is left.
-        let mig_mode = if hypervisor { Mode::VgpuMig } else { Mode::Mig };
-        let demands: Vec<Demand> = tenancy
-            .tenants
-            .iter()
-            .enumerate()
-            .filter(|(ti, _)| decisions[*ti].mode == mig_mode)
-            .map(|(ti, t)| Demand {
-                tenant: ti,
-                replicas: t.replicas,
-                spread: t.spread,
-                profiles: decisions[ti].profiles.clone(),
-            })
-            .collect();
-        if demands.is_empty() {
-            continue;
-        }
-        let pool: Vec<PoolGpu> = free_gpus(&gpus, &hyp, hypervisor)
-            .filter_map(|p| model_of[p].map(|m| (p, m)))
-            .collect();
-        let out = pack::pack(catalog, &pool, &demands, &mut placer);
-        stats.mig_optimal &= out.optimal;
-        stats.solver_nodes += out.nodes;
-        stats.mig_lower_bound += out.lower_bound;
-        stats.mig_gpus += out.gpus.len() as u32;
-        for (m, more) in &out.shortfall {
-            shortfall.push(Shortfall {
-                model: catalog.gpus[*m].key.clone(),
-                more_gpus: *more,
-                pool: pool_name.into(),
-            });
-        }
-        for (t, n) in &out.unplaced {
-            unplaced[*t] += n;
-        }
-        for (pos, given) in out.gpus {
-            let model = &catalog.gpus[model_of[pos].expect("MIG GPUs have a model")];
-            let g = &mut gpus[pos];
-            g.mode = if hypervisor {
-                GpuMode::VgpuMig
-            } else {
-                GpuMode::Mig
-            };
-            for gv in given {
-                let p = &model.profiles[gv.instance.profile];
-                let vgpu_type = if hypervisor {
-                    model
-                        .vgpu
-                        .iter()
-                        .find(|v| v.profile.as_deref() == Some(p.name.as_str()))
-                        .map(|v| v.name.clone())
-                } else {
-                    None
-                };
-                g.instances.push(PlannedInstance {
-                    profile: p.name.clone(),
-                    start: gv.instance.start,
-                    size: p.slots,
-                    tenant: tenancy.tenants[gv.tenant].name.clone(),
-                    replica: gv.replica,
-                    vgpu_type,
-                });
-                placements[gv.tenant].push(Placement {
-                    replica: gv.replica,
-                    node: g.node.clone(),
-                    gpu: g.index,
-                    profile: Some(p.name.clone()),
-                    start: Some(gv.instance.start),
-                });
-            }
-        }
     }
+    let Packing {
+        mut placements,
+        unplaced,
+        mut warnings,
+        stats,
+    } = packing;
+    let advice = if unplaced.iter().any(|&n| n > 0) {
+        advise(tenancy, catalog, &decisions, &unplaced, &mut placer)
+    } else {
+        Advice {
+            shortfall: Vec::new(),
+            unplaceable: vec![None; tenancy.tenants.len()],
+        }
+    };
+    let policy = policy_sentences(&tenancy.tenants, &decisions, &fleet.gpus);
+    let Fleet { gpus, model_of, .. } = fleet;
 
     // Tenants.
     let node_by_name: std::collections::HashMap<&str, &crate::tenancy::FleetNode> =
@@ -283,17 +225,20 @@ pub fn plan(tenancy: &Tenancy, catalog: &Catalog) -> Plan {
             }
         }
         if unplaced[ti] > 0 {
-            w.push(format!(
-                "{} of {} replicas found no room",
-                unplaced[ti], t.replicas
-            ));
+            w.push(match &advice.unplaceable[ti] {
+                Some(why) => format!(
+                    "{} of {} replicas found no room, and no GPU of this fleet's models holds one: {why}",
+                    unplaced[ti], t.replicas
+                ),
+                None => format!("{} of {} replicas found no room", unplaced[ti], t.replicas),
+            });
         }
         tenants.push(PlannedTenant {
             name: t.name.clone(),
             workload: t.workload.as_str().into(),
             mode: d.mode,
             rule: d.rule.into(),
-            reason: d.reason.clone(),
+            reason: format!("{}{}", d.reason, policy[ti]),
             rejected: d.rejected.clone(),
             replicas: t.replicas,
             memory_mib: t.memory_mib.unwrap_or(0),
@@ -310,6 +255,7 @@ pub fn plan(tenancy: &Tenancy, catalog: &Catalog) -> Plan {
                 .collect(),
             spread: t.spread,
             unplaced: unplaced[ti],
+            unplaceable: advice.unplaceable[ti].clone(),
             resource,
             licence: d.licence.map(str::to_string),
             warnings: w,
@@ -322,11 +268,12 @@ pub fn plan(tenancy: &Tenancy, catalog: &Catalog) -> Plan {
     }
     for (g, m) in gpus.iter().zip(&model_of) {
         if let Some(m) = m {
-            if !catalog.gpus[*m].is_confirmed() && g.is_used() {
+            let m = &catalog.gpus[*m];
+            if !m.is_confirmed() && g.is_used() {
                 let msg = format!(
                     "{} data is not fully confirmed: {}",
-                    catalog.gpus[*m].key,
-                    catalog.gpus[*m].unconfirmed.join("; ")
+                    m.key,
+                    m.unconfirmed.join("; ")
                 );
                 if !warnings.contains(&msg) {
                     warnings.push(msg);
@@ -354,9 +301,136 @@ pub fn plan(tenancy: &Tenancy, catalog: &Catalog) -> Plan {
         lower_bound_gpus: lower.min(gpus_used),
         optimal: complete && gpus_used == lower,
         complete,
-        shortfall,
+        shortfall: advice.shortfall,
         stats,
         warnings,
+    }
+}
+
+/// Fills one pool's free GPUs: dedicated GPUs, then time-sliced GPUs, then MIG.
+fn fill_pool(
+    tenants: &[Tenant],
+    catalog: &Catalog,
+    decisions: &[Decision],
+    fleet: &mut Fleet,
+    hypervisor: bool,
+    placer: &mut Placer,
+    out: &mut Packing,
+) {
+    let in_pool = |m: Mode| m.is_vgpu() == hypervisor;
+
+    // 1. Dedicated: a whole GPU per replica, largest first.
+    let mut ded: Vec<(usize, u32, u64)> = Vec::new();
+    for (ti, t) in tenants.iter().enumerate() {
+        let d = &decisions[ti];
+        if d.mode == Mode::Dedicated && in_pool(d.mode) {
+            for r in 0..t.replicas {
+                ded.push((ti, r, t.memory_mib.unwrap_or(0)));
+            }
+        }
+    }
+    ded.sort_by_key(|&(ti, r, m)| (std::cmp::Reverse(m), ti, r));
+    for (ti, r, mem) in ded {
+        let gpus = &fleet.gpus;
+        let pick = free_gpus(gpus, &fleet.hyp, hypervisor)
+            .filter(|&p| gpus[p].memory_mib >= mem)
+            .min_by_key(|&p| (gpus[p].mig_capable, gpus[p].memory_mib, p));
+        match pick {
+            Some(p) => {
+                let g = &mut fleet.gpus[p];
+                g.mode = GpuMode::Dedicated;
+                g.shares.push(PlannedShare {
+                    tenant: tenants[ti].name.clone(),
+                    replica: r,
+                    share: 1.0,
+                    memory_mib: g.memory_mib,
+                    vgpu_type: None,
+                });
+                out.placements[ti].push(Placement {
+                    replica: r,
+                    node: g.node.clone(),
+                    gpu: g.index,
+                    profile: None,
+                    start: None,
+                });
+                out.stats.dedicated_gpus += 1;
+            }
+            None => out.unplaced[ti] += 1,
+        }
+    }
+
+    // 2. Time-sliced GPUs.
+    let ts_mode = if hypervisor {
+        Mode::VgpuTimeSliced
+    } else {
+        Mode::TimeSliced
+    };
+    let (used, bound) = time_slice(tenants, catalog, decisions, ts_mode, fleet, out);
+    out.stats.time_sliced_gpus += used;
+    out.stats.time_sliced_lower_bound += bound;
+
+    // 3. MIG on what is left.
+    let mig_mode = if hypervisor { Mode::VgpuMig } else { Mode::Mig };
+    let demands: Vec<Demand> = tenants
+        .iter()
+        .enumerate()
+        .filter(|(ti, _)| decisions[*ti].mode == mig_mode)
+        .map(|(ti, t)| Demand {
+            tenant: ti,
+            replicas: t.replicas,
+            spread: t.spread,
+            profiles: decisions[ti].profiles.clone(),
+        })
+        .collect();
+    if demands.is_empty() {
+        return;
+    }
+    let pool: Vec<PoolGpu> = free_gpus(&fleet.gpus, &fleet.hyp, hypervisor)
+        .filter_map(|p| fleet.model_of[p].map(|m| (p, m)))
+        .collect();
+    let packed = pack::pack(catalog, &pool, &demands, placer);
+    out.stats.mig_optimal &= packed.optimal;
+    out.stats.solver_nodes += packed.nodes;
+    out.stats.mig_lower_bound += packed.lower_bound;
+    out.stats.mig_gpus += packed.gpus.len() as u32;
+    for (t, n) in &packed.unplaced {
+        out.unplaced[*t] += n;
+    }
+    for (pos, given) in packed.gpus {
+        let model = &catalog.gpus[fleet.model_of[pos].expect("MIG GPUs have a model")];
+        let g = &mut fleet.gpus[pos];
+        g.mode = if hypervisor {
+            GpuMode::VgpuMig
+        } else {
+            GpuMode::Mig
+        };
+        for gv in given {
+            let p = &model.profiles[gv.instance.profile];
+            let vgpu_type = if hypervisor {
+                model
+                    .vgpu
+                    .iter()
+                    .find(|v| v.profile.as_deref() == Some(p.name.as_str()))
+                    .map(|v| v.name.clone())
+            } else {
+                None
+            };
+            g.instances.push(PlannedInstance {
+                profile: p.name.clone(),
+                start: gv.instance.start,
+                size: p.slots,
+                tenant: tenants[gv.tenant].name.clone(),
+                replica: gv.replica,
+                vgpu_type,
+            });
+            out.placements[gv.tenant].push(Placement {
+                replica: gv.replica,
+                node: g.node.clone(),
+                gpu: g.index,
+                profile: Some(p.name.clone()),
+                start: Some(gv.instance.start),
+            });
+        }
     }
 }
 
@@ -434,19 +508,27 @@ fn vgpu_type(catalog: &Catalog, model: usize, t: &Tenant) -> Option<(String, u32
         .map(|v| (v.name.clone(), v.max))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Fills the pool's free GPUs with the time-sliced replicas of `mode`; returns the GPUs used and
+/// their lower bound.
 fn time_slice(
-    tenancy: &Tenancy,
+    tenants: &[Tenant],
     catalog: &Catalog,
     decisions: &[Decision],
     mode: Mode,
-    gpus: &mut [PlannedGpu],
-    hyp: &[bool],
-    model_of: &[Option<usize>],
-    placements: &mut [Vec<Placement>],
-    unplaced: &mut [u32],
-    warnings: &mut Vec<String>,
+    fleet: &mut Fleet,
+    out: &mut Packing,
 ) -> (u32, u32) {
+    let Fleet {
+        gpus,
+        hyp,
+        model_of,
+    } = fleet;
+    let (gpus, hyp, model_of) = (gpus.as_mut_slice(), hyp.as_slice(), model_of.as_slice());
+    let (placements, unplaced, warnings) = (
+        out.placements.as_mut_slice(),
+        out.unplaced.as_mut_slice(),
+        &mut out.warnings,
+    );
     let hypervisor = mode.is_vgpu();
     // Free GPUs of the pool, by model, for choosing vGPU types where GPUs are plentiful.
     let mut free_by_model: BTreeMap<Option<usize>, usize> = BTreeMap::new();
@@ -455,7 +537,7 @@ fn time_slice(
     }
     let mut groups: BTreeMap<(u8, Option<String>), Vec<Item>> = BTreeMap::new();
     let mut policies: BTreeMap<(u8, Option<String>), Policy> = BTreeMap::new();
-    for (ti, t) in tenancy.tenants.iter().enumerate() {
+    for (ti, t) in tenants.iter().enumerate() {
         let d = &decisions[ti];
         if d.mode != mode {
             continue;
@@ -538,7 +620,7 @@ fn time_slice(
         let spread_max = items
             .iter()
             .filter(|i| i.spread)
-            .map(|i| tenancy.tenants[i.tenant].replicas)
+            .map(|i| tenants[i.tenant].replicas)
             .max()
             .unwrap_or(0) as u64;
         let b = sum_mem
@@ -636,29 +718,79 @@ fn time_slice(
             let dev_only = b
                 .items
                 .iter()
-                .all(|&i| tenancy.tenants[items[i].tenant].workload == Workload::Dev);
-            let slice = if dev_only && n > VGPU_DENSE { 1 } else { pref };
+                .all(|&i| tenants[items[i].tenant].workload == Workload::Dev);
+            // Many dev replicas: vGPU's default slice for more than eight, 1 ms.
+            let dense = dev_only && n > VGPU_DENSE && pref > 1;
+            let slice = if dense { 1 } else { pref };
+            let work_conserving = crate::schedule::WORK_CONSERVING && !hypervisor;
             let g = &mut gpus[b.pos];
+            let who = |keep: &dyn Fn(&Item) -> bool| {
+                names(
+                    b.items
+                        .iter()
+                        .map(|&i| &items[i])
+                        .filter(|it| keep(it))
+                        .map(|it| tenants[it.tenant].name.as_str()),
+                )
+            };
             let mut reason = match b.policy {
-                Policy::FixedShare if unshared > 0 => format!(
-                    "fixed share: the shares given, and {unshared} tenant(s) without one split the rest"
+                Policy::FixedShare if b.vgpu.is_some() => format!(
+                    "fixed share: each of its {n} vGPUs gets 1/{per_gpu} of the GPU, its type's share"
                 ),
-                Policy::FixedShare => "fixed share: every tenant gives its share".to_string(),
-                Policy::EqualShare => format!("equal share among {n} interactive tenants"),
-                Policy::BestEffort => "best effort: no shares given".to_string(),
+                Policy::FixedShare if unshared > 0 => {
+                    let (given, k) = who(&|it| it.share.is_some());
+                    let (rest, _) = who(&|it| it.share.is_none());
+                    format!(
+                        "fixed share: {given} give{} a share, and {rest} without one split the rest",
+                        if k == 1 { "s" } else { "" }
+                    )
+                }
+                Policy::FixedShare => {
+                    let (given, _) = who(&|_| true);
+                    format!("fixed share: every tenant gives its share ({given})")
+                }
+                Policy::EqualShare => {
+                    let (pools, k) = who(&|it| {
+                        decisions[it.tenant].policy == Some(Policy::EqualShare)
+                    });
+                    format!(
+                        "equal share among its {n} replicas: {pools} {}",
+                        if k == 1 {
+                            "is an interactive pool"
+                        } else {
+                            "are interactive pools"
+                        }
+                    )
+                }
+                Policy::BestEffort => {
+                    "best effort: no tenant gives a share or is interactive".to_string()
+                }
             };
             reason.push_str(&format!(
-                "; {slice} ms slice ({})",
-                if slice <= 2 {
-                    "short, for responsiveness"
+                "; {slice} ms slices ({})",
+                if dense {
+                    format!(
+                        "{n} dev replicas: vGPU's default above {VGPU_DENSE}, for responsiveness"
+                    )
+                } else if slice <= 2 {
+                    "short, for responsiveness".to_string()
                 } else {
-                    "long, for throughput"
+                    "long, for throughput".to_string()
                 }
             ));
+            reason.push_str(match (b.policy, work_conserving) {
+                (Policy::BestEffort, _) => {
+                    "; work-conserving by nature: turns go round the tenants with work"
+                }
+                (_, true) => "; work-conserving: an idle tenant's time goes to those with work",
+                (_, false) => {
+                    "; not work-conserving: an idle tenant's time stays idle, so each share holds as others come and go"
+                }
+            });
             g.scheduler = Some(PlannedScheduler {
                 policy: b.policy,
                 slice_ms: slice,
-                work_conserving: crate::schedule::WORK_CONSERVING && !hypervisor,
+                work_conserving,
                 reason,
                 rmpvmrl: hypervisor.then(|| rmpvmrl(b.policy, slice)),
             });
@@ -671,7 +803,7 @@ fn time_slice(
                     _ => 1.0 / n as f64,
                 };
                 g.shares.push(PlannedShare {
-                    tenant: tenancy.tenants[it.tenant].name.clone(),
+                    tenant: tenants[it.tenant].name.clone(),
                     replica: it.replica,
                     share,
                     memory_mib: it.mem,
@@ -688,4 +820,423 @@ fn time_slice(
         }
     }
     (used, bound)
+}
+
+/// Names, each once, in order: at most three, then how many more; and how many there are.
+fn names<'a>(all: impl IntoIterator<Item = &'a str>) -> (String, usize) {
+    let mut v: Vec<&str> = Vec::new();
+    for n in all {
+        if !v.contains(&n) {
+            v.push(n);
+        }
+    }
+    (list(&v), v.len())
+}
+
+/// `a`, `a and b`, `a, b and c`, `a, b, c and 4 more`.
+fn list<S: AsRef<str>>(v: &[S]) -> String {
+    let shown: Vec<&str> = v.iter().take(3).map(AsRef::as_ref).collect();
+    match (v.len(), shown.split_last()) {
+        (_, None) => String::new(),
+        (1, Some((last, _))) => last.to_string(),
+        (n, Some((last, rest))) if n <= 3 => format!("{} and {last}", rest.join(", ")),
+        (n, _) => format!("{} and {} more", shown.join(", "), n - 3),
+    }
+}
+
+/// A policy in words: `best effort`.
+fn words(p: Policy) -> String {
+    p.as_str().replace('-', " ")
+}
+
+/// Each tenant's policy sentence, rendered from the scheduler of each GPU its replicas run on
+/// (empty for tenants that are not time-sliced): `Policy <policy>, slice <n> ms` and why; where
+/// that is not what the tenant would get alone ([`decide::policy_for`]), the neighbours that made
+/// it so and what it would get alone.
+fn policy_sentences(
+    tenants: &[Tenant],
+    decisions: &[Decision],
+    gpus: &[PlannedGpu],
+) -> Vec<String> {
+    let index: HashMap<&str, usize> = tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    // Per tenant, the GPUs (positions) whose scheduler runs its replicas.
+    let mut on: Vec<Vec<usize>> = vec![Vec::new(); tenants.len()];
+    for (p, g) in gpus.iter().enumerate() {
+        if g.scheduler.is_none() {
+            continue;
+        }
+        for s in &g.shares {
+            if let Some(&ti) = index.get(s.tenant.as_str()) {
+                if on[ti].last() != Some(&p) {
+                    on[ti].push(p);
+                }
+            }
+        }
+    }
+    let own = |ti: usize| decisions[ti].policy.zip(decisions[ti].slice_ms);
+    tenants
+        .iter()
+        .enumerate()
+        .map(|(ti, t)| {
+            let Some((own_policy, own_slice)) = own(ti) else {
+                return String::new();
+            };
+            let (_, _, why) = decide::policy_for(t);
+            let alone = format!(
+                "alone it would run {} with {own_slice} ms slices ({why})",
+                words(own_policy)
+            );
+            if on[ti].is_empty() {
+                return format!(" It found no GPU; {alone}.");
+            }
+            // Its GPUs, grouped by what their schedulers run.
+            let mut groups: Vec<((Policy, u32), Vec<usize>)> = Vec::new();
+            for &p in &on[ti] {
+                let sch = gpus[p].scheduler.as_ref().expect("GPUs with a scheduler");
+                let k = (sch.policy, sch.slice_ms);
+                match groups.iter_mut().find(|g| g.0 == k) {
+                    Some(g) => g.1.push(p),
+                    None => groups.push((k, vec![p])),
+                }
+            }
+            let mut out = String::new();
+            for ((policy, slice), ps) in &groups {
+                out.push_str(&format!(" Policy {policy}, slice {slice} ms"));
+                if groups.len() > 1 {
+                    let at: Vec<String> = ps
+                        .iter()
+                        .map(|&p| format!("{}/{}", gpus[p].node, gpus[p].index))
+                        .collect();
+                    out.push_str(&format!(" on {}", list(&at)));
+                }
+                if (*policy, *slice) == (own_policy, own_slice) {
+                    out.push_str(&format!(": {why}."));
+                    continue;
+                }
+                // The neighbours that ask for what the GPU runs, and whether the slice is the
+                // dense default instead.
+                let mut asked: Vec<usize> = Vec::new();
+                let mut dense = false;
+                for &p in ps {
+                    let mut slice_asked = false;
+                    for s in &gpus[p].shares {
+                        let Some(&o) = index.get(s.tenant.as_str()) else {
+                            continue;
+                        };
+                        let Some((op, os)) = own(o) else { continue };
+                        let raises = *policy != own_policy && op == *policy;
+                        let sets = *slice != own_slice && os == *slice;
+                        slice_asked |= os == *slice;
+                        if o != ti && (raises || sets) && !asked.contains(&o) {
+                            asked.push(o);
+                        }
+                    }
+                    dense |= *slice != own_slice && !slice_asked;
+                }
+                let items: Vec<String> = asked
+                    .iter()
+                    .map(|&o| {
+                        let (op, os) = own(o).expect("time-sliced");
+                        let mut parts = Vec::new();
+                        if *policy != own_policy && op == *policy {
+                            parts.push(match op {
+                                Policy::FixedShare => "gives a share: fixed share",
+                                Policy::EqualShare => "an interactive pool: equal share",
+                                Policy::BestEffort => "best effort",
+                            });
+                        }
+                        let slices = format!("{os} ms slices");
+                        if *slice != own_slice && os == *slice {
+                            parts.push(&slices);
+                        }
+                        format!("{} ({})", tenants[o].name, parts.join(", "))
+                    })
+                    .collect();
+                let mut causes = Vec::new();
+                let gpu = if ps.len() == 1 { "the GPU" } else { "the GPUs" };
+                if !items.is_empty() {
+                    causes.push(format!("it shares {gpu} with {}", list(&items)));
+                }
+                if dense {
+                    causes.push(format!(
+                        "more than {VGPU_DENSE} dev replicas share {gpu}, and 1 ms is vGPU's default slice above {VGPU_DENSE}"
+                    ));
+                }
+                out.push_str(&format!(
+                    ": {}, as {}; {alone}.",
+                    if ps.len() == 1 {
+                        "its GPU's"
+                    } else {
+                        "its GPUs'"
+                    },
+                    causes.join(", and ")
+                ));
+            }
+            out
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Advice: planning again with more GPUs.
+
+/// What a partial plan says about the room it lacks.
+struct Advice {
+    shortfall: Vec<Shortfall>,
+    /// Per tenant: why no GPU of the fleet's models holds one replica.
+    unplaceable: Vec<Option<String>>,
+}
+
+/// For each pool with a tenant waiting: which waiting tenants no GPU of the fleet's models holds
+/// at all (alone on a fresh GPU of any of them), then, for the others, per GPU model of the fleet
+/// the fewest more GPUs with which the pool has room for all of them (planned again), and when
+/// no one model does, a mix.
+fn advise(
+    tenancy: &Tenancy,
+    catalog: &Catalog,
+    decisions: &[Decision],
+    unplaced: &[u32],
+    placer: &mut Placer,
+) -> Advice {
+    let n = tenancy.tenants.len();
+    // The fleet's kinds of GPU, in fleet order.
+    let mut kinds: Vec<&FleetGpu> = Vec::new();
+    for g in tenancy.nodes.iter().flat_map(|n| &n.gpus) {
+        if !kinds.contains(&g) {
+            kinds.push(g);
+        }
+    }
+    let mut out = Advice {
+        shortfall: Vec::new(),
+        unplaceable: vec![None; n],
+    };
+    for hypervisor in [false, true] {
+        let waiting: Vec<usize> = (0..n)
+            .filter(|&ti| unplaced[ti] > 0 && decisions[ti].mode.is_vgpu() == hypervisor)
+            .collect();
+        // The facts of the fleet with each kind added (the advice's fleets), and what is known
+        // about tenants that differ only in name, replicas and spread.
+        let facts: Vec<Facts> = kinds
+            .iter()
+            .map(|&k| Facts::of_nodes(&with_more(&tenancy.nodes, hypervisor, &[(k, 1)])))
+            .collect();
+        let mut held: HashMap<DecisionKey, bool> = HashMap::new();
+        for &ti in &waiting {
+            let t = &tenancy.tenants[ti];
+            let holds = *held.entry(DecisionKey::of(t)).or_insert_with(|| {
+                kinds
+                    .iter()
+                    .zip(&facts)
+                    .any(|(k, f)| holds_one(t, catalog, f, &tenancy.nodes, k, hypervisor, placer))
+            });
+            if !holds {
+                out.unplaceable[ti] = Some(why_unplaceable(
+                    &tenancy.tenants[ti],
+                    decisions[ti].mode,
+                    &kinds,
+                ));
+            }
+        }
+        if waiting.iter().all(|&ti| out.unplaceable[ti].is_some()) {
+            continue;
+        }
+        let ignore: Vec<bool> = out.unplaceable.iter().map(Option::is_some).collect();
+        let mut fits = |more: &[(&FleetGpu, u32)]| {
+            pool_has_room(tenancy, catalog, hypervisor, more, &ignore, placer)
+        };
+        let pool = pool_name(hypervisor);
+        let mut found: Vec<Shortfall> = Vec::new();
+        for &k in &kinds {
+            if let Some(m) = fewest(1, ADVICE_MAX_GPUS, |m| fits(&[(k, m)])) {
+                found.push(Shortfall {
+                    model: k.name.clone(),
+                    more_gpus: m,
+                    pool: pool.into(),
+                    with: Vec::new(),
+                });
+            }
+        }
+        if found.is_empty() && kinds.len() > 1 {
+            let mix = |counts: &[u32]| -> Vec<(&FleetGpu, u32)> {
+                kinds.iter().copied().zip(counts.iter().copied()).collect()
+            };
+            let every = fewest(1, ADVICE_MAX_GPUS, |m| fits(&mix(&vec![m; kinds.len()])));
+            if let Some(m) = every {
+                // Then as few of each model as the others allow, in fleet order.
+                let mut counts = vec![m; kinds.len()];
+                for i in 0..kinds.len() {
+                    let fewer = fewest(0, counts[i], |c| {
+                        let mut v = counts.clone();
+                        v[i] = c;
+                        fits(&mix(&v))
+                    });
+                    counts[i] = fewer.unwrap_or(counts[i]);
+                }
+                let mut more = kinds
+                    .iter()
+                    .zip(&counts)
+                    .filter(|(_, &c)| c > 0)
+                    .map(|(k, &c)| MoreGpus {
+                        model: k.name.clone(),
+                        more_gpus: c,
+                    });
+                if let Some(first) = more.next() {
+                    found.push(Shortfall {
+                        model: first.model,
+                        more_gpus: first.more_gpus,
+                        pool: pool.into(),
+                        with: more.collect(),
+                    });
+                }
+            }
+        }
+        found.sort_by_key(|s| s.more_gpus);
+        out.shortfall.extend(found);
+    }
+    out
+}
+
+/// The smallest `n` in `lo..=hi` with `fits(n)`: up from `lo` in doubling steps to the first
+/// count that fits, then halving the gap to the last that did not (more GPUs are taken never to
+/// take room away). The answer was planned and fits; `answer - 1`, when at least `lo`, was
+/// planned and does not.
+fn fewest(lo: u32, hi: u32, mut fits: impl FnMut(u32) -> bool) -> Option<u32> {
+    if lo > hi {
+        return None;
+    }
+    if fits(lo) {
+        return Some(lo);
+    }
+    let (mut bad, mut step) = (lo, 1u32);
+    let mut good = loop {
+        let n = bad.saturating_add(step).min(hi);
+        if fits(n) {
+            break n;
+        }
+        if n == hi {
+            return None;
+        }
+        bad = n;
+        step = step.saturating_mul(2);
+    };
+    while good - bad > 1 {
+        let mid = bad + (good - bad) / 2;
+        if fits(mid) {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    Some(good)
+}
+
+/// The node that holds the GPUs the advice adds to a pool: like the pool's first node (platform
+/// and licence), after every node of the fleet.
+fn advice_node(nodes: &[FleetNode], hypervisor: bool, more: &[(&FleetGpu, u32)]) -> FleetNode {
+    let like = nodes
+        .iter()
+        .find(|n| n.platform.is_hypervisor() == hypervisor);
+    FleetNode {
+        name: ADVICE_NODE.into(),
+        platform: like.map_or(
+            if hypervisor {
+                Platform::Vsphere
+            } else {
+                Platform::Kubernetes
+            },
+            |n| n.platform,
+        ),
+        licence: like.and_then(|n| n.licence.clone()),
+        gpus: more
+            .iter()
+            .flat_map(|&(g, count)| std::iter::repeat_n(g.clone(), count as usize))
+            .collect(),
+        pos: None,
+    }
+}
+
+/// The fleet with `more` GPUs on a new node of the pool.
+fn with_more(nodes: &[FleetNode], hypervisor: bool, more: &[(&FleetGpu, u32)]) -> Vec<FleetNode> {
+    let mut v = nodes.to_vec();
+    v.push(advice_node(nodes, hypervisor, more));
+    v
+}
+
+/// Whether the pool, planned again with `more` GPUs, has room for every one of its tenants but
+/// those in `ignore`. The tenants are decided again, for the fleet with the GPUs added.
+fn pool_has_room(
+    tenancy: &Tenancy,
+    catalog: &Catalog,
+    hypervisor: bool,
+    more: &[(&FleetGpu, u32)],
+    ignore: &[bool],
+    placer: &mut Placer,
+) -> bool {
+    let nodes = with_more(&tenancy.nodes, hypervisor, more);
+    let decisions = decide_all(&tenancy.tenants, catalog, &Facts::of_nodes(&nodes));
+    let mut fleet = Fleet::of(&nodes);
+    let mut packing = Packing::new(tenancy.tenants.len());
+    fill_pool(
+        &tenancy.tenants,
+        catalog,
+        &decisions,
+        &mut fleet,
+        hypervisor,
+        placer,
+        &mut packing,
+    );
+    (0..tenancy.tenants.len()).all(|ti| {
+        ignore[ti] || decisions[ti].mode.is_vgpu() != hypervisor || packing.unplaced[ti] == 0
+    })
+}
+
+/// Whether one replica of `t`, alone on a GPU of kind `kind` in the pool, has room, decided with
+/// `facts`, those of the fleet with that GPU added.
+fn holds_one(
+    t: &Tenant,
+    catalog: &Catalog,
+    facts: &Facts,
+    nodes: &[FleetNode],
+    kind: &FleetGpu,
+    hypervisor: bool,
+    placer: &mut Placer,
+) -> bool {
+    let t = Tenant {
+        replicas: 1,
+        spread: false,
+        ..t.clone()
+    };
+    let d = decide::decide(&t, catalog, facts);
+    if d.mode.is_vgpu() != hypervisor {
+        return false;
+    }
+    let mut fleet = Fleet::of(&[advice_node(nodes, hypervisor, &[(kind, 1)])]);
+    let mut packing = Packing::new(1);
+    fill_pool(
+        std::slice::from_ref(&t),
+        catalog,
+        std::slice::from_ref(&d),
+        &mut fleet,
+        hypervisor,
+        placer,
+        &mut packing,
+    );
+    packing.unplaced[0] == 0
+}
+
+/// Why no GPU of the fleet's kinds holds one replica of `t`.
+fn why_unplaceable(t: &Tenant, mode: Mode, kinds: &[&FleetGpu]) -> String {
+    let largest = kinds.iter().map(|k| k.memory_mib).max().unwrap_or(0);
+    match t.memory_mib {
+        Some(m) if m > largest => format!(
+            "it needs {} per replica; the largest GPU of this fleet has {}",
+            decide::gb(m),
+            decide::gb(largest)
+        ),
+        _ => format!("even alone on a GPU of any of them, one replica finds no room as {mode}"),
+    }
 }

@@ -829,7 +829,10 @@ pub fn parse(text: &str, catalog: &Catalog) -> Result<Tenancy, Vec<InputError>> 
             .unwrap_or(Isolation::Soft),
             None => Isolation::Soft,
         };
-        if memory_mib.is_none() && profile.is_none() && rt.memory_gb.is_none() {
+        // Only when neither is written: a `profile` or `memory_gb` that is written but wrong has
+        // its own error, at its own place, and is the cause to show (this error, at the tenant's
+        // start, would sort before it).
+        if rt.memory_gb.is_none() && rt.profile.is_none() {
             errors.push(InputError {
                 pos: tp,
                 message: format!("tenant `{name}` needs `memory_gb` (per replica) or a `profile`"),

@@ -63,7 +63,14 @@ fn the_svg_is_well_formed_and_to_scale() {
         .descendants()
         .filter(|n| n.attribute("class") == Some("gpu"))
         .collect();
-    assert_eq!(rows.len(), plan.gpus_used as usize);
+    // Every GPU, the unused ones marked.
+    assert_eq!(rows.len(), plan.gpus.len());
+    let unused = rows
+        .iter()
+        .filter(|r| r.attribute("data-mode") == Some("unused"))
+        .count();
+    assert_eq!(unused, plan.gpus.len() - plan.gpus_used as usize);
+    assert!(unused > 0, "the example leaves a GPU unused");
     // Instance rectangles: x and width proportional to start and size.
     let cat = Catalog::embedded();
     for row in rows {

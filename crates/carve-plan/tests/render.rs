@@ -6,9 +6,9 @@
 use carve_model::Catalog;
 use carve_plan::files;
 use carve_plan::plan::{
-    GpuMode, Mode, PackingStats, Placement, Plan, PlannedGpu, PlannedInstance, PlannedNode,
-    PlannedScheduler, PlannedShare, PlannedTenant, Platform, Policy, Rejected, Shortfall,
-    PLAN_VERSION,
+    GpuMode, Mode, MoreGpus, PackingStats, Placement, Plan, PlannedGpu, PlannedInstance,
+    PlannedNode, PlannedScheduler, PlannedShare, PlannedTenant, Platform, Policy, Rejected,
+    Shortfall, PLAN_VERSION,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -91,6 +91,7 @@ fn tenant(said: &mut Said, name: &str, mode: Mode, placements: Vec<Placement>) -
         profiles: BTreeMap::new(),
         spread: false,
         unplaced: 0,
+        unplaceable: None,
         resource: None,
         licence: None,
         warnings: vec![],
@@ -696,11 +697,48 @@ fn report_explains_summary_tenants_nodes_and_warnings() {
         model: "H100-80GB".into(),
         more_gpus: 1,
         pool: "kubernetes/bare-metal".into(),
+        with: vec![],
     }];
     let md = files::report_md(&p, &Catalog::embedded());
-    assert!(md.contains("1 more H100-80GB"), "{md}");
+    let fraud = p.tenants[2].name.clone();
+    assert!(
+        md.contains(&format!(
+            "- 1 more H100-80GB on a kubernetes/bare-metal node would make room for {fraud}"
+        )),
+        "{md}"
+    );
     assert!(md.contains("fraud (1 of 2)"), "{md}");
     assert!(!md.contains("proven optimum"));
+    // A tenant no GPU holds says why, and is left out of the advice; a mix of models is one
+    // alternative.
+    p.tenants[1].unplaced = 1;
+    p.tenants[1].unplaceable = Some("it needs 200 GB per replica".into());
+    p.shortfall[0].with = vec![MoreGpus {
+        model: "A100-40GB".into(),
+        more_gpus: 2,
+    }];
+    let md = files::report_md(&p, &Catalog::embedded());
+    let name = p.tenants[1].name.clone();
+    assert!(
+        md.contains(&format!(
+            "- {name}: no GPU of this fleet's models holds it: it needs 200 GB per replica"
+        )),
+        "{md}"
+    );
+    assert!(
+        md.contains(&format!("- 1 more H100-80GB and 2 more A100-40GB on a kubernetes/bare-metal node would make room for {fraud}\n")),
+        "{md}"
+    );
+    // No advice for a pool: said, with the bound.
+    p.shortfall.clear();
+    let md = files::report_md(&p, &Catalog::embedded());
+    assert!(
+        md.contains(&format!(
+            "- {fraud}: not even {} more GPUs of each of this fleet's models",
+            carve_plan::planner::ADVICE_MAX_GPUS
+        )),
+        "{md}"
+    );
 
     // A `|` in a name does not break the tables.
     let mut p = sample();
@@ -726,7 +764,7 @@ fn layout_svg_rows_colours_and_scale() {
         .descendants()
         .filter(|n| n.attribute("class") == Some("gpu"))
         .collect();
-    assert_eq!(rows.len(), 3, "one row per used GPU");
+    assert_eq!(rows.len(), plan.gpus.len(), "one row per GPU, used or not");
     let keys: Vec<(String, u32)> = rows
         .iter()
         .map(|r| {
@@ -738,8 +776,26 @@ fn layout_svg_rows_colours_and_scale() {
         .collect();
     assert_eq!(
         keys,
-        vec![(K8S.into(), 0), (K8S.into(), 1), (ESX.into(), 0)]
+        vec![
+            (K8S.into(), 0),
+            (K8S.into(), 1),
+            (ESX.into(), 0),
+            (ESX.into(), 1)
+        ]
     );
+    // The unused GPU is drawn, empty and marked unused.
+    let unused = rows[3];
+    assert_eq!(unused.attribute("data-mode"), Some("unused"));
+    assert!(unused
+        .descendants()
+        .all(|n| !matches!(n.attribute("class"), Some("instance" | "share"))));
+    assert!(unused
+        .descendants()
+        .any(|n| n.attribute("class") == Some("unused")
+            && n.text().is_some_and(|t| t.contains("unused"))));
+    assert!(rows[..3]
+        .iter()
+        .all(|r| r.attribute("data-mode") != Some("unused")));
     let f = |n: &roxmltree::Node, a: &str| -> f64 { n.attribute(a).unwrap().parse().unwrap() };
 
     // MIG row: x and width proportional to start and size (8 slots on an H100).
