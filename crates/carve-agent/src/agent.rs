@@ -38,7 +38,8 @@ pub struct AgentConfig {
     pub listen: Option<SocketAddr>,
     /// Bearer token for the API's writes.
     pub api_token: String,
-    /// The shim library, for time-sliced tenants.
+    /// The shim library, for time-sliced tenants. Without it no time-sliced share is offered
+    /// (it could not be enforced).
     pub shim: Option<PathBuf>,
     pub options: Options,
     pub desired: Desired,
@@ -199,11 +200,14 @@ fn install(
     observed: Vec<Observed>,
     plan: Option<NodePlan>,
 ) -> Result<(), InstallError> {
-    let inv = inventory::inventory(
+    let mut inv = inventory::inventory(
         &observed,
         plan.as_ref().map(|p| (&p.plan, p.node.as_str())),
         state.options(),
     )?;
+    if cfg.shim.is_none() {
+        inv.withhold_shares("no shim (libcarve_shim.so) to enforce them");
+    }
     for w in &inv.warnings {
         tracing::warn!("{w}");
     }
@@ -380,30 +384,81 @@ async fn reconcile_install(
     r
 }
 
-/// Starts the agent: reconciles, serves, registers. Returns once everything is up.
+/// What the agent needs from outside before it changes anything: the HTTP API's port bound, and
+/// for `--label-node` a Kubernetes client. Checked first ([`Preflight::check`]), so that a start
+/// that cannot succeed changes nothing: no GPU, no file.
+pub struct Preflight {
+    listener: Option<tokio::net::TcpListener>,
+    #[cfg(feature = "kube")]
+    kube_client: Option<kube::Client>,
+}
+
+impl Preflight {
+    /// Binds `listen` and, with `label_node`, makes the Kubernetes client (from `kubeconfig`,
+    /// else in-cluster, `$KUBECONFIG` or `~/.kube/config`). Touches nothing else.
+    pub async fn check(
+        listen: Option<SocketAddr>,
+        label_node: Option<&str>,
+        kubeconfig: Option<&Path>,
+    ) -> Result<Preflight, AgentError> {
+        let listener = match listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AgentError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
+        #[cfg(not(feature = "kube"))]
+        if label_node.is_some() {
+            let _ = kubeconfig;
+            return Err(AgentError::NoKube);
+        }
+        #[cfg(feature = "kube")]
+        let kube_client = match label_node {
+            Some(_) => Some(crate::kube::client(kubeconfig).await?),
+            None => None,
+        };
+        Ok(Preflight {
+            listener,
+            #[cfg(feature = "kube")]
+            kube_client,
+        })
+    }
+
+    /// Where the HTTP API will listen (the port chosen when it was 0).
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// Starts the agent: checks what it needs from outside ([`Preflight`]), then reconciles, serves,
+/// registers. Returns once everything is up.
 pub async fn start(cfg: AgentConfig, node: GpuNode) -> Result<Handle, AgentError> {
-    // The API's address first: a port in use fails before anything is changed or started.
-    let listener = match cfg.listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| AgentError::Listen { addr, source })?,
-        ),
-        None => None,
-    };
+    let pre = Preflight::check(
+        cfg.listen,
+        cfg.label_node.as_deref(),
+        cfg.kubeconfig.as_deref(),
+    )
+    .await?;
+    start_checked(cfg, node, pre).await
+}
+
+/// [`start`] after its [`Preflight`] (checked with `cfg`'s `listen`, `label_node` and
+/// `kubeconfig`), for callers that check before they make what the agent needs (its state, its
+/// API token).
+pub async fn start_checked(
+    cfg: AgentConfig,
+    node: GpuNode,
+    pre: Preflight,
+) -> Result<Handle, AgentError> {
+    let listener = pre.listener;
+    #[cfg(feature = "kube")]
+    let kube_client = pre.kube_client;
     let state = Arc::new(AgentState::new(cfg.options.clone()));
     let node = Arc::new(Mutex::new(node));
     reconcile_install(&node, &state, &cfg, &cfg.desired, true).await?;
 
-    #[cfg(not(feature = "kube"))]
-    if cfg.label_node.is_some() {
-        return Err(AgentError::NoKube);
-    }
-    #[cfg(feature = "kube")]
-    let kube_client = match &cfg.label_node {
-        Some(_) => Some(crate::kube::client(cfg.kubeconfig.as_deref()).await?),
-        None => None,
-    };
     let label_node = {
         #[cfg(feature = "kube")]
         {

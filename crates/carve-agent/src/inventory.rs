@@ -127,6 +127,10 @@ pub struct SharedGpu {
 pub struct Inventory {
     pub resources: Vec<Resource>,
     pub shared: Vec<SharedGpu>,
+    /// Time-sliced GPUs whose shares are not offered because they could not be enforced
+    /// ([`Inventory::withhold_shares`]), by index.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<u32>,
     pub warnings: Vec<String>,
 }
 
@@ -372,6 +376,7 @@ pub fn inventory(
     Ok(Inventory {
         resources: res,
         shared,
+        withheld: Vec::new(),
         warnings,
     })
 }
@@ -379,6 +384,29 @@ pub fn inventory(
 impl Inventory {
     pub fn resource(&self, name: &str) -> Option<&Resource> {
         self.resources.iter().find(|r| r.name == name)
+    }
+
+    /// Takes out every time-sliced share (planned shares and `--replicas`) and the schedules
+    /// they would run under, with a warning saying `why`: a share that cannot be enforced is
+    /// not offered (the agent does this when it has no shim). Whole GPUs and MIG devices stay.
+    pub fn withhold_shares(&mut self, why: &str) {
+        if self.shared.is_empty() {
+            return;
+        }
+        for r in &mut self.resources {
+            r.devices
+                .retain(|d| !matches!(d.kind, DeviceKind::Share { .. }));
+        }
+        self.resources.retain(|r| !r.devices.is_empty());
+        let gpus: Vec<u32> = self.shared.drain(..).map(|g| g.gpu_index).collect();
+        self.warnings.push(format!(
+            "time-sliced shares of GPU {} not offered: {why}",
+            gpus.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        self.withheld.extend(gpus);
     }
 
     /// Marks devices by health: a device is unhealthy when its own UUID or its GPU's UUID is in

@@ -640,12 +640,16 @@ async fn plugins_wait_for_a_kubelet_that_comes_later() {
         carve_backend::Backend::set_mig_mode(&mut sim, g, false).unwrap();
         sim.reset(g).unwrap();
     }
+    // A stand-in shim: Allocate only hands out its path.
+    let shim = tmp.path().join("libcarve_shim.so");
+    std::fs::write(&shim, b"").unwrap();
     let cfg = agent::AgentConfig {
         options: Options {
             replicas: 3,
             rename_shared: true,
             ..Options::default()
         },
+        shim: Some(shim),
         ..agent::AgentConfig::new(plugins.clone(), tmp.path().join("run"), Desired::AsIs)
     };
     let node = GpuNode {
@@ -667,17 +671,52 @@ async fn plugins_wait_for_a_kubelet_that_comes_later() {
     let (_, list) = first_list(&mut c).await;
     // Two GPUs with MIG off, three replicas each.
     assert_eq!(list.devices.len(), 6);
-    // Without a shim, a share cannot be enforced: Allocate says so instead of handing out an
-    // unenforced GPU.
-    let e = c
-        .allocate(AllocateRequest {
-            container_requests: vec![ContainerAllocateRequest {
-                devices_ids: vec![list.devices[0].id.clone()],
-            }],
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unavailable);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_shim_no_share_is_offered() {
+    // Replicas could not be enforced without the shim: the agent does not offer them, and says
+    // why; whole GPUs are not offered as shares either.
+    let tmp = tempfile::tempdir().unwrap();
+    let plugins = tmp.path().join("dp");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let catalog = Catalog::embedded();
+    let (mut sim, _) = SimBackend::open(
+        Store::open(&state).unwrap(),
+        catalog.clone(),
+        Some("A100-40GB"),
+    )
+    .unwrap();
+    carve_backend::Backend::set_mig_mode(&mut sim, 0, false).unwrap();
+    sim.reset(0).unwrap();
+    let cfg = agent::AgentConfig {
+        options: Options {
+            replicas: 3,
+            ..Options::default()
+        },
+        ..agent::AgentConfig::new(plugins.clone(), tmp.path().join("run"), Desired::AsIs)
+    };
+    let node = GpuNode {
+        backend: Box::new(sim),
+        store: Store::open(&state).unwrap(),
+        catalog,
+    };
+    let h = agent::start(cfg, node).await.unwrap();
+    let inv = h.state.inventory();
+    assert!(inv.resources.is_empty(), "{:?}", inv.resources);
+    assert!(inv.shared.is_empty());
+    assert_eq!(inv.withheld, vec![0]);
+    assert!(
+        inv.warnings.iter().any(|w| w.contains("no shim")),
+        "{:?}",
+        inv.warnings
+    );
+    assert!(
+        h.state.host_paths().sched_sockets.is_empty(),
+        "no scheduler"
+    );
     h.shutdown().await;
 }
 

@@ -204,6 +204,63 @@ fn planned_time_sliced_gpus_run_the_plans_schedule() {
     }
 }
 
+/// Without a shim the agent offers no time-sliced share: planned shares and replicas go, with
+/// their schedules, and a warning says so; MIG devices and whole GPUs stay.
+#[test]
+fn shares_that_cannot_be_enforced_are_withheld() {
+    let catalog = Catalog::embedded();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/tenancy.yaml"
+    ))
+    .unwrap();
+    let plan = carve_plan::plan(&carve_plan::parse(&text, &catalog).unwrap(), &catalog);
+    let spec: Vec<String> = plan.node_gpus("node-a").map(|g| g.model.clone()).collect();
+    let off = "version: v1\nmig-configs:\n  c:\n    - devices: all\n      mig-enabled: false\n";
+    let observed = node(&spec.join(","), off);
+    let mut inv = inventory(&observed, Some((&plan, "node-a")), &Options::default()).unwrap();
+    let before = inv.clone();
+    assert!(!inv.shared.is_empty());
+    let sliced: Vec<u32> = inv.shared.iter().map(|g| g.gpu_index).collect();
+    inv.withhold_shares("no shim");
+    assert!(inv.shared.is_empty());
+    assert_eq!(inv.withheld, sliced);
+    assert!(inv
+        .devices()
+        .all(|(_, d)| !matches!(d.kind, carve_agent::inventory::DeviceKind::Share { .. })));
+    assert!(inv.resources.iter().all(|r| !r.devices.is_empty()));
+    // Everything else is still offered.
+    let others = |i: &carve_agent::inventory::Inventory| -> Vec<String> {
+        i.devices()
+            .filter(|(_, d)| !matches!(d.kind, carve_agent::inventory::DeviceKind::Share { .. }))
+            .map(|(r, d)| format!("{r} {}", d.id))
+            .collect()
+    };
+    assert_eq!(others(&inv), others(&before));
+    assert!(
+        inv.warnings
+            .last()
+            .unwrap()
+            .contains("not offered: no shim"),
+        "{:?}",
+        inv.warnings
+    );
+    // Replicas of unplanned GPUs too.
+    let opts = Options {
+        replicas: 2,
+        ..Options::default()
+    };
+    let mut inv = inventory(&node("3xH100-80GB", MIXED), None, &opts).unwrap();
+    inv.withhold_shares("no shim");
+    assert!(inv.shared.is_empty() && inv.withheld == vec![2]);
+    assert!(inv.resource("nvidia.com/gpu").is_none());
+    // Nothing to withhold: nothing said.
+    let mut inv = inventory(&node("3xH100-80GB", MIXED), None, &Options::default()).unwrap();
+    let n = inv.warnings.len();
+    inv.withhold_shares("no shim");
+    assert_eq!(inv.warnings.len(), n);
+}
+
 fn host_for(inv: &carve_agent::inventory::Inventory) -> HostPaths {
     let mut h = HostPaths {
         shim: Some("/opt/carve/libcarve_shim.so".into()),
@@ -258,6 +315,15 @@ fn allocate_answers_and_refusals() {
     assert_eq!(a.envs[carve_sched_proto::ENV_TENANT], "gpu2-r1");
     assert_eq!(a.envs["NVIDIA_VISIBLE_DEVICES"], obs[2].info.uuid);
     assert_eq!(a.mounts.len(), 3);
+    // Without a shim a share is refused, never handed out unenforced.
+    let no_shim = HostPaths {
+        shim: None,
+        ..host.clone()
+    };
+    assert!(matches!(
+        allocate(&inv, "nvidia.com/gpu", &shares[1..2], &no_shim),
+        Err(AllocError::Unavailable(_))
+    ));
     // Unknown resource, unknown device, nothing asked.
     assert!(matches!(
         allocate(&inv, "nvidia.com/mig-2g.20gb", &migs[..1], &host),

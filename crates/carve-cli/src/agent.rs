@@ -126,13 +126,10 @@ fn listen(a: &AgentArgs) -> Result<Option<SocketAddr>, Failure> {
     })
 }
 
-/// The API token: from --api-token-file, else made once in `state/api-token` (0600), as the
-/// schedulers' tenant tokens are.
-fn api_token(a: &AgentArgs, state: &Path) -> Result<(String, PathBuf), Failure> {
+/// The API token of `--api-token-file`, read and checked before anything is changed.
+fn given_token(a: &AgentArgs) -> Result<Option<(String, PathBuf)>, Failure> {
     let Some(path) = a.api_token_file.clone() else {
-        let t = carve_sched::tokens::token_for(state, "api-token")
-            .map_err(|e| Failure::no(e.to_string()))?;
-        return Ok((t, carve_sched::tokens::token_path(state, "api-token")));
+        return Ok(None);
     };
     let t = std::fs::read_to_string(&path)
         .map_err(|e| Failure::bad(format!("cannot read {}: {e}", path.display())))?
@@ -144,7 +141,14 @@ fn api_token(a: &AgentArgs, state: &Path) -> Result<(String, PathBuf), Failure> 
             path.display()
         )));
     }
-    Ok((t, path))
+    Ok(Some((t, path)))
+}
+
+/// The API token made once in `state/api-token` (0600), as the schedulers' tenant tokens are.
+fn made_token(state: &Path) -> Result<(String, PathBuf), Failure> {
+    let t = carve_sched::tokens::token_for(state, "api-token")
+        .map_err(|e| Failure::failed(e.to_string()))?;
+    Ok((t, carve_sched::tokens::token_path(state, "api-token")))
 }
 
 /// Paths the agent uses, resolved.
@@ -156,12 +160,74 @@ struct Paths {
     state: PathBuf,
 }
 
+/// What a failed start puts back, so that it leaves the folders as they were: the paths it made
+/// are removed, the files it overwrote get their old contents back. Undone in reverse order.
+#[derive(Default)]
+struct Undo {
+    entries: Vec<UndoEntry>,
+}
+
+enum UndoEntry {
+    /// Did not exist: removed (a directory with everything in it).
+    Made(PathBuf),
+    /// A directory that did not exist: removed when it is empty again.
+    MadeIfEmpty(PathBuf),
+    /// A file that existed with these contents.
+    Was(PathBuf, Vec<u8>),
+}
+
+impl Undo {
+    /// `path` (a file or directory) is removed on undo unless it exists now.
+    fn made(&mut self, path: &Path) {
+        if std::fs::symlink_metadata(path).is_err() {
+            self.entries.push(UndoEntry::Made(path.to_path_buf()));
+        }
+    }
+
+    /// `path`, a directory that may hold things this start does not make, is removed on undo
+    /// if it does not exist now and is empty then.
+    fn made_dir(&mut self, path: &Path) {
+        if std::fs::symlink_metadata(path).is_err() {
+            self.entries
+                .push(UndoEntry::MadeIfEmpty(path.to_path_buf()));
+        }
+    }
+
+    /// `path`, a file this start (over)writes: removed, or given back its contents, on undo.
+    fn written(&mut self, path: &Path) {
+        match std::fs::read(path) {
+            Ok(bytes) => self.entries.push(UndoEntry::Was(path.to_path_buf(), bytes)),
+            Err(_) => self.made(path),
+        }
+    }
+
+    fn undo(self) {
+        for e in self.entries.into_iter().rev() {
+            match e {
+                UndoEntry::Made(p) => {
+                    if p.is_dir() {
+                        let _ = std::fs::remove_dir_all(&p);
+                    } else {
+                        let _ = std::fs::remove_file(&p);
+                    }
+                }
+                UndoEntry::MadeIfEmpty(p) => {
+                    let _ = std::fs::remove_dir(&p);
+                }
+                UndoEntry::Was(p, bytes) => {
+                    let _ = std::fs::write(&p, bytes);
+                }
+            }
+        }
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()
-        .map_err(|e| Failure::no(format!("cannot start the runtime: {e}")))
+        .map_err(|e| Failure::failed(format!("cannot start the runtime: {e}")))
 }
 
 /// Waits for Ctrl-C, SIGTERM, or the end of `run_for`.
@@ -188,8 +254,64 @@ async fn until_stopped(run_for: Option<Duration>) {
     }
 }
 
+/// A word as a shell reads it: quoted when it has to be.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./:=@%+,-".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// What to run next, against this agent's node (its `--state`), with what each does.
+fn next_commands(h: &Handle, p: &Paths, sim: bool) -> Vec<(String, String)> {
+    // The carve people ran, as they ran it (`target/debug/carve`), else `carve`.
+    let carve = std::env::args_os()
+        .next()
+        .map(|a| a.to_string_lossy().into_owned())
+        .filter(|a| a.contains('/'))
+        .unwrap_or_else(|| "carve".into());
+    let base = format!(
+        "{} --state {}",
+        shell_word(&carve),
+        shell_word(&p.state.display().to_string())
+    );
+    let mut v = vec![(
+        format!("{base} status"),
+        "the GPUs as the agent keeps them".to_string(),
+    )];
+    if sim {
+        // A device to make unhealthy: the first MIG device, else the first GPU.
+        let observed = h.state.observed();
+        let device = observed
+            .iter()
+            .flat_map(|o| o.instances.iter())
+            .flat_map(|gi| gi.compute_instances.iter())
+            .map(|c| c.uuid.clone())
+            .next()
+            .or_else(|| observed.first().map(|o| o.info.uuid.clone()));
+        if let Some(d) = device {
+            v.push((
+                format!("{base} sim xid {d} 79"),
+                "an XID: the device turns unhealthy".into(),
+            ));
+            v.push((
+                format!("{base} sim xid {d} --clear"),
+                "healthy again".into(),
+            ));
+        }
+    }
+    if let Some(a) = h.api {
+        v.push((format!("curl -s http://{a}/v1/gpus"), "the HTTP API".into()));
+    }
+    v
+}
+
 /// What is where, and the node's GPUs and tenants, for people.
-fn summary(h: &Handle, p: &Paths, token_file: &Path, backend_note: &str) -> String {
+fn summary(h: &Handle, p: &Paths, token_file: &Path, backend_note: &str, notes: &Notes) -> String {
     let mut s = String::new();
     s.push_str(&format!("carve agent is up on {backend_note}\n\n"));
     let mut rows: Vec<Vec<String>> = Vec::new();
@@ -263,6 +385,8 @@ fn summary(h: &Handle, p: &Paths, token_file: &Path, backend_note: &str) -> Stri
             "MIG"
         } else if inv.shared.iter().any(|x| x.gpu_index == o.info.index) {
             "time-sliced"
+        } else if inv.withheld.contains(&o.info.index) {
+            "time-sliced (no shim)"
         } else {
             "whole"
         };
@@ -297,14 +421,47 @@ fn summary(h: &Handle, p: &Paths, token_file: &Path, backend_note: &str) -> Stri
         }
         s.push_str(&output::table(&t));
     }
-    for w in &inv.warnings {
+    for w in warnings(h, notes) {
         s.push_str(&format!("warning: {w}\n"));
+    }
+    s.push_str("\nTry, in another shell:\n");
+    for (cmd, what) in next_commands(h, p, notes.sim) {
+        s.push_str(&format!("  # {what}\n  {cmd}\n"));
     }
     s.push_str("\nCtrl-C stops the agent (its sockets are removed).\n");
     s
 }
 
-fn up_json(h: &Handle, p: &Paths, token_file: &Path, backend_note: &str) -> serde_json::Value {
+/// What the CLI adds to the agent's own account of itself.
+struct Notes {
+    /// The node is the simulated one (`carve sim` works on it).
+    sim: bool,
+    /// Why there is no shim, when there is none.
+    no_shim: Option<String>,
+}
+
+/// The agent's warnings, and what to do about a missing shim when shares were not offered.
+fn warnings(h: &Handle, notes: &Notes) -> Vec<String> {
+    let inv = h.state.inventory();
+    let mut w = inv.warnings.clone();
+    if let (false, Some(why)) = (inv.withheld.is_empty(), &notes.no_shim) {
+        w.push(why.clone());
+    }
+    w
+}
+
+fn up_json(
+    h: &Handle,
+    p: &Paths,
+    token_file: &Path,
+    backend_note: &str,
+    notes: &Notes,
+) -> serde_json::Value {
+    let warnings = warnings(h, notes);
+    let next: Vec<String> = next_commands(h, p, notes.sim)
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
     json!({
         "ready": true,
         "backend": backend_note,
@@ -317,21 +474,56 @@ fn up_json(h: &Handle, p: &Paths, token_file: &Path, backend_note: &str) -> serd
         "api_token_file": token_file,
         "gpus": carve_agent::api::gpus_json(&h.state)["gpus"],
         "tenants": carve_agent::api::tenants_json(&h.state)["tenants"],
+        "state": p.state,
+        "warnings": warnings,
+        "next": next,
     })
 }
 
-/// Runs the agent until stopped. Prints the summary once it is up.
-#[allow(clippy::too_many_arguments)]
-fn run(
-    ctx: &Ctx,
-    a: &AgentArgs,
-    p: Paths,
-    desired: Desired,
+/// What `run` starts the agent on, opened once the preflight has passed.
+struct Opened {
     node: GpuNode,
-    backend_note: String,
+    note: String,
+    /// A simulated node's state directory, watched for `carve sim xid`.
     sim_health: Option<PathBuf>,
-) -> Result<Out, Failure> {
-    let nvml = node.backend.kind() == "nvml";
+}
+
+/// `carve up`'s plan file, written once the preflight has passed.
+struct PlanFile {
+    path: PathBuf,
+    text: String,
+}
+
+/// How the agent is started: where, on what, and what `carve up` adds.
+struct Start {
+    paths: Paths,
+    desired: Desired,
+    /// `carve up`'s folder (removed again if the start fails and it did not exist before).
+    dir: Option<PathBuf>,
+    plan_file: Option<PlanFile>,
+    /// Opens the node (its state database and backend); it may make the state directory.
+    open: Box<dyn FnOnce() -> Result<Opened, Failure>>,
+    /// The backend will be the simulated node (its state is made here, and removed again if
+    /// the start fails and it did not exist before; NVML's records what was done to the GPUs).
+    sim: bool,
+}
+
+/// Why the agent did not start, as an exit status.
+fn start_failure(e: AgentError) -> Failure {
+    match e {
+        AgentError::Reconcile(ReconcileError::Input(m)) => Failure::bad(m),
+        AgentError::Reconcile(ReconcileError::Refused(m)) => Failure::no(m),
+        other => Failure::failed(other.to_string()),
+    }
+}
+
+/// Runs the agent until stopped. Prints the summary once it is up.
+///
+/// Everything that can be checked is checked before anything is changed: the flags, the files
+/// named (the API token), the shim when `CARVE_SHIM_LIB` names one, the API's port and the
+/// Kubernetes client (`carve_agent::agent::Preflight`). A start that fails after that puts back
+/// what it made ([`Undo`]): the folders are left as they were.
+fn run(ctx: &Ctx, a: &AgentArgs, start: Start) -> Result<Out, Failure> {
     let opts = options(a)?;
     let listen = listen(a)?;
     let run_for = a
@@ -340,8 +532,83 @@ fn run(
         .map(|d| input::parse_duration(d, "--run-for", 365.0 * 86400.0))
         .transpose()?;
     let resync = resync(a)?;
-    let (token, token_file) = api_token(a, &p.state)?;
-    let shim = crate::sched::shim_path().ok();
+    let given = given_token(a)?;
+    // Without a shim no time-sliced share is offered (it could not be enforced); a shim that
+    // CARVE_SHIM_LIB names and that is not there is a broken environment.
+    let (shim, no_shim) = match crate::sched::find_shim() {
+        Ok(p) => (Some(p), None),
+        Err(e @ crate::sched::ShimError::Env(_)) => return Err(Failure::failed(e.message())),
+        Err(e) => (None, Some(e.message())),
+    };
+    let rt = runtime()?;
+    let pre = rt
+        .block_on(agent::Preflight::check(
+            listen,
+            a.label_node.as_deref(),
+            a.kubeconfig.as_deref(),
+        ))
+        .map_err(start_failure)?;
+
+    // From here on things are made: note what, to put it back if the start fails.
+    let Start {
+        paths: p,
+        desired,
+        dir,
+        plan_file,
+        open,
+        sim,
+    } = start;
+    let mut undo = Undo::default();
+    if let Some(d) = &dir {
+        undo.made_dir(d);
+    }
+    if sim {
+        undo.made(&p.state);
+    } else {
+        undo.made_dir(&p.state);
+    }
+    if given.is_none() {
+        undo.made(&carve_sched::tokens::token_path(&p.state, "api-token"));
+    }
+    undo.made(&p.plugins);
+    undo.made(&p.cdi);
+    undo.written(&p.cdi.join(carve_agent::cdi::SPEC_FILE));
+    if let Some(parent) = p.labels.parent().filter(|d| !d.as_os_str().is_empty()) {
+        undo.made_dir(parent);
+    }
+    undo.written(&p.labels);
+    undo.made(&p.run);
+    if let Some(f) = &plan_file {
+        undo.written(&f.path);
+    }
+    let made = (|| -> Result<_, Failure> {
+        if let Some(d) = &dir {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Failure::failed(format!("cannot create {}: {e}", d.display())))?;
+        }
+        if let Some(f) = &plan_file {
+            std::fs::write(&f.path, &f.text)
+                .map_err(|e| Failure::failed(format!("cannot write {}: {e}", f.path.display())))?;
+        }
+        let opened = open()?;
+        let (token, token_file) = match given {
+            Some(t) => t,
+            None => made_token(&p.state)?,
+        };
+        Ok((opened, token, token_file))
+    })();
+    let (opened, token, token_file) = match made {
+        Ok(m) => m,
+        Err(f) => {
+            undo.undo();
+            return Err(f);
+        }
+    };
+    let nvml = opened.node.backend.kind() == "nvml";
+    let notes = Notes {
+        sim: opened.node.backend.kind() == "sim",
+        no_shim,
+    };
     let cfg = agent::AgentConfig {
         device_plugin_dir: p.plugins.clone(),
         cdi_dir: Some(p.cdi.clone()),
@@ -352,19 +619,22 @@ fn run(
         shim,
         options: opts,
         desired,
-        sim_health,
+        sim_health: opened.sim_health,
         poll: Duration::from_millis(100),
         resync,
         label_node: a.label_node.clone(),
         kubeconfig: a.kubeconfig.clone(),
     };
-    let rt = runtime()?;
     let json = ctx.json;
+    let backend_note = opened.note;
     rt.block_on(async move {
-        let h = agent::start(cfg, node).await.map_err(|e| match e {
-            AgentError::Reconcile(ReconcileError::Input(m)) => Failure::bad(m),
-            other => Failure::no(other.to_string()),
-        })?;
+        let h = match agent::start_checked(cfg, opened.node, pre).await {
+            Ok(h) => h,
+            Err(e) => {
+                undo.undo();
+                return Err(start_failure(e));
+            }
+        };
         // On GPUs, the driver's XID events drive device health.
         let stop_xids = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         if nvml {
@@ -379,11 +649,11 @@ fn run(
         if json {
             println!(
                 "{}",
-                serde_json::to_string(&up_json(&h, &p, &token_file, &backend_note))
+                serde_json::to_string(&up_json(&h, &p, &token_file, &backend_note, &notes))
                     .unwrap_or_default()
             );
         } else {
-            output::emit(&summary(&h, &p, &token_file, &backend_note));
+            output::emit(&summary(&h, &p, &token_file, &backend_note, &notes));
         }
         until_stopped(run_for).await;
         stop_xids.store(true, std::sync::atomic::Ordering::Release);
@@ -427,15 +697,53 @@ pub fn agent_cmd(
         run: a.run_dir.clone().unwrap_or_else(|| "/run/carve".into()),
         state: state.clone(),
     };
-    let (backend, note) = backend::open_backend(ctx, &catalog)?;
-    let sim_health = (backend.kind() == "sim").then(|| state.clone());
-    let store = backend::open_store(ctx)?;
-    let node = GpuNode {
-        backend,
-        store,
-        catalog,
+    // The backend it will be, told without opening the state: the simulated node unless NVML
+    // is asked for, or found with GPUs under `auto`.
+    let sim = match (ctx.sim.is_some(), ctx.backend) {
+        (true, _) | (false, backend::BackendChoice::Sim) => true,
+        (false, backend::BackendChoice::Nvml) => false,
+        (false, backend::BackendChoice::Auto) => !nvml_has_gpus(),
     };
-    run(ctx, a, p, desired, node, note, sim_health)
+    let octx = Ctx {
+        state: Some(state.clone()),
+        backend: ctx.backend,
+        sim: ctx.sim.clone(),
+        json: ctx.json,
+    };
+    let open = move || -> Result<Opened, Failure> {
+        let (backend, note) = backend::open_backend(&octx, &catalog)?;
+        let sim_health = (backend.kind() == "sim").then(|| state.clone());
+        let store = backend::open_store(&octx)?;
+        Ok(Opened {
+            node: GpuNode {
+                backend,
+                store,
+                catalog,
+            },
+            note,
+            sim_health,
+        })
+    };
+    run(
+        ctx,
+        a,
+        Start {
+            paths: p,
+            desired,
+            dir: None,
+            plan_file: None,
+            open: Box::new(open),
+            sim,
+        },
+    )
+}
+
+/// Whether NVML loads and finds GPUs.
+fn nvml_has_gpus() -> bool {
+    crate::backend::open_nvml()
+        .ok()
+        .and_then(|mut b| b.gpus().ok())
+        .is_some_and(|g| !g.is_empty())
 }
 
 /// `carve up [TENANCY]`: plan the tenancy, take one Kubernetes node of it (this machine), and run
@@ -474,17 +782,9 @@ pub fn up_cmd(
     let mut gpus: Vec<_> = plan.node_gpus(&chosen).collect();
     gpus.sort_by_key(|g| g.index);
     let spec: Vec<String> = gpus.iter().map(|g| g.model.clone()).collect();
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Failure::bad(format!("cannot create {}: {e}", dir.display())))?;
     let state = ctx.state.clone().unwrap_or_else(|| dir.join("state"));
     let mut pj = serde_json::to_string_pretty(&plan).expect("serialisable");
     pj.push('\n');
-    std::fs::write(dir.join("plan.json"), pj).map_err(|e| {
-        Failure::bad(format!(
-            "cannot write {}: {e}",
-            dir.join("plan.json").display()
-        ))
-    })?;
     let p = Paths {
         plugins: a
             .device_plugin_dir
@@ -506,46 +806,62 @@ pub fn up_cmd(
     };
     // NVML when this machine has GPUs (and --backend allows), else a simulated node of the
     // planned GPUs.
-    let use_nvml = !matches!(ctx.backend, backend::BackendChoice::Sim)
-        && ctx.sim.is_none()
-        && crate::backend::open_nvml()
-            .ok()
-            .and_then(|mut b| b.gpus().ok())
-            .is_some_and(|g| !g.is_empty());
-    let (backend, note, sim_health): (Box<dyn carve_backend::Backend + Send>, String, _) =
-        if use_nvml {
-            let (b, n) = backend::open_backend(&sub, &catalog)?;
-            (b, n, None)
-        } else {
-            let store = carve_state::Store::open(&state).map_err(|e| Failure::no(e.to_string()))?;
-            let (sim, _) = SimBackend::open(store, catalog.clone(), Some(&spec.join(",")))
-                .map_err(|e| Failure::bad(format!("simulated node: {e}")))?;
-            (
-                Box::new(sim),
-                format!(
-                    "a simulated node ({}, node '{chosen}' of the plan)",
-                    spec.join(", ")
-                ),
-                Some(state.clone()),
-            )
-        };
-    let store = carve_state::Store::open(&state).map_err(|e| Failure::no(e.to_string()))?;
+    let use_nvml =
+        !matches!(ctx.backend, backend::BackendChoice::Sim) && ctx.sim.is_none() && nvml_has_gpus();
+    let plan_path = dir.join("plan.json");
     let desired = Desired::Plan {
         plan: Box::new(plan),
-        node: chosen,
-        source: dir.join("plan.json").display().to_string(),
+        node: chosen.clone(),
+        source: plan_path.display().to_string(),
+    };
+    let open = move || -> Result<Opened, Failure> {
+        let (backend, note, sim_health): (Box<dyn carve_backend::Backend + Send>, String, _) =
+            if use_nvml {
+                let (b, n) = backend::open_backend(&sub, &catalog)?;
+                (b, n, None)
+            } else {
+                let store =
+                    carve_state::Store::open(&state).map_err(|e| Failure::failed(e.to_string()))?;
+                let (sim, _) = SimBackend::open(store, catalog.clone(), Some(&spec.join(",")))
+                    .map_err(|e| match e {
+                        carve_simnode::OpenError::Spec(e) => {
+                            Failure::bad(format!("simulated node: {e}"))
+                        }
+                        other => Failure::failed(format!("simulated node: {other}")),
+                    })?;
+                (
+                    Box::new(sim),
+                    format!(
+                        "a simulated node ({}, node '{chosen}' of the plan)",
+                        spec.join(", ")
+                    ),
+                    Some(state.clone()),
+                )
+            };
+        let store = carve_state::Store::open(&state).map_err(|e| Failure::failed(e.to_string()))?;
+        Ok(Opened {
+            node: GpuNode {
+                backend,
+                store,
+                catalog,
+            },
+            note,
+            sim_health,
+        })
     };
     run(
-        &sub,
+        ctx,
         a,
-        p,
-        desired,
-        GpuNode {
-            backend,
-            store,
-            catalog,
+        Start {
+            paths: p,
+            desired,
+            dir: Some(dir.to_path_buf()),
+            plan_file: Some(PlanFile {
+                path: plan_path,
+                text: pj,
+            }),
+            open: Box::new(open),
+            sim: !use_nvml,
         },
-        note,
-        sim_health,
     )
 }

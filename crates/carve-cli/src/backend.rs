@@ -36,7 +36,7 @@ pub(crate) fn state_dir(ctx: &Ctx) -> PathBuf {
 }
 
 pub(crate) fn open_store(ctx: &Ctx) -> Result<Store, Failure> {
-    Store::open(&state_dir(ctx)).map_err(|e| Failure::no(e.to_string()))
+    Store::open(&state_dir(ctx)).map_err(|e| Failure::failed(e.to_string()))
 }
 
 /// `--sim` takes a spec (`2xH100-80GB,A30`) or a node file: one spec per line, `#` comments.
@@ -62,12 +62,15 @@ fn sim_spec(arg: &str) -> Result<String, Failure> {
 pub fn open_sim(ctx: &Ctx, catalog: &Catalog) -> Result<(SimBackend, String), Failure> {
     let spec = ctx.sim.as_deref().map(sim_spec).transpose()?;
     let (mut sim, fresh) = SimBackend::open(open_store(ctx)?, catalog.clone(), spec.as_deref())
-        .map_err(|e| Failure::bad(format!("--sim: {e}")))?;
+        .map_err(|e| match e {
+            carve_simnode::OpenError::Spec(e) => Failure::bad(format!("--sim: {e}")),
+            other => Failure::failed(other.to_string()),
+        })?;
     let crash = std::env::var("CARVE_SIM_CRASH_AFTER")
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok());
     sim.crash_after(crash);
-    let spec = sim.spec().map_err(|e| Failure::no(e.to_string()))?;
+    let spec = sim.spec().map_err(|e| Failure::failed(e.to_string()))?;
     let note = format!(
         "simulated node {spec}{} (state: {})",
         if fresh { ", new" } else { "" },
@@ -93,7 +96,7 @@ pub fn open_backend(
         }
         BackendChoice::Nvml => {
             let mut b =
-                crate::backend::open_nvml().map_err(|e| Failure::no(format!("NVML: {e}")))?;
+                crate::backend::open_nvml().map_err(|e| Failure::failed(format!("NVML: {e}")))?;
             let n = b.gpus().map(|g| g.len()).unwrap_or(0);
             Ok((b, format!("NVML ({n} GPUs)")))
         }

@@ -389,7 +389,13 @@ pub fn fit_cmd(
         )));
     }
     let result = geometry::fit(gpu, &counts, &existing);
-    let what = describe_counts(gpu, &counts);
+    // `PROFILE=0` asks for none: with every count 0 there is nothing to place, which fits.
+    let nothing = counts.iter().all(|&c| c == 0);
+    let what = if nothing {
+        "nothing to place".to_string()
+    } else {
+        describe_counts(gpu, &counts)
+    };
     match result {
         Ok(layout) => {
             let free: Vec<(String, Vec<u8>)> = (0..gpu.profiles.len())
@@ -424,7 +430,11 @@ pub fn fit_cmd(
                 ));
             }
             let cell = cell_width(gpu);
-            let mut s = format!("{}: {what} fits.\n\n", gpu.key);
+            let mut s = if nothing {
+                format!("{}: nothing to place (every count is 0).\n\n", gpu.key)
+            } else {
+                format!("{}: {what} fits.\n\n", gpu.key)
+            };
             s.push_str(&format!(
                 "{}\n{}\n\n",
                 slot_ruler(gpu, cell),

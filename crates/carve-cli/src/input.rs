@@ -91,7 +91,7 @@ pub fn load_tenancy(catalog: &Catalog, file: &Path) -> Result<carve_plan::Tenanc
 /// Writes a picture (or any text file) the user asked for.
 pub fn write_svg(path: &Path, svg: &str) -> Result<(), Failure> {
     std::fs::write(path, svg)
-        .map_err(|e| Failure::bad(format!("cannot write {}: {e}", path.display())))
+        .map_err(|e| Failure::failed(format!("cannot write {}: {e}", path.display())))
 }
 
 /// A duration for `flag`: `250ms`, `90s`, `30m`, `1h`, or plain seconds; positive, at most `max_s`.

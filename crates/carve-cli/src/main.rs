@@ -12,17 +12,28 @@ mod sched;
 mod simulate;
 mod svg;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use output::{Failure, Out};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `carve --version`: the crate's version and the commit it was built from (`build.rs`).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CARVE_COMMIT"), ")");
+
 #[derive(Parser, Debug)]
 #[command(
     name = "carve",
-    version,
+    version = VERSION,
     about = "Carve NVIDIA GPUs across many tenants: plan sharing modes and MIG layouts, apply them with the fewest changes, time-slice CUDA processes, simulate latency.",
-    after_help = "Exit status: 0 success, 1 the answer is no (infeasible), 2 bad input."
+    after_help = "Exit status, the same for every command:
+  0  success: done, or the answer is yes
+  1  the answer is no (nothing was changed): `fit` found no placement, `assert` found
+     differences, `plan`/`up` a tenancy that does not fit, `apply` refused (instances in use)
+  2  bad input (nothing was changed): unknown names, syntax errors, invalid configs or flags,
+     a named file that cannot be read
+  3  could not do it: the environment (a busy port, no NVML, no kubeconfig, no shim),
+     the driver (a GPU operation failed), I/O
+With --json, stdout is one JSON document, also for errors: {\"error\", \"kind\", \"exit\"}."
 )]
 struct Cli {
     /// Print JSON for scripts instead of text for people.
@@ -69,7 +80,7 @@ enum Command {
     /// Place a set of MIG profiles on one GPU, or prove that no placement exists.
     Fit {
         gpu: String,
-        /// Profiles to place, each PROFILE or PROFILE=N (e.g. 3g.40gb 1g.10gb=2).
+        /// Profiles to place, each PROFILE or PROFILE=N (e.g. 3g.40gb 1g.10gb=2; N=0 places none).
         #[arg(required = true, value_name = "PROFILE[=N]")]
         profiles: Vec<String>,
         /// Instances already on the GPU, kept where they are: PROFILE@START (e.g. 3g.40gb@4).
@@ -218,6 +229,13 @@ enum Command {
         #[command(flatten)]
         agent: agent::AgentArgs,
     },
+    /// Print a shell completion script: `carve completions bash > ~/.local/share/bash-completion/completions/carve`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `carve man > carve.1 && man ./carve.1`.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -237,18 +255,21 @@ fn main() -> ExitCode {
         }
         Err(f) => {
             output::report_failure(&f, json);
-            ExitCode::from(match f {
-                Failure::BadInput { .. } => 2,
-                Failure::No { .. } => 1,
-            })
+            ExitCode::from(f.code())
         }
     }
 }
 
 /// Runs the command: each module parses its input, calls the library crates and prints.
 fn run(cli: Cli) -> Result<Out, Failure> {
-    let (catalog, catalog_note) = input::load_catalog(cli.catalog.as_deref())?;
     let json = cli.json;
+    // About carve itself: no catalog, no state.
+    match cli.command {
+        Command::Completions { shell } => return Ok(completions(shell, json)),
+        Command::Man => return man(json),
+        _ => {}
+    }
+    let (catalog, catalog_note) = input::load_catalog(cli.catalog.as_deref())?;
     let ctx = backend::Ctx {
         state: cli.state.clone(),
         backend: cli.backend,
@@ -344,5 +365,36 @@ fn run(cli: Cli) -> Result<Out, Failure> {
         Command::Validate { file, gpus } => {
             catalog::validate_cmd(&catalog, &file, gpus.as_deref(), json)
         }
+        Command::Completions { shell } => Ok(completions(shell, json)),
+        Command::Man => man(json),
     }
+}
+
+/// `carve completions SHELL`: the completion script.
+fn completions(shell: clap_complete::Shell, json: bool) -> Out {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "carve", &mut script);
+    let script = String::from_utf8_lossy(&script).into_owned();
+    if json {
+        Out::json(
+            &serde_json::json!({ "shell": shell.to_string(), "script": script }),
+            0,
+        )
+    } else {
+        Out::ok(script)
+    }
+}
+
+/// `carve man`: the manual page, in roff.
+fn man(json: bool) -> Result<Out, Failure> {
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut page)
+        .map_err(|e| Failure::failed(format!("cannot render the manual page: {e}")))?;
+    let page = String::from_utf8_lossy(&page).into_owned();
+    Ok(if json {
+        Out::json(&serde_json::json!({ "man": page }), 0)
+    } else {
+        Out::ok(page)
+    })
 }

@@ -3,7 +3,7 @@
 
 use crate::backend::{open_backend, open_sim, open_store, Ctx};
 use crate::input::read_input;
-use crate::output::{table, Failure, Out};
+use crate::output::{backend_failure, table, Failure, Out};
 use carve_apply::{Changes, Desired, Event, GpuTarget, Observed};
 use carve_backend::Process;
 use carve_model::geometry::{self, Instance};
@@ -166,7 +166,7 @@ pub fn status_cmd(ctx: &Ctx, catalog: Catalog) -> Result<Out, Failure> {
     let store = open_store(ctx)?;
     let unfinished = store
         .journal_unfinished()
-        .map_err(|e| Failure::no(e.to_string()))?;
+        .map_err(|e| Failure::failed(e.to_string()))?;
     if ctx.json {
         return Ok(Out::json(
             &json!({ "backend": backend.kind(), "gpus": observed, "interrupted_applies": unfinished.len() }),
@@ -386,19 +386,18 @@ pub fn sim_cmd(ctx: &Ctx, catalog: Catalog, cmd: SimCommand) -> Result<Out, Fail
             Ok(Out::ok(format!("{what}\n")))
         }
     };
-    let no = |e: carve_backend::BackendError| Failure::no(e.to_string());
     match cmd {
         SimCommand::Show => {
             let observed = carve_apply::observe(&mut sim, &catalog).map_err(Failure::from)?;
             if ctx.json {
-                let fault = sim.fault().map_err(no)?;
+                let fault = sim.fault().map_err(backend_failure)?;
                 return Ok(Out::json(
-                    &json!({ "spec": sim.spec().map_err(no)?, "gpus": observed, "fault": fault }),
+                    &json!({ "spec": sim.spec().map_err(backend_failure)?, "gpus": observed, "fault": fault }),
                     0,
                 ));
             }
             let mut s = format!("{note}\n\n{}", status_text(&catalog, &observed));
-            if let Some(f) = sim.fault().map_err(no)? {
+            if let Some(f) = sim.fault().map_err(backend_failure)? {
                 s.push_str(&format!(
                     "\nfault armed: mutation #{} from now fails with {}\n",
                     f.countdown, f.kind
@@ -414,17 +413,18 @@ pub fn sim_cmd(ctx: &Ctx, catalog: Catalog, cmd: SimCommand) -> Result<Out, Fail
                     name: name.clone(),
                 }),
             )
-            .map_err(|e| Failure::bad(e.to_string()))?;
+            .map_err(backend_failure)?;
             done(format!("{uuid} is busy: {name} (pid {pid})"))
         }
         SimCommand::Idle { uuid } => {
-            sim.set_busy(&uuid, None)
-                .map_err(|e| Failure::bad(e.to_string()))?;
+            sim.set_busy(&uuid, None).map_err(backend_failure)?;
             done(format!("{uuid} is idle"))
         }
         SimCommand::Fail { nth, error } => {
-            sim.inject_fault(nth, &error)
-                .map_err(|e| Failure::bad(e.to_string()))?;
+            sim.inject_fault(nth, &error).map_err(|e| match e {
+                carve_simnode::FaultError::State(e) => Failure::failed(e.to_string()),
+                other => Failure::bad(other.to_string()),
+            })?;
             done(format!(
                 "GPU mutation #{nth} from now will fail with {error}"
             ))
@@ -461,18 +461,18 @@ pub fn sim_cmd(ctx: &Ctx, catalog: Catalog, cmd: SimCommand) -> Result<Out, Fail
             let mut store = open_store(ctx)?;
             let xid = if clear { None } else { xid };
             carve_agent::inject_xid(&mut store, &uuid, xid)
-                .map_err(|e| Failure::no(e.to_string()))?;
+                .map_err(|e| Failure::failed(e.to_string()))?;
             match xid {
                 Some(x) => done(format!("XID {x} reported on {uuid}")),
                 None => done(format!("{uuid} is healthy again")),
             }
         }
         SimCommand::Reboot => {
-            sim.reboot().map_err(no)?;
+            sim.reboot().map_err(backend_failure)?;
             done("rebooted: every GPU instance is gone; Hopper and later GPUs have MIG off".into())
         }
         SimCommand::Reset { gpu } => {
-            sim.reset(gpu).map_err(|e| Failure::bad(e.to_string()))?;
+            sim.reset(gpu).map_err(backend_failure)?;
             done(format!("GPU {gpu} reset"))
         }
     }

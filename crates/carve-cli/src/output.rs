@@ -3,6 +3,20 @@
 use serde::Serialize;
 use std::io::Write;
 
+/// Exit status: the command did what was asked, or the answer is yes.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: the answer is no (`fit` found no placement, `assert` found differences, a
+/// tenancy that does not fit its fleet, an apply refused because it would destroy instances in
+/// use). Nothing was changed.
+pub const EXIT_NO: u8 = 1;
+/// Exit status: bad input (unknown names, syntax errors, invalid configs, wrong flags, a file
+/// named on the command line that cannot be read). Nothing was changed.
+pub const EXIT_BAD_INPUT: u8 = 2;
+/// Exit status: it could not be done: the environment (a port in use, no NVML, no kubeconfig, no
+/// shim), the driver (a failed or refused GPU operation), I/O (the state database, a file that
+/// cannot be written).
+pub const EXIT_FAILED: u8 = 3;
+
 /// What a command prints and its exit status (0 yes, 1 no).
 pub struct Out {
     pub text: String,
@@ -11,10 +25,16 @@ pub struct Out {
 
 impl Out {
     pub fn ok(text: String) -> Out {
-        Out { text, code: 0 }
+        Out {
+            text,
+            code: EXIT_OK,
+        }
     }
     pub fn no(text: String) -> Out {
-        Out { text, code: 1 }
+        Out {
+            text,
+            code: EXIT_NO,
+        }
     }
     pub fn json<T: Serialize>(value: &T, code: u8) -> Out {
         let mut text = serde_json::to_string_pretty(value).expect("serialisable");
@@ -23,7 +43,8 @@ impl Out {
     }
 }
 
-/// A command that could not run on its input (exit 2).
+/// A command that did not do what was asked: bad input (exit 2), an answer of no (exit 1), or a
+/// failure (exit 3).
 #[derive(Debug)]
 pub enum Failure {
     BadInput {
@@ -36,13 +57,23 @@ pub enum Failure {
         /// Structured diagnostics for --json.
         diagnostics: Option<Box<serde_json::Value>>,
     },
-    /// The answer is no, or the work could not be done (exit 1).
+    /// The answer is no: nothing was changed (exit 1).
     No { message: String },
+    /// It could not be done: the environment, the driver, I/O (exit 3).
+    Failed { message: String },
 }
 
 impl Failure {
+    /// The answer is no (exit 1).
     pub fn no(message: impl Into<String>) -> Failure {
         Failure::No {
+            message: message.into(),
+        }
+    }
+
+    /// It could not be done (exit 3).
+    pub fn failed(message: impl Into<String>) -> Failure {
+        Failure::Failed {
             message: message.into(),
         }
     }
@@ -53,6 +84,24 @@ impl Failure {
             detail: Vec::new(),
             suggestions: Vec::new(),
             diagnostics: None,
+        }
+    }
+
+    /// The exit status.
+    pub fn code(&self) -> u8 {
+        match self {
+            Failure::BadInput { .. } => EXIT_BAD_INPUT,
+            Failure::No { .. } => EXIT_NO,
+            Failure::Failed { .. } => EXIT_FAILED,
+        }
+    }
+
+    /// The kind, as `--json` names it: `bad-input`, `no` or `failed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::BadInput { .. } => "bad-input",
+            Failure::No { .. } => "no",
+            Failure::Failed { .. } => "failed",
         }
     }
 }
@@ -88,10 +137,10 @@ pub fn report_failure(f: &Failure, json: bool) {
             suggestions.as_slice(),
             diagnostics,
         ),
-        Failure::No { message } => (message, &[][..], &[][..], &None),
+        Failure::No { message } | Failure::Failed { message } => (message, &[][..], &[][..], &None),
     };
     if json {
-        let mut v = serde_json::json!({ "error": message });
+        let mut v = serde_json::json!({ "error": message, "kind": f.kind(), "exit": f.code() });
         if !suggestions.is_empty() {
             v["suggestions"] = serde_json::json!(suggestions);
         }
@@ -172,13 +221,28 @@ pub fn excerpt(text: &str, line: usize, column: usize) -> Vec<String> {
     }
 }
 
-/// `carve apply`'s errors: bad input exits 2, a refusal or a failure 1.
+/// `carve apply`'s errors: bad input exits 2; a refusal (the layout cannot be realised here, or
+/// it would destroy instances in use: nothing was changed) is an answer of no, 1; a GPU or state
+/// operation that failed (the driver refused it, or the database could not be written) is a
+/// failure, 3.
 impl From<carve_apply::ApplyError> for Failure {
     fn from(e: carve_apply::ApplyError) -> Failure {
         use carve_apply::ErrorKind;
         match e.kind() {
             ErrorKind::Input => Failure::bad(e.to_string()),
-            ErrorKind::Refused | ErrorKind::Failed => Failure::no(e.to_string()),
+            ErrorKind::Refused => Failure::no(e.to_string()),
+            ErrorKind::Failed => Failure::failed(e.to_string()),
         }
+    }
+}
+
+/// A backend's error outside the apply pipeline (status, the simulated node's hooks): the driver
+/// or the state database could not do it (3), except a device or GPU that is not there, which the
+/// user named (2).
+pub fn backend_failure(e: carve_backend::BackendError) -> Failure {
+    use carve_backend::BackendError;
+    match e {
+        BackendError::NotFound(_) | BackendError::InvalidArgument(_) => Failure::bad(e.to_string()),
+        other => Failure::failed(other.to_string()),
     }
 }

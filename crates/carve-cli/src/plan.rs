@@ -129,11 +129,11 @@ pub fn plan_cmd(
             let p = dir.join(rel);
             if let Some(parent) = p.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| {
-                    Failure::bad(format!("cannot create {}: {e}", parent.display()))
+                    Failure::failed(format!("cannot create {}: {e}", parent.display()))
                 })?;
             }
             std::fs::write(&p, text)
-                .map_err(|e| Failure::bad(format!("cannot write {}: {e}", p.display())))
+                .map_err(|e| Failure::failed(format!("cannot write {}: {e}", p.display())))
         };
         let mut pj = serde_json::to_string_pretty(&plan).expect("serialisable");
         pj.push('\n');

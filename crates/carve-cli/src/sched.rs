@@ -65,7 +65,7 @@ pub fn sched_cmd(cmd: SchedCommand, json: bool) -> Result<Out, Failure> {
                         .map_err(|e| Failure::bad(format!("{name}: {e}")))?;
                     let dir = tokens.unwrap_or_else(|| PathBuf::from("/run/carve/tokens"));
                     carve_sched::tokens::identities(schedule, &dir)
-                        .map_err(|e| Failure::no(e.to_string()))?
+                        .map_err(|e| Failure::failed(e.to_string()))?
                 }
                 None => {
                     if node.is_some() || gpu.is_some() || tokens.is_some() {
@@ -78,8 +78,13 @@ pub fn sched_cmd(cmd: SchedCommand, json: bool) -> Result<Out, Failure> {
                         .map_err(|e| Failure::bad(format!("{name}:{e}")))?
                 }
             };
-            let server = carve_sched::server::Server::start(cfg.clone(), &socket)
-                .map_err(|e| Failure::no(e.to_string()))?;
+            let server =
+                carve_sched::server::Server::start(cfg.clone(), &socket).map_err(|e| match e {
+                    carve_sched::server::StartError::Settings(e) => {
+                        Failure::bad(format!("{name}: {e}"))
+                    }
+                    other => Failure::failed(other.to_string()),
+                })?;
             // SAFETY: installing async-signal-safe handlers that only store an atomic.
             unsafe {
                 libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
@@ -95,7 +100,7 @@ pub fn sched_cmd(cmd: SchedCommand, json: bool) -> Result<Out, Failure> {
             Ok(Out::ok(String::new()))
         }
         SchedCommand::Status { socket } => {
-            let st = proto::status(&socket).map_err(|e| Failure::no(e.to_string()))?;
+            let st = proto::status(&socket).map_err(|e| Failure::failed(e.to_string()))?;
             if json {
                 return Ok(Out::json(&st, 0));
             }
@@ -135,27 +140,84 @@ pub fn sched_cmd(cmd: SchedCommand, json: bool) -> Result<Out, Failure> {
     }
 }
 
-/// Where the shim library is: `$CARVE_SHIM_LIB`, else beside the `carve` executable.
-pub(crate) fn shim_path() -> Result<PathBuf, Failure> {
-    if let Some(p) = std::env::var_os("CARVE_SHIM_LIB").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
-    }
-    let exe =
-        std::env::current_exe().map_err(|e| Failure::no(format!("cannot find carve: {e}")))?;
-    let dir = exe.parent().unwrap_or(Path::new("."));
-    for cand in [
-        dir.join("libcarve_shim.so"),
-        dir.join("../lib/carve/libcarve_shim.so"),
-        dir.join("../libcarve_shim.so"),
-    ] {
-        if cand.is_file() {
-            return Ok(cand.canonicalize().unwrap_or(cand));
+/// Why the shim library was not found.
+pub(crate) enum ShimError {
+    /// `$CARVE_SHIM_LIB` names a file that is not there: the environment is wrong.
+    Env(PathBuf),
+    /// Not in any of the places carve looks (listed): it was not built or installed.
+    Missing(Vec<PathBuf>),
+}
+
+impl ShimError {
+    pub(crate) fn message(&self) -> String {
+        match self {
+            ShimError::Env(p) => format!(
+                "CARVE_SHIM_LIB={} is not a file (unset it, or point it at libcarve_shim.so)",
+                p.display()
+            ),
+            ShimError::Missing(looked) => format!(
+                "cannot find libcarve_shim.so (looked at {}): build it with `cargo build -p carve-shim`, install carve with `deploy/install.sh`, or set CARVE_SHIM_LIB",
+                looked
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     }
-    Err(Failure::no(format!(
-        "cannot find libcarve_shim.so beside {} (build it with `cargo build -p carve-shim`, or set CARVE_SHIM_LIB)",
-        exe.display()
-    )))
+}
+
+/// Where the shim library is, in this order: `$CARVE_SHIM_LIB` (which must then exist); an
+/// installed layout, `PREFIX/lib/carve/libcarve_shim.so` for `PREFIX/bin/carve`
+/// (`deploy/install.sh`); beside the `carve` executable (cargo's `target/<profile>/`); and, for
+/// a binary in cargo's `deps/` or `examples/`, the profile directory above it.
+pub(crate) fn find_shim() -> Result<PathBuf, ShimError> {
+    if let Some(p) = std::env::var_os("CARVE_SHIM_LIB").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return match p.canonicalize() {
+            Ok(c) if c.is_file() => Ok(c),
+            _ => Err(ShimError::Env(p)),
+        };
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let mut looked = vec![
+        dir.join("../lib/carve/libcarve_shim.so"),
+        dir.join("libcarve_shim.so"),
+    ];
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "deps" || n == "examples")
+    {
+        looked.push(dir.join("../libcarve_shim.so"));
+    }
+    for cand in &looked {
+        if cand.is_file() {
+            return Ok(cand.canonicalize().unwrap_or_else(|_| cand.clone()));
+        }
+    }
+    Err(ShimError::Missing(
+        looked.into_iter().map(|p| normalise(&p)).collect(),
+    ))
+}
+
+/// `a/b/../c` → `a/c`, for messages (the path need not exist).
+fn normalise(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The shim for `carve run`: not finding it is a failure (exit 3).
+pub(crate) fn shim_path() -> Result<PathBuf, Failure> {
+    find_shim().map_err(|e| Failure::failed(e.message()))
 }
 
 /// `carve run`: runs a command with the shim preloaded, as a tenant of a scheduler.

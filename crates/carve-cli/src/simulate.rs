@@ -24,6 +24,11 @@ pub fn simulate_cmd(
             .map_err(|e| Failure::bad(format!("{}:{e}", p.display())))?,
         None => carve_plan::plan(&tenancy, catalog),
     };
+    // The output folder before the simulation, which may take a while.
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::failed(format!("cannot create {}: {e}", dir.display())))?;
+    }
     let report = scenario::run(&tenancy, &plan, catalog, duration_s, seed, |m| {
         if !json {
             eprintln!("carve: simulating {duration_s} s under {m}…");
@@ -31,8 +36,6 @@ pub fn simulate_cmd(
     })
     .map_err(|e| Failure::bad(format!("{}: {e}", plan_file.unwrap_or(file).display())))?;
     if let Some(dir) = out {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Failure::bad(format!("cannot create {}: {e}", dir.display())))?;
         let mut j = serde_json::to_string_pretty(&report).expect("serialisable");
         j.push('\n');
         for (name, text) in [
@@ -41,7 +44,7 @@ pub fn simulate_cmd(
             ("gpu-timeline.svg", timeline_svg(&report)),
         ] {
             std::fs::write(dir.join(name), text).map_err(|e| {
-                Failure::bad(format!("cannot write {}: {e}", dir.join(name).display()))
+                Failure::failed(format!("cannot write {}: {e}", dir.join(name).display()))
             })?;
         }
     }
@@ -117,11 +120,12 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Latency CDFs: one panel per tenant, one line per mode, latency on a log scale.
+/// Latency CDFs: one panel per tenant, one line per mode; x: latency in ms on a log scale, y: the
+/// share of requests served within it.
 pub fn cdf_svg(r: &Report) -> String {
     const W: f64 = 300.0;
     const H: f64 = 160.0;
-    const PAD: f64 = 40.0;
+    const PAD: f64 = 56.0;
     let colours = ["#4e79a7", "#e15759", "#59a14f", "#f28e2b"];
     let cols = 3usize;
     let rows = r.tenants.len().div_ceil(cols).max(1);
@@ -159,12 +163,32 @@ pub fn cdf_svg(r: &Report) -> String {
         let lo = all.iter().copied().fold(f64::INFINITY, f64::min).max(1e-3);
         let hi = all.iter().copied().fold(0.0, f64::max).max(lo * 10.0);
         let (llo, lhi) = (lo.log10().floor(), hi.log10().ceil());
-        let xs = |v: f64| x0 + (v.max(lo).log10() - llo) / (lhi - llo).max(1e-9) * W;
+        // From the decade below the fastest request (so that every tick has its own place).
+        let xs = |v: f64| x0 + (v.max(10f64.powf(llo)).log10() - llo) / (lhi - llo).max(1e-9) * W;
         let _ = write!(
             s,
             r##"<text x="{x0}" y="{}" font-weight="bold">{}</text><rect x="{x0}" y="{y0}" width="{W}" height="{H}" fill="none" stroke="#999"/>"##,
             y0 - 4.0,
             esc(&t.name)
+        );
+        // Axes: the share of requests (y) and the latency (x), with their units.
+        for (q, label) in [(0.0, "0%"), (0.5, "50%"), (1.0, "100%")] {
+            let y = y0 + H - q * H;
+            let _ = write!(
+                s,
+                r##"<line x1="{x0}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{label}</text>"##,
+                x0 + W,
+                x0 - 6.0,
+                y + 4.0
+            );
+        }
+        let _ = write!(
+            s,
+            r##"<text transform="translate({:.1},{:.1}) rotate(-90)" text-anchor="middle" fill="#555">requests ≤ latency</text><text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#555">latency, ms (log scale)</text>"##,
+            x0 - 34.0,
+            y0 + H / 2.0,
+            x0 + W / 2.0,
+            y0 + H + 26.0
         );
         let mut d = llo;
         while d <= lhi {
@@ -224,13 +248,13 @@ pub fn timeline_svg(r: &Report) -> String {
     let span_ms = carve_simulate::TIMELINE_NS as f64 / 1e6;
     let h = 70.0 + r.timelines.len() as f64 * (ROW + 30.0) + 20.0;
     let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{h}" font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14" font-weight="bold">Time-shared GPU, first {span_ms} ms (one row per mode)</text>"#,
-        LEFT + W + 20.0
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{h}" font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14" font-weight="bold">Who holds a time-shared GPU, first {span_ms} ms (one row per mode: its first time-shared GPU)</text>"#,
+        LEFT + W + 36.0
     );
     if r.timelines.is_empty() {
         s.push_str(r#"<text x="10" y="50">No time-shared GPU in these modes.</text>"#);
     }
-    for (k, (mode, segs)) in r.timelines.iter().enumerate() {
+    for (k, (mode, tl)) in r.timelines.iter().enumerate() {
         let y = 50.0 + k as f64 * (ROW + 30.0);
         let _ = write!(
             s,
@@ -238,7 +262,14 @@ pub fn timeline_svg(r: &Report) -> String {
             y + 15.0,
             esc(mode)
         );
-        for (t, a, b) in segs {
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{:.1}" text-anchor="end" fill="#555">{}</text>"##,
+            LEFT + W,
+            y - 3.0,
+            esc(&format!("node {}, GPU {} ({})", tl.node, tl.gpu, tl.model)),
+        );
+        for (t, a, b) in &tl.segments {
             let x = LEFT + a / span_ms * W;
             let w = ((b - a) / span_ms * W).max(0.5);
             let _ = write!(
@@ -256,6 +287,12 @@ pub fn timeline_svg(r: &Report) -> String {
                 y + ROW + 12.0
             );
         }
+        let _ = write!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" fill="#555">ms</text>"##,
+            LEFT + W + 14.0,
+            y + ROW + 12.0
+        );
     }
     let ly = h - 14.0;
     for (i, n) in names.iter().enumerate() {

@@ -10,6 +10,29 @@ const GAP: usize = 10;
 const LEFT: usize = 12;
 const TOP: usize = 46;
 
+/// Width of a character of the 12 px sans-serif labels, generously (digits and `g` are ~6.7 px).
+const CHAR_W: usize = 7;
+/// Line height of a two-line label.
+const LINE_H: usize = 12;
+
+/// A profile's label for a box `room` pixels wide: one line when it fits; else the name and its
+/// attribute on two lines (`1g.10gb` over `+me`); a line still too wide is squeezed to `room`
+/// (`Some(width)`, for `textLength`). Labels never run into the next box.
+fn label_lines(name: &str, room: usize) -> Vec<(String, Option<usize>)> {
+    let fits = |t: &str| t.chars().count() * CHAR_W <= room;
+    if fits(name) {
+        return vec![(name.to_string(), None)];
+    }
+    let parts: Vec<&str> = match name.find(['+', '-']) {
+        Some(i) if i > 0 => vec![&name[..i], &name[i..]],
+        _ => vec![name],
+    };
+    parts
+        .into_iter()
+        .map(|t| (t.to_string(), (!fits(t)).then_some(room)))
+        .collect()
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -86,13 +109,22 @@ pub fn layouts(gpu: &GpuModel, rows: &[(String, Vec<Instance>)]) -> String {
                 inst.start,
                 p.slots
             );
-            let _ = writeln!(
-                s,
-                r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-                x + w / 2,
-                y + ROW_H / 2 + 4,
-                escape(&p.name)
-            );
+            let lines = label_lines(&p.name, w - 6);
+            let n = lines.len();
+            for (i, (line, squeeze)) in lines.iter().enumerate() {
+                // One line centred; two lines (name, then attribute) around the middle.
+                let baseline = y + ROW_H / 2 + 4 + i * LINE_H - (n - 1) * LINE_H / 2;
+                let fit = squeeze
+                    .map(|l| format!(r#" textLength="{l}" lengthAdjust="spacingAndGlyphs""#))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{}" y="{baseline}" text-anchor="middle"{fit}{}>{}</text>"#,
+                    x + w / 2,
+                    if n > 1 { r#" font-size="11""# } else { "" },
+                    escape(line)
+                );
+            }
         }
         let _ = writeln!(
             s,
@@ -104,4 +136,54 @@ pub fn layouts(gpu: &GpuModel, rows: &[(String, Vec<Instance>)]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_fit_their_boxes() {
+        // One slot is 64 px: `1g.10gb` fits, `1g.10gb+me` goes on two lines.
+        assert_eq!(
+            label_lines("1g.10gb", SLOT_W - 6),
+            vec![("1g.10gb".into(), None)]
+        );
+        assert_eq!(
+            label_lines("1g.10gb+me", SLOT_W - 6),
+            vec![("1g.10gb".into(), None), ("+me".into(), None)]
+        );
+        assert_eq!(
+            label_lines("1g.20gb-me", SLOT_W - 6),
+            vec![("1g.20gb".into(), None), ("-me".into(), None)]
+        );
+        // Too long even so: squeezed into the box.
+        assert_eq!(
+            label_lines("1c.1g.12gb+me.all", 40),
+            vec![
+                ("1c.1g.12gb".into(), Some(40)),
+                ("+me.all".into(), Some(40))
+            ]
+        );
+        assert_eq!(label_lines("7g.80gb", 440), vec![("7g.80gb".into(), None)]);
+    }
+
+    #[test]
+    fn every_catalog_label_fits_its_box() {
+        let catalog = carve_model::Catalog::embedded();
+        for gpu in &catalog.gpus {
+            for p in &gpu.profiles {
+                let room = p.slots as usize * SLOT_W - 6;
+                for (line, squeeze) in label_lines(&p.name, room) {
+                    let w = squeeze.unwrap_or(line.chars().count() * CHAR_W);
+                    assert!(
+                        w <= room,
+                        "{} {}: {line} is {w} px in {room}",
+                        gpu.key,
+                        p.name
+                    );
+                }
+            }
+        }
+    }
 }

@@ -129,7 +129,7 @@ fn busy_instances_are_kept_or_refused() {
     n.cmd()
         .args(["apply", n.config.to_str().unwrap(), "-c", "off", "--force"])
         .assert()
-        .code(1)
+        .code(3)
         .stderr(predicate::str::contains("in use"));
     n.cmd().args(["sim", "idle", &busy_1g]).assert().success();
     n.apply("off").success();
@@ -320,7 +320,7 @@ fn an_injected_fault_stops_the_apply_and_a_rerun_converges() {
         .assert()
         .success();
     n.apply("small")
-        .code(1)
+        .code(3)
         .stderr(predicate::str::contains("insufficient resources"));
     n.apply("small").success();
     n.assert_matches("small");
@@ -435,7 +435,7 @@ fn node_file_and_ampere_mode_change_needs_a_reset() {
     let st = n.status();
     assert_eq!(st["gpus"].as_array().unwrap().len(), 1);
     n.apply("off")
-        .code(1)
+        .code(3)
         .stderr(predicate::str::contains("pending until the GPU is reset"));
     n.cmd().args(["sim", "reset", "0"]).assert().success();
     n.apply("off").success();

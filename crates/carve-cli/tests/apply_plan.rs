@@ -597,8 +597,15 @@ fn a_bare_agent_serves_the_plan_the_last_apply_recorded() {
         .args(["apply", plan.to_str().unwrap(), "--node", "node-a"])
         .assert()
         .success();
+    // The shim, without which no time-sliced share is offered.
+    let shim = carve_test_support::cargo_build::build(
+        &["carve-shim"],
+        &[carve_test_support::fake_cuda::SHIM_LIB],
+    )
+    .join(carve_test_support::fake_cuda::SHIM_LIB);
     let agent = n
         .cmd()
+        .env("CARVE_SHIM_LIB", shim)
         .args(["agent", "--json", "--listen", "off", "--run-for", "1s"])
         .arg("--device-plugin-dir")
         .arg(n.dir.join("plugins"))

@@ -186,6 +186,39 @@ fn fit_infeasible_exits_1_with_a_reason() {
 }
 
 #[test]
+fn fit_with_every_count_zero_has_nothing_to_place() {
+    // `=0` asks for none: nothing to place, which fits (exit 0), the GPU shown as it is.
+    carve()
+        .args(["fit", "H100-80GB", "1g.10gb=0"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "H100-80GB: nothing to place (every count is 0).",
+        ))
+        .stdout(predicate::str::contains("nothing fits").not());
+    let v = json_of(
+        &[
+            "fit",
+            "H100-80GB",
+            "1g.10gb=0",
+            "--used",
+            "3g.40gb@4",
+            "--json",
+        ],
+        0,
+    );
+    assert_eq!(v["feasible"], true);
+    assert_eq!(v["instances"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["room"]["3g.40gb"], serde_json::json!([0]));
+    // A zero beside a count places the others.
+    carve()
+        .args(["fit", "H100-80GB", "1g.10gb=0", "3g.40gb"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("H100-80GB: 3g.40gb fits."));
+}
+
+#[test]
 fn fit_reports_room_around_used_instances() {
     let v = json_of(
         &[
@@ -390,10 +423,151 @@ fn validate_reads_stdin() {
 
 #[test]
 fn help_and_version_succeed() {
+    // The help ends with the exit statuses, the same for every command.
     carve()
         .arg("--help")
         .assert()
         .success()
-        .stdout(predicate::str::contains("fit"));
-    carve().arg("--version").assert().success();
+        .stdout(predicate::str::contains("fit"))
+        .stdout(predicate::str::contains("1  the answer is no"))
+        .stdout(predicate::str::contains("3  could not do it"));
+    // The version names the commit it was built from (or says it is unknown).
+    let out = carve().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let v = String::from_utf8_lossy(&out.stdout);
+    let commit = v
+        .trim()
+        .strip_prefix(concat!("carve ", env!("CARGO_PKG_VERSION"), " ("))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("carve VERSION (COMMIT): {v}"));
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{v}"
+    );
+}
+
+#[test]
+fn completions_and_man_page() {
+    for (shell, says) in [
+        ("bash", "complete -F _carve"),
+        ("zsh", "#compdef carve"),
+        ("fish", "complete -c carve"),
+    ] {
+        carve()
+            .args(["completions", shell])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(says))
+            .stdout(predicate::str::contains("simulate"));
+    }
+    carve().args(["completions", "tcsh"]).assert().code(2);
+    carve()
+        .arg("man")
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with(".ie"))
+        .stdout(predicate::str::contains(".TH carve 1"))
+        .stdout(predicate::str::contains("Exit status"));
+    // A user catalog that does not load does not stop them.
+    carve()
+        .env("CARVE_CATALOG", "/nonexistent/catalog.toml")
+        .args(["completions", "bash", "--json"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"script\""));
+}
+
+// --- exit status 3: could not do it --------------------------------------------------------------
+
+/// Each family of commands, made to fail by its environment (a file that cannot be written, a
+/// state database that cannot be opened, a scheduler that is not there, a shim that is not
+/// there): exit 3, and with --json one JSON document saying so.
+#[test]
+fn failures_exit_3_with_one_json_document() {
+    let dir = std::env::temp_dir().join(format!("carve-cli-fails-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A path under a plain file: nothing can be made there.
+    std::fs::write(dir.join("a-file"), "").unwrap();
+    let under = dir.join("a-file/x");
+    let under = under.to_str().unwrap();
+    let tenancy = example("tenancy.yaml");
+    let tenancy = tenancy.to_str().unwrap();
+    let sched = example("sched.yaml");
+    let nosock = dir.join("none.sock");
+    /// Arguments, environment, what the error says.
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, PathBuf)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["layouts", "H100-80GB", "--svg", under],
+            vec![],
+            "cannot write",
+        ),
+        (
+            vec!["fit", "H100-80GB", "1g.10gb", "--svg", under],
+            vec![],
+            "cannot write",
+        ),
+        (
+            vec!["plan", tenancy, "--out", under],
+            vec![],
+            "cannot create",
+        ),
+        (
+            vec!["simulate", tenancy, "--duration", "1s", "--out", under],
+            vec![],
+            "cannot create",
+        ),
+        (
+            vec!["--state", under, "--backend", "sim", "status"],
+            vec![],
+            "a-file",
+        ),
+        (vec!["--state", under, "sim", "show"], vec![], "a-file"),
+        (vec!["--state", under, "sim", "reboot"], vec![], "a-file"),
+        (vec!["--state", under, "export"], vec![], "a-file"),
+        (
+            vec!["sched", "status", "--socket", nosock.to_str().unwrap()],
+            vec![],
+            "none.sock",
+        ),
+        (
+            vec!["sched", "serve", sched.to_str().unwrap(), "--socket", under],
+            vec![],
+            "cannot create",
+        ),
+        (
+            vec!["run", "--tenant", "x", "--", "true"],
+            vec![("CARVE_SHIM_LIB", dir.join("no-shim.so"))],
+            "CARVE_SHIM_LIB",
+        ),
+    ];
+    for (args, env, says) in cases {
+        let mut c = carve();
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        let out = c.arg("--json").args(&args).output().unwrap();
+        let v = json_with_code(&out, 3, &format!("{args:?}"));
+        assert_eq!(v["kind"], "failed", "{args:?}: {v}");
+        assert_eq!(v["exit"], 3, "{args:?}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains(says),
+            "{args:?}: {says} in {v}"
+        );
+        // For people: the message on stderr, nothing on stdout.
+        let mut c = carve();
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        let out = c.args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(3), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("carve: error: "),
+            "{args:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

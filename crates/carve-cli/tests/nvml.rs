@@ -3,7 +3,9 @@
 //! commands run unchanged on a GPU node, where the driver's library is found instead.
 
 use assert_cmd::Command;
-use carve_test_support::cli::{carve_in, read_ready, signal, success_json, MIG_CONFIG};
+use carve_test_support::cli::{
+    carve_in, json_with_code, read_ready, signal, success_json, MIG_CONFIG,
+};
 use carve_test_support::fake_nvml::fake_nvml_lib as fake_lib;
 use carve_test_support::http::{get_json, http};
 use carve_test_support::{fresh_dir, wait_for};
@@ -129,13 +131,31 @@ fn auto_finds_the_driver_on_the_library_path() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["backend"], "sim");
 
-    // Asking for NVML explicitly when it cannot load is a "no" (exit 1) with the reason.
+    // Asking for NVML explicitly when it cannot load is a failure (exit 3) with the reason, for
+    // every command that works on the GPUs; with --json, one JSON document still.
     n.cmd()
         .env("LD_LIBRARY_PATH", n.dir.join("nothing-here"))
         .args(["--backend", "nvml", "status"])
         .assert()
-        .code(1)
+        .code(3)
         .stderr(predicates::str::contains("NVML"));
+    for args in [
+        &["status"][..],
+        &["export"],
+        &["assert"],
+        &["apply", "--boot"],
+    ] {
+        let out = n
+            .cmd()
+            .env("LD_LIBRARY_PATH", n.dir.join("nothing-here"))
+            .args(["--backend", "nvml", "--json"])
+            .args(args)
+            .output()
+            .unwrap();
+        let v = json_with_code(&out, 3, &format!("{args:?}"));
+        assert_eq!(v["kind"], "failed", "{args:?}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("NVML"), "{v}");
+    }
 }
 
 #[test]
@@ -225,7 +245,7 @@ fn a_busy_instance_through_nvml_is_refused_and_nothing_changes() {
     // --force cannot make the driver destroy an instance in use: it still fails, nothing lost
     // but the one instance the driver refused to touch.
     let out = n.apply("small", &["--force"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(n.devices().contains_key(&busy_uuid));
 
     // The process ends: the apply converges.

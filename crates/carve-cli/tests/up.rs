@@ -15,6 +15,7 @@ use carve_test_support::fake_cuda::{install_libcuda, stand_artifacts, FAKE_CUDA_
 use carve_test_support::http::{get_json, http};
 use carve_test_support::{fresh_dir, repo_root as repo, wait_for};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -202,24 +203,56 @@ fn up_serves_allocates_and_enforces() {
             .starts_with("NVML_GPU_INSTANCE_PROFILE_"),
         "{gi}"
     );
-    let mig = gpus["gpus"][2]["devices"][0]["id"]
-        .as_str()
+    // The ready line says what to run next against this node, `--state` and all: run exactly
+    // that (as a shell would) and see the device turn unhealthy.
+    let next: Vec<&str> = ready["next"]
+        .as_array()
         .unwrap()
-        .to_string();
-    let out = carve()
-        .args(["--state"])
-        .arg(dir.join("state"))
-        .args(["sim", "xid", &mig, "79"])
-        .output()
-        .unwrap();
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let state = dir.join("state");
+    assert!(
+        next.iter()
+            .any(|c| c.ends_with(&format!("--state {} status", state.display()))),
+        "{next:?}"
+    );
+    let xid = next
+        .iter()
+        .find(|c| c.contains(" sim xid ") && c.ends_with(" 79"))
+        .unwrap_or_else(|| panic!("no sim xid command in {next:?}"));
+    let mig = xid.split(' ').rev().nth(1).unwrap().to_string();
+    assert!(mig.starts_with("MIG-"), "{xid}");
+    let out = Command::new("sh").args(["-c", xid]).output().unwrap();
     assert_success(&out);
+    let device = |g: &Value| -> Value {
+        g["gpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["devices"].as_array().unwrap().iter())
+            .find(|d| d["id"] == mig.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{mig} is not offered: {g}"))
+    };
     wait_for(Duration::from_secs(2), Duration::from_millis(10), || {
-        let g = get_json(&api, "/v1/gpus");
-        let d = &g["gpus"][2]["devices"][0];
+        let d = device(&get_json(&api, "/v1/gpus"));
         if d["healthy"] == false {
             return Ok(());
         }
         Err(format!("XID not seen: {d}"))
+    });
+    let clear = next
+        .iter()
+        .find(|c| c.ends_with(" --clear"))
+        .unwrap_or_else(|| panic!("no --clear command in {next:?}"));
+    assert_success(&Command::new("sh").args(["-c", clear]).output().unwrap());
+    wait_for(Duration::from_secs(2), Duration::from_millis(10), || {
+        let d = device(&get_json(&api, "/v1/gpus"));
+        if d["healthy"] == true {
+            return Ok(());
+        }
+        Err(format!("--clear not seen: {d}"))
     });
     // A misspelt device is bad input with a suggestion.
     let mut wrong = mig.clone();
@@ -298,4 +331,283 @@ fn bad_input_changes_nothing_and_exits_2() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
     assert!(!dir.join("device-plugins").exists(), "nothing was started");
+}
+
+/// A folder as it is: every path under it, with the contents of its files (sockets and
+/// directories by name only; SQLite's shared-memory index, which readers write, by name only).
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.map(Result::unwrap) {
+            let p = e.path();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(p.clone());
+            }
+            let shm = p.to_string_lossy().ends_with("-shm");
+            let bytes = (t.is_file() && !shm).then(|| std::fs::read(&p).unwrap());
+            out.insert(p, bytes);
+        }
+    }
+    out
+}
+
+/// A start that fails: exit 3, one JSON document on stdout saying so.
+fn fails(cmd: &mut Command, says: &str) -> Value {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{cmd:?}: {err}");
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{cmd:?}: not one JSON document ({e}): {err}"));
+    assert_eq!(v["kind"], "failed", "{v}");
+    assert_eq!(v["exit"], 3, "{v}");
+    assert!(v["error"].as_str().unwrap().contains(says), "{says}: {v}");
+    v
+}
+
+/// Stops a `carve up` child with SIGINT and waits for it.
+fn stop(mut child: std::process::Child) {
+    signal(&child, libc::SIGINT);
+    let status = wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+        child
+            .try_wait()
+            .unwrap()
+            .ok_or_else(|| "carve up did not stop".to_string())
+    });
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_second_up_in_the_same_folder_fails_and_changes_nothing() {
+    let dir = fresh_dir("carve-up-twice");
+    let mut first = carve()
+        .current_dir(repo())
+        .args(["up", "--json", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = read_ready(&mut first);
+    let before = snapshot(&dir);
+    assert!(before.contains_key(&dir.join("plan.json")), "{before:?}");
+    // Another tenancy, so that its plan.json would differ; its port is the running agent's.
+    let tenancy = dir.with_extension("tenancy.yaml");
+    let text = std::fs::read_to_string(repo().join("examples/tenancy.yaml")).unwrap();
+    std::fs::write(&tenancy, text.replace("name: search", "name: lookup")).unwrap();
+    fails(
+        carve()
+            .current_dir(repo())
+            .arg("up")
+            .arg(&tenancy)
+            .args(["--json", "--listen", &ready.api, "--dir"])
+            .arg(&dir),
+        "Address already in use",
+    );
+    assert_eq!(snapshot(&dir), before, "the running agent's folder changed");
+    // And the running agent still serves.
+    assert_eq!(
+        get_json(&ready.api, "/v1/gpus")["gpus"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    stop(first);
+    let _ = std::fs::remove_file(&tenancy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_failed_start_leaves_the_folders_as_they_were() {
+    let base = fresh_dir("carve-up-fails");
+    let dir = base.join("up");
+    // A port in use (held until the end of the test).
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = held.local_addr().unwrap().to_string();
+    let home = base.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let up = |extra: &[&str]| {
+        let mut c = carve();
+        c.current_dir(repo())
+            .args(["up", "--json", "--dir"])
+            .arg(&dir)
+            .args(extra);
+        if !extra.contains(&"--listen") {
+            c.args(["--listen", "127.0.0.1:0"]);
+        }
+        c
+            // No kubeconfig anywhere: a home without one, no cluster around.
+            .env("HOME", &home)
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("CARVE_SHIM_LIB");
+        c
+    };
+    // What is checked before anything is made: the port, the Kubernetes client, the shim named.
+    fails(&mut up(&["--listen", &busy]), "Address already in use");
+    assert!(!dir.exists(), "a busy port made {}", dir.display());
+    fails(
+        &mut up(&["--label-node", "node-a"]),
+        "no Kubernetes configuration",
+    );
+    assert!(!dir.exists(), "--label-node made {}", dir.display());
+    fails(
+        &mut up(&[
+            "--label-node",
+            "node-a",
+            "--kubeconfig",
+            base.join("no-kubeconfig").to_str().unwrap(),
+        ]),
+        "no-kubeconfig",
+    );
+    assert!(!dir.exists());
+    fails(
+        up(&[]).env("CARVE_SHIM_LIB", base.join("no-shim.so")),
+        "CARVE_SHIM_LIB",
+    );
+    assert!(!dir.exists());
+    // After the preflight: the CDI spec cannot be written (its folder is a file). The GPUs of
+    // the new simulated node were laid out by then; all of it goes again.
+    std::fs::write(base.join("a-file"), "").unwrap();
+    let cdi = base.join("a-file/cdi");
+    fails(
+        &mut up(&["--cdi-dir", cdi.to_str().unwrap()]),
+        "cannot write",
+    );
+    assert!(!dir.exists(), "{:?}", snapshot(&dir));
+    // A folder with a node in it already: what the failed start wrote is put back (plan.json,
+    // labels, CDI spec, token); the node's state records the reconcile, which ran.
+    assert_success(&up(&["--run-for", "10ms"]).output().unwrap());
+    let before = snapshot(&dir);
+    // Another tenancy, whose plan.json differs.
+    let other = base.join("tenancy.yaml");
+    let text = std::fs::read_to_string(repo().join("examples/tenancy.yaml")).unwrap();
+    std::fs::write(&other, text.replace("name: search", "name: lookup")).unwrap();
+    fails(
+        &mut up(&[other.to_str().unwrap(), "--cdi-dir", cdi.to_str().unwrap()]),
+        "cannot write",
+    );
+    let state = dir.join("state");
+    let outside = |m: &BTreeMap<PathBuf, Option<Vec<u8>>>| -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+        m.iter()
+            .filter(|(p, _)| !p.starts_with(&state))
+            .map(|(p, v)| (p.clone(), v.clone()))
+            .collect()
+    };
+    assert_eq!(outside(&snapshot(&dir)), outside(&before));
+    assert!(state.join("api-token").exists());
+
+    // `carve agent` the same: a busy port makes no state database, token or folder.
+    let agent_state = base.join("agent-state");
+    fails(
+        carve()
+            .args(["agent", "--json", "--listen", &busy, "--state"])
+            .arg(&agent_state)
+            .arg("--device-plugin-dir")
+            .arg(base.join("dp"))
+            .arg("--cdi-dir")
+            .arg(base.join("cdi"))
+            .arg("--run-dir")
+            .arg(base.join("run")),
+        "Address already in use",
+    );
+    for p in ["agent-state", "dp", "cdi", "run"] {
+        assert!(!base.join(p).exists(), "{p} was made");
+    }
+    // And NVML asked for where there is none: a failure too, nothing made.
+    fails(
+        carve()
+            .args([
+                "--backend",
+                "nvml",
+                "agent",
+                "--json",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--state")
+            .arg(&agent_state)
+            .arg("--device-plugin-dir")
+            .arg(base.join("dp"))
+            .env("CARVE_NVML_LIB", base.join("no-libnvidia-ml.so.1")),
+        "NVML",
+    );
+    for p in ["agent-state", "dp"] {
+        assert!(!base.join(p).exists(), "{p} was made");
+    }
+    drop(held);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn without_the_shim_no_time_sliced_share_is_offered() {
+    // A carve with no shim beside it (cargo's target directory has one): a hard link elsewhere.
+    let base = fresh_dir("carve-up-noshim");
+    let bin = base.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let exe = bin.join("carve");
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_carve"), &exe).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_carve"), &exe).unwrap();
+    }
+    let up = |json: bool| {
+        let mut c = Command::new(&exe);
+        c.current_dir(repo())
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--run-for",
+                "10ms",
+                "--dir",
+            ])
+            .arg(base.join("up"))
+            .env_remove("CARVE_SHIM_LIB");
+        if json {
+            c.arg("--json");
+        }
+        c.output().unwrap()
+    };
+    let out = up(true);
+    assert_success(&out);
+    let ready: Value = serde_json::from_slice(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    let sockets = ready["sockets"].as_object().unwrap();
+    for shared in ["carve.dev/notebooks", "carve.dev/ci"] {
+        assert!(
+            !sockets.contains_key(shared),
+            "{shared} offered: {sockets:?}"
+        );
+    }
+    // MIG devices and whole GPUs are.
+    assert!(
+        sockets.contains_key("nvidia.com/mig-1g.10gb"),
+        "{sockets:?}"
+    );
+    assert!(sockets.contains_key("nvidia.com/gpu"), "{sockets:?}");
+    let warnings = ready["warnings"].to_string();
+    assert!(warnings.contains("not offered"), "{warnings}");
+    assert!(warnings.contains("cargo build -p carve-shim"), "{warnings}");
+    assert!(warnings.contains("deploy/install.sh"), "{warnings}");
+    // For people: the GPU says why it offers nothing, and the warning says what to build.
+    let out = up(false);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("time-sliced (no shim)"), "{text}");
+    assert!(
+        text.contains("warning: cannot find libcarve_shim.so"),
+        "{text}"
+    );
+    assert!(text.contains("cargo build -p carve-shim"), "{text}");
+    let _ = std::fs::remove_dir_all(&base);
 }

@@ -46,8 +46,20 @@ pub struct Report {
     pub tenants: Vec<TenantReport>,
     /// Jain's index of each mode over tenants' delivered / offered throughput.
     pub fairness: BTreeMap<String, f64>,
-    /// The first time-shared GPU of each mode: its first 100 ms of work (tenant, start, end ms).
-    pub timelines: BTreeMap<String, crate::Timeline>,
+    /// The first time-shared GPU of each mode: which GPU, and its first 100 ms of work.
+    pub timelines: BTreeMap<String, GpuTimeline>,
+}
+
+/// Who held one time-shared GPU when.
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuTimeline {
+    /// The GPU: its node and index in the plan, and its model (under `time-sliced`, the GPU of
+    /// its node that the node's tenants were packed onto).
+    pub node: String,
+    pub gpu: u32,
+    pub model: String,
+    /// (tenant, start ms, end ms).
+    pub segments: crate::Timeline,
 }
 
 fn load_of(spec: LoadSpec, replicas: u32) -> Load {
@@ -116,7 +128,7 @@ pub fn run(
     let mut events = 0u64;
     // mode → tenant → replica results
     let mut per: BTreeMap<&str, BTreeMap<String, Vec<TenantResult>>> = BTreeMap::new();
-    let mut timelines: BTreeMap<String, crate::Timeline> = BTreeMap::new();
+    let mut timelines: BTreeMap<String, GpuTimeline> = BTreeMap::new();
     for (mi, mode) in MODES.iter().enumerate() {
         progress(mode);
         let groups: Vec<(usize, &PlannedGpu, Vec<Member>)> = if *mode == "time-sliced" {
@@ -233,7 +245,15 @@ pub fn run(
             })?;
             events += r.events;
             if !r.timeline.is_empty() && !timelines.contains_key(*mode) {
-                timelines.insert(mode.to_string(), r.timeline.clone());
+                timelines.insert(
+                    mode.to_string(),
+                    GpuTimeline {
+                        node: g.node.clone(),
+                        gpu: g.index,
+                        model: g.model.clone(),
+                        segments: r.timeline.clone(),
+                    },
+                );
             }
             for t in r.tenants {
                 per.entry(mode)
