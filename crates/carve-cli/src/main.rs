@@ -18,12 +18,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// `carve --version`: the crate's version and the commit it was built from (`build.rs`).
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CARVE_COMMIT"), ")");
+const VERSION_WITH_COMMIT: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CARVE_COMMIT"), ")");
 
 #[derive(Parser, Debug)]
 #[command(
     name = "carve",
-    version = VERSION,
+    version = VERSION_WITH_COMMIT,
     about = "Carve NVIDIA GPUs across many tenants: plan sharing modes and MIG layouts, apply them with the fewest changes, time-slice CUDA processes, simulate latency.",
     after_help = "Exit status, the same for every command:
   0  success: done, or the answer is yes

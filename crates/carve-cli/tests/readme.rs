@@ -31,6 +31,11 @@ const NOT_RUN: &[(&str, &str)] = &[
         "it is the command that runs this test",
     ),
     (
+        "deploy/install.sh /usr/local",
+        "a release build installed into /usr/local; tests/install.rs runs the script into a \
+         temporary prefix and the installed carve",
+    ),
+    (
         "carve run --socket gpu0.sock --tenant search --token-file examples/tokens/search -- python serve.py",
         "needs the reader's own CUDA program (carve run itself is tested in tests/sched.rs)",
     ),
@@ -121,6 +126,12 @@ impl Scratch {
         std::fs::create_dir_all(&bin).unwrap();
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_carve"), bin.join("carve")).unwrap();
         copy_dir(&repo_root().join("examples"), &dir.join("examples"));
+        // `target/` as in the repository: the build folder this test's carve was built in.
+        let target = Path::new(env!("CARGO_BIN_EXE_carve"))
+            .parent()
+            .and_then(Path::parent)
+            .expect("carve in <target>/<profile>/");
+        std::os::unix::fs::symlink(target, dir.join("target")).unwrap();
         Scratch { dir, bin }
     }
 
