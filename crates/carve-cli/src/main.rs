@@ -18,7 +18,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// `carve --version`: the crate's version and the commit it was built from (`build.rs`).
-const VERSION_WITH_COMMIT: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CARVE_COMMIT"), ")");
+const VERSION_WITH_COMMIT: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (", env!("CARVE_COMMIT"), ")");
 
 #[derive(Parser, Debug)]
 #[command(
