@@ -97,9 +97,34 @@ pub struct Handle {
     stop_poll: Arc<AtomicBool>,
     api_stop: Option<watch::Sender<bool>>,
     api_task: Option<tokio::task::JoinHandle<()>>,
+    backstop: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Handle {
+    /// Starts the backstop ([`crate::backstop`]): every `cfg.poll`, each time-sliced GPU's
+    /// processes, read through `source` (a backend of its own, e.g. a second NVML handle, so
+    /// that it never waits on a reconcile), are checked against the GPU's scheduler and acted
+    /// on; `on_violation` hears of each violation as it is found. Runs until [`Handle::shutdown`].
+    pub fn watch_processes(
+        &mut self,
+        cfg: crate::backstop::Config,
+        mut source: Box<dyn Backend + Send>,
+        on_violation: impl Fn(&crate::backstop::Violation) + Send + 'static,
+    ) {
+        let (state, stop) = (self.state.clone(), self.stop_poll.clone());
+        self.backstop = Some(std::thread::spawn(move || {
+            let targets = || backstop_targets(&state);
+            crate::backstop::run(
+                source.as_mut(),
+                &cfg,
+                &targets,
+                &state.backstop,
+                &on_violation,
+                &stop,
+            );
+        }));
+    }
+
     /// Stops everything: plugins (their sockets removed), schedulers, the API.
     pub async fn shutdown(self) {
         let _ = self.control.tx.send(Command::Stop).await;
@@ -111,7 +136,36 @@ impl Handle {
         if let Some(t) = self.api_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
+        if let Some(t) = self.backstop {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
     }
+}
+
+/// The time-sliced GPUs the node runs now, each with its schedule's tenants and limits and the
+/// clients registered with its scheduler: what the backstop checks.
+fn backstop_targets(state: &AgentState) -> Vec<crate::backstop::Target> {
+    let inv = state.inventory();
+    let scheds = state.scheds.lock().unwrap_or_else(|p| p.into_inner());
+    inv.shared
+        .iter()
+        .map(|g| crate::backstop::Target {
+            gpu: g.gpu_index,
+            gpu_uuid: g.gpu_uuid.clone(),
+            tenants: g
+                .schedule
+                .tenants
+                .iter()
+                .map(|t| (t.name.clone(), t.memory_limit_bytes))
+                .collect(),
+            registered: scheds
+                .iter()
+                .filter(|s| s.gpu_index == g.gpu_index)
+                .flat_map(|s| s.server.registered_pids())
+                .flat_map(|(name, pids)| pids.into_iter().map(move |p| (name.clone(), p)))
+                .collect(),
+        })
+        .collect()
 }
 
 /// Brings the GPUs to `desired` (`carve apply`'s pipeline: the fewest changes from what the GPUs
@@ -598,6 +652,7 @@ pub async fn start_checked(
         stop_poll,
         api_stop,
         api_task,
+        backstop: None,
     })
 }
 

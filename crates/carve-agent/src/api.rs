@@ -5,6 +5,8 @@
 //!   `POST /v1/health` (`{"uuid": "...", "xid": 79}`, or `"xid": null` to clear): need
 //!   `Authorization: Bearer <token>`. A plan that does not fit this node is 400 (nothing is
 //!   changed), one that would destroy instances in use 409, a failed GPU operation 500.
+//! - `GET /v1/violations` (needs the token: it names every tenant's processes): the backstop's
+//!   settings, the processes on the time-sliced GPUs and the violations found, oldest first.
 
 use crate::control::{Control, ReconcileError};
 use crate::state::{AgentState, Xid};
@@ -32,6 +34,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/plan", get(get_plan).post(post_plan))
         .route("/v1/tenants", get(tenants))
         .route("/v1/health", post(post_health))
+        .route("/v1/violations", get(violations))
         .with_state(ctx)
 }
 
@@ -231,4 +234,11 @@ async fn post_health(AxState(ctx): AxState<Ctx>, headers: HeaderMap, body: Strin
         None => ctx.state.set_health(&b.uuid, None),
     };
     Json(json!({"uuid": b.uuid, "changed": changed})).into_response()
+}
+
+async fn violations(AxState(ctx): AxState<Ctx>, headers: HeaderMap) -> Response {
+    if !authorized(&ctx, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "a bearer token is required");
+    }
+    Json(ctx.state.backstop.report()).into_response()
 }

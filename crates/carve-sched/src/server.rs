@@ -20,6 +20,8 @@ use std::time::Duration;
 #[derive(Debug, Default, Clone)]
 struct TenantState {
     clients: u32,
+    /// The pid of each client connected now (`SO_PEERCRED` at its hello), once per connection.
+    pids: Vec<u32>,
     /// Client threads waiting for a turn.
     waiting: u32,
     memory_used: u64,
@@ -200,6 +202,21 @@ impl Server {
 
     pub fn status(&self) -> StatusReport {
         status(&self.shared)
+    }
+
+    /// The processes registered now, by tenant name: the pid of every connected client whose
+    /// hello was accepted, from the kernel's peer credentials (never from the client's word),
+    /// in the pid namespace of this process. A process that never said hello (no shim, the
+    /// shim dodged) is in none of the lists.
+    pub fn registered_pids(&self) -> Vec<(String, Vec<u32>)> {
+        let st = self.shared.lock();
+        self.shared
+            .config
+            .tenants
+            .iter()
+            .zip(&st.tenants)
+            .map(|(t, s)| (t.tenant.name.clone(), s.pids.clone()))
+            .collect()
     }
 
     /// Stops accepting, wakes everyone, removes the socket.
@@ -511,6 +528,7 @@ fn serve(s: &Shared, conn: UnixStream) {
                             let mut st = s.lock();
                             let now = proto::now_ns();
                             st.tenants[i].clients += 1;
+                            st.tenants[i].pids.push(peer.pid);
                             if st.tenants[i].clients == 1 {
                                 let _ = st.core.add_tenant(tenant_id(i), t.tenant.share, now);
                             }
@@ -679,6 +697,9 @@ fn serve(s: &Shared, conn: UnixStream) {
         }
         st.tenants[i].memory_used = st.tenants[i].memory_used.saturating_sub(reserved);
         st.tenants[i].clients -= 1;
+        if let Some(k) = st.tenants[i].pids.iter().position(|p| *p == peer.pid) {
+            st.tenants[i].pids.swap_remove(k);
+        }
         if st.tenants[i].clients == 0 {
             if st.turn.as_ref().is_some_and(|t| t.tenant == i) {
                 end_turn(&mut st, 0, now);
