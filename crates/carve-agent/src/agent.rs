@@ -208,18 +208,19 @@ fn start_schedulers(
     cfg: &AgentConfig,
     inv: &Inventory,
 ) -> Result<HostPaths, InstallError> {
-    let old: Vec<Sched> =
+    let mut old: Vec<Sched> =
         std::mem::take(&mut *state.scheds.lock().unwrap_or_else(|p| p.into_inner()));
-    for s in old {
-        s.server.stop();
-    }
     let tokens_dir = cfg.run_dir.join("tokens");
     let mut host = HostPaths {
         shim: cfg.shim.clone(),
         ..HostPaths::default()
     };
-    let mut scheds = Vec::new();
-    for g in &inv.shared {
+    let mut scheds: Vec<Sched> = Vec::new();
+    let start = |g: &crate::inventory::SharedGpu,
+                 old: &mut Vec<Sched>,
+                 scheds: &mut Vec<Sched>,
+                 host: &mut HostPaths|
+     -> Result<(), InstallError> {
         for t in &g.schedule.tenants {
             host.tokens.insert(
                 t.name.clone(),
@@ -234,14 +235,46 @@ fn start_schedulers(
             .map_err(|e| cannot(e.to_string()))?;
         config.validate().map_err(|e| cannot(e.to_string()))?;
         let socket = cfg.run_dir.join(format!("sched-gpu{}.sock", g.gpu_index));
-        let server = carve_sched::server::Server::start(config, &socket)
-            .map_err(|e| cannot(e.to_string()))?;
         host.sched_sockets.insert(g.gpu_index, socket.clone());
+        // A scheduler that already runs this GPU's schedule keeps running: its clients stay
+        // connected and keep their turns (a restart would leave their shims unscheduled).
+        if let Some(i) = old
+            .iter()
+            .position(|s| s.gpu_uuid == g.gpu_uuid && s.socket == socket && s.config == config)
+        {
+            let kept = old.swap_remove(i);
+            scheds.push(Sched {
+                gpu_index: g.gpu_index,
+                ..kept
+            });
+            return Ok(());
+        }
+        // One that runs something else on this socket gives way first.
+        if let Some(i) = old.iter().position(|s| s.socket == socket) {
+            old.swap_remove(i).server.stop();
+        }
+        let server = carve_sched::server::Server::start(config.clone(), &socket)
+            .map_err(|e| cannot(e.to_string()))?;
         scheds.push(Sched {
             gpu_index: g.gpu_index,
             gpu_uuid: g.gpu_uuid.clone(),
+            socket,
+            config,
             server,
         });
+        Ok(())
+    };
+    for g in &inv.shared {
+        if let Err(e) = start(g, &mut old, &mut scheds, &mut host) {
+            // Nothing half-started stays running.
+            for s in old.into_iter().chain(scheds) {
+                s.server.stop();
+            }
+            return Err(e);
+        }
+    }
+    for s in old {
+        s.server.stop();
     }
     *state.scheds.lock().unwrap_or_else(|p| p.into_inner()) = scheds;
     Ok(host)

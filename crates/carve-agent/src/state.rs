@@ -32,6 +32,9 @@ fn write<T>(l: &RwLock<T>, v: T) {
 pub struct Sched {
     pub gpu_index: u32,
     pub gpu_uuid: String,
+    /// Its socket, and what it runs: a reinstall that would run the same keeps it running.
+    pub socket: std::path::PathBuf,
+    pub config: carve_sched::config::DaemonConfig,
     pub server: Server,
 }
 
