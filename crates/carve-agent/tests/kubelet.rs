@@ -803,7 +803,7 @@ async fn reinstalling_the_same_schedule_keeps_the_schedulers_and_their_clients()
     ))
     .unwrap();
     let socket2 = socket.clone();
-    let mut client = tokio::task::spawn_blocking(move || {
+    let client = tokio::task::spawn_blocking(move || {
         let mut c = carve_sched_proto::Client::connect(&socket2).unwrap();
         let r = c
             .call(&carve_sched_proto::Request::Hello {
