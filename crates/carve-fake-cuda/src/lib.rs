@@ -22,8 +22,18 @@
 //! `cuDevicePrimaryCtxRetain` and then `cuCtxSetCurrent`) for allocations, streams, events, modules
 //! and launches, as with the real driver; all contexts of a process share its streams, modules
 //! and memory. The null stream is a stream like the others (it does not synchronise with other
-//! streams). Graphs cannot be built: [`carve_fake_cuda_graph_exec_create`] makes an executable
-//! graph of N spin kernels so that `cuGraphLaunch` can be tested.
+//! streams). Graphs can hold only memory-allocation nodes (which take their memory when added and
+//! give it back with the graph), and a captured stream ends in an empty graph;
+//! [`carve_fake_cuda_graph_exec_create`] makes an executable graph of N spin kernels so that
+//! `cuGraphLaunch` can be tested.
+//!
+//! Variants: the per-thread-default-stream ones (`_ptsz`, the same as the plain ones here), the
+//! pre-4.0 launches (`cuLaunch`, `cuLaunchGrid*`: a 100 µs kernel), the pre-3.2 unversioned
+//! allocations (accounted; their 32-bit addresses are not usable), chosen by `cuGetProcAddress`
+//! from its flags and version as the driver chooses. [`carve_fake_cuda_calls`] counts the calls
+//! of each launch and allocation entry point by exact name. `cuMemCreate` memory is freed when it
+//! is released and unmapped (and every `cuMemRetainAllocationHandle` reference released), as the
+//! driver frees it.
 //!
 //! No panic crosses the C boundary: a failing call returns an error code, never aborts.
 //!

@@ -28,7 +28,7 @@ use std::sync::Mutex;
 
 /// Set in the re-run: the scenario the tenant's process plays.
 const CHILD: &str = "CARVE_SHIM_HOSTILE_CHILD";
-const MIB: usize = 1 << 20;
+const MEBIBYTE: usize = 1 << 20;
 /// The tenant's memory limit.
 const LIMIT_MIB: usize = 64;
 
@@ -290,15 +290,15 @@ impl Cuda {
         let prop = [0u8; 32];
         // Arrays of 4-byte elements: `bytes` / 4 wide (a 1-D array), or 1 MiB rows.
         let desc2 = CUDA_ARRAY_DESCRIPTOR {
-            Width: MIB / 4,
-            Height: bytes / MIB,
+            Width: MEBIBYTE / 4,
+            Height: bytes / MEBIBYTE,
             Format: CU_AD_FORMAT_FLOAT,
             NumChannels: 1,
         };
         let desc3 = CUDA_ARRAY3D_DESCRIPTOR {
-            Width: MIB / 4,
+            Width: MEBIBYTE / 4,
             Height: 1,
-            Depth: bytes / MIB,
+            Depth: bytes / MEBIBYTE,
             Format: CU_AD_FORMAT_FLOAT,
             NumChannels: 1,
             Flags: 0,
@@ -322,7 +322,7 @@ impl Cuda {
             freed("cuMemAllocManaged", r, d);
             let a: PFN_cuMemAllocPitch_v2 = self.sym(c"cuMemAllocPitch_v2");
             let mut pitch = 0usize;
-            let r = a(&mut d, &mut pitch, MIB, bytes / MIB, 4);
+            let r = a(&mut d, &mut pitch, MEBIBYTE, bytes / MEBIBYTE, 4);
             freed("cuMemAllocPitch_v2", r, d);
             for name in ["cuMemAllocAsync", "cuMemAllocAsync_ptsz"] {
                 let a: PFN_cuMemAllocAsync = self.sym(&CString::new(name).unwrap());
@@ -396,10 +396,10 @@ impl Cuda {
             let a: PFN_cuMemAlloc = self.sym(c"cuMemAlloc");
             out.push(("cuMemAlloc", a(&mut d32, bytes as c_uint)));
             let a: PFN_cuMemAllocPitch = self.sym(c"cuMemAllocPitch");
-            let rows = (bytes / MIB) as c_uint;
+            let rows = (bytes / MEBIBYTE) as c_uint;
             out.push((
                 "cuMemAllocPitch",
-                a(&mut d32, &mut pitch32, MIB as c_uint, rows, 4),
+                a(&mut d32, &mut pitch32, MEBIBYTE as c_uint, rows, 4),
             ));
             let a: PFN_cuArrayCreate = self.sym(c"cuArrayCreate");
             out.push(("cuArrayCreate", a(&mut array, &desc2)));
@@ -492,7 +492,7 @@ fn every_entry_point_fails_closed_whatever_the_environment_says() {
         let results = c
             .launch_everything()
             .into_iter()
-            .chain(c.allocate_everything(MIB));
+            .chain(c.allocate_everything(MEBIBYTE));
         for (name, r) in results {
             if r != CUDA_ERROR_NOT_PERMITTED || c.calls(name) != 0 {
                 problems.push(format!(
@@ -525,17 +525,17 @@ fn every_entry_point_is_scheduled_limited_or_refused() {
                 problems.push(format!("{name}: {r}, called {} time(s)", c.calls(name)));
             }
         }
-        for (name, r) in c.allocate_everything(96 * MIB) {
+        for (name, r) in c.allocate_everything(96 * MEBIBYTE) {
             if r != CUDA_ERROR_OUT_OF_MEMORY {
                 problems.push(format!("{name} of 96 MiB over a 64 MiB limit: {r}"));
             }
         }
-        for (name, r) in c.allocate_everything(16 * MIB) {
+        for (name, r) in c.allocate_everything(16 * MEBIBYTE) {
             if r != CUDA_SUCCESS {
                 problems.push(format!("{name} of 16 MiB: {r}"));
             }
         }
-        for (name, r) in c.refused_everything(96 * MIB) {
+        for (name, r) in c.refused_everything(96 * MEBIBYTE) {
             if r != CUDA_ERROR_NOT_SUPPORTED {
                 problems.push(format!("{name}: {r}, not refused"));
             }
@@ -564,7 +564,7 @@ fn released_memory_is_counted_until_unmapped() {
         let unmap: PFN_cuMemUnmap = c.sym(c"cuMemUnmap");
         let retain: PFN_cuMemRetainAllocationHandle = c.sym(c"cuMemRetainAllocationHandle");
         let prop = [0u8; 32];
-        let size = 40 * MIB;
+        let size = 40 * MEBIBYTE;
         let mut problems = Vec::new();
         let mut expect = |what: &str, r: CUresult, want: CUresult| {
             if r != want {
@@ -646,7 +646,7 @@ fn the_real_dlsym_cannot_be_looked_up() {
             let a = unsafe { std::mem::transmute::<Ptr, PFN_cuMemAlloc_v2>(a) };
             let mut d = 0u64;
             // SAFETY: a live out-pointer.
-            let r = unsafe { a(&mut d, 96 * MIB) };
+            let r = unsafe { a(&mut d, 96 * MEBIBYTE) };
             if r != CUDA_ERROR_OUT_OF_MEMORY {
                 problems.push(format!("{how}: cuMemAlloc_v2 of 96 MiB over 64: {r}"));
             }
@@ -740,7 +740,7 @@ fn the_preload_file_and_the_fixed_configuration_hold_without_the_environment() {
         let results = c
             .launch_everything()
             .into_iter()
-            .chain(c.allocate_everything(MIB));
+            .chain(c.allocate_everything(MEBIBYTE));
         for (name, r) in results {
             if r != CUDA_ERROR_NOT_PERMITTED {
                 problems.push(format!("{name}: {r}"));
