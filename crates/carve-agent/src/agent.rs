@@ -208,13 +208,32 @@ fn start_schedulers(
     cfg: &AgentConfig,
     inv: &Inventory,
 ) -> Result<HostPaths, InstallError> {
-    let mut old: Vec<Sched> =
-        std::mem::take(&mut *state.scheds.lock().unwrap_or_else(|p| p.into_inner()));
     let tokens_dir = cfg.run_dir.join("tokens");
+    let shim_dir = cfg.run_dir.join("shim");
     let mut host = HostPaths {
         shim: cfg.shim.clone(),
         ..HostPaths::default()
     };
+    // What the shim reads in a container: the preload list naming it and, per tenant, its
+    // configuration (mounted read-only by Allocate and the CDI spec).
+    let write = |path: PathBuf, text: String| -> Result<PathBuf, InstallError> {
+        std::fs::create_dir_all(&shim_dir)
+            .and_then(|()| std::fs::write(&path, text))
+            .map_err(|e| InstallError::Write {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(path)
+    };
+    if !inv.shared.is_empty() {
+        host.preload = Some(write(
+            shim_dir.join("ld.so.preload"),
+            crate::allocate::preload_file(),
+        )?);
+    }
+    // Taken only now: an error above leaves the running schedulers as they were.
+    let mut old: Vec<Sched> =
+        std::mem::take(&mut *state.scheds.lock().unwrap_or_else(|p| p.into_inner()));
     let mut scheds: Vec<Sched> = Vec::new();
     let start = |g: &crate::inventory::SharedGpu,
                  old: &mut Vec<Sched>,
@@ -226,6 +245,13 @@ fn start_schedulers(
                 t.name.clone(),
                 carve_sched::tokens::token_path(&tokens_dir, &t.name),
             );
+            let mut config = carve_sched::tokens::token_path(&shim_dir, &t.name).into_os_string();
+            config.push(".conf");
+            let config = write(
+                config.into(),
+                crate::allocate::shim_config(&t.name).render(),
+            )?;
+            host.shim_configs.insert(t.name.clone(), config);
         }
         let cannot = |message: String| InstallError::Scheduler {
             gpu: g.gpu_index,

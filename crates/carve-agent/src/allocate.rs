@@ -2,13 +2,17 @@
 //!
 //! - Every device: its UUID in `NVIDIA_VISIBLE_DEVICES` (the NVIDIA container runtime's
 //!   interface) and its CDI name (`carve.dev/gpu=<uuid>`) for runtimes that read CDI.
-//! - A time-sliced share additionally gets the shim preloaded (`LD_PRELOAD`), the scheduler's
-//!   socket and its tenant's token mounted read-only, and the shim's environment
-//!   (`carve_sched_proto::ENV_*`), so that every CUDA launch in the container waits for its
-//!   tenant's turn and its memory stays under the limit.
+//! - A time-sliced share additionally gets, all mounted read-only but the socket: the shim,
+//!   `/etc/ld.so.preload` naming it (so every process in the container loads it, whatever its
+//!   environment: unsetting `LD_PRELOAD` does nothing), the shim's configuration at
+//!   `carve_sched_proto::SHIM_CONFIG` (the scheduler's socket, the tenant, its token file and
+//!   fail mode closed: a file the tenant cannot change, which the shim reads instead of the
+//!   environment), the scheduler's socket and the tenant's token. So every CUDA launch in the
+//!   container waits for its tenant's turn and its memory stays under the limit, and losing the
+//!   scheduler stops the tenant's GPU work rather than freeing it.
 
 use crate::inventory::{DeviceKind, Inventory};
-use carve_sched_proto::{ENV_SCHED_SOCKET, ENV_TENANT, ENV_TOKEN_FILE};
+use carve_sched_proto::{ShimConfig, FAIL_CLOSED, SHIM_CONFIG};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -17,6 +21,8 @@ pub const CONTAINER_SHIM: &str = "/usr/local/carve/libcarve_shim.so";
 /// The scheduler's socket: where the shim looks when `CARVE_SCHED_SOCKET` is unset.
 pub const CONTAINER_SCHED_SOCKET: &str = carve_sched_proto::DEFAULT_SOCKET;
 pub const CONTAINER_TOKEN: &str = "/run/carve/token";
+/// The dynamic linker's list of libraries every program loads (glibc's `/etc/ld.so.preload`).
+pub const CONTAINER_PRELOAD: &str = "/etc/ld.so.preload";
 /// CDI kind of carve's devices.
 pub const CDI_KIND: &str = "carve.dev/gpu";
 
@@ -29,6 +35,10 @@ pub struct HostPaths {
     pub sched_sockets: BTreeMap<u32, PathBuf>,
     /// The token file of each tenant.
     pub tokens: BTreeMap<String, PathBuf>,
+    /// The shim's configuration file of each tenant ([`shim_config`]).
+    pub shim_configs: BTreeMap<String, PathBuf>,
+    /// The `ld.so.preload` file naming the shim ([`preload_file`]).
+    pub preload: Option<PathBuf>,
     /// The driver's device nodes (for the CDI spec).
     pub nodes: crate::host::DeviceNodes,
 }
@@ -46,6 +56,22 @@ pub struct Allocation {
     pub envs: BTreeMap<String, String>,
     pub mounts: Vec<Mount>,
     pub cdi_devices: Vec<String>,
+}
+
+/// The shim's configuration in a container of `tenant`: the paths Allocate mounts, and fail
+/// closed (the operator's choice for a share: losing the scheduler never frees the tenant).
+pub fn shim_config(tenant: &str) -> ShimConfig {
+    ShimConfig {
+        socket: CONTAINER_SCHED_SOCKET.into(),
+        tenant: tenant.into(),
+        token_file: Some(CONTAINER_TOKEN.into()),
+        fail: FAIL_CLOSED.into(),
+    }
+}
+
+/// The text of the `ld.so.preload` file mounted at [`CONTAINER_PRELOAD`].
+pub fn preload_file() -> String {
+    format!("{CONTAINER_SHIM}\n")
 }
 
 /// Why an allocation is refused.
@@ -126,27 +152,24 @@ pub fn allocate(
             .tokens
             .get(t)
             .ok_or_else(|| AllocError::Unavailable(format!("no token for tenant '{t}'")))?;
-        a.envs.insert("LD_PRELOAD".into(), CONTAINER_SHIM.into());
-        a.envs
-            .insert(ENV_SCHED_SOCKET.into(), CONTAINER_SCHED_SOCKET.into());
-        a.envs.insert(ENV_TENANT.into(), t.to_string());
-        a.envs.insert(ENV_TOKEN_FILE.into(), CONTAINER_TOKEN.into());
+        let config = host.shim_configs.get(t).ok_or_else(|| {
+            AllocError::Unavailable(format!("no shim configuration for tenant '{t}'"))
+        })?;
+        let preload = host
+            .preload
+            .as_ref()
+            .ok_or_else(|| AllocError::Unavailable("no ld.so.preload file for the shim".into()))?;
+        let mount = |host: &PathBuf, container: &str, read_only: bool| Mount {
+            host: host.clone(),
+            container: container.into(),
+            read_only,
+        };
         a.mounts = vec![
-            Mount {
-                host: shim.clone(),
-                container: CONTAINER_SHIM.into(),
-                read_only: true,
-            },
-            Mount {
-                host: sock.clone(),
-                container: CONTAINER_SCHED_SOCKET.into(),
-                read_only: false,
-            },
-            Mount {
-                host: token.clone(),
-                container: CONTAINER_TOKEN.into(),
-                read_only: true,
-            },
+            mount(shim, CONTAINER_SHIM, true),
+            mount(preload, CONTAINER_PRELOAD, true),
+            mount(config, SHIM_CONFIG, true),
+            mount(sock, CONTAINER_SCHED_SOCKET, false),
+            mount(token, CONTAINER_TOKEN, true),
         ];
     }
     Ok(a)

@@ -2,17 +2,18 @@
 //! (containerd ≥ 1.7, CRI-O ≥ 1.24) injects for `carve.dev/gpu=<name>`.
 //!
 //! Each GPU is named twice, by UUID and by index (`0`); each MIG device by UUID and by
-//! `<gpu>:<mig index>`; each time-sliced tenant gets `tenant-<name>`, which adds the shim, the
-//! scheduler socket and the tenant's token. Device nodes: `/dev/nvidia<minor>` (the driver's
+//! `<gpu>:<mig index>`; each time-sliced tenant gets `tenant-<name>`, which mounts what Allocate
+//! mounts (`crate::allocate`): the shim, `/etc/ld.so.preload` naming it, the shim's
+//! configuration (fail closed), the scheduler socket and the tenant's token. Device nodes: `/dev/nvidia<minor>` (the driver's
 //! minor number where `/proc` tells it, else the index), a MIG device's capability devices
 //! (`/dev/nvidia-caps/nvidia-cap<N>`) where the driver lists them, and `/dev/nvidiactl`,
 //! `/dev/nvidia-uvm` for all.
 
 use crate::allocate::{
-    HostPaths, CDI_KIND, CONTAINER_SCHED_SOCKET, CONTAINER_SHIM, CONTAINER_TOKEN,
+    HostPaths, CDI_KIND, CONTAINER_PRELOAD, CONTAINER_SCHED_SOCKET, CONTAINER_SHIM, CONTAINER_TOKEN,
 };
 use crate::inventory::{DeviceKind, Inventory};
-use carve_sched_proto::{ENV_SCHED_SOCKET, ENV_TENANT, ENV_TOKEN_FILE};
+use carve_sched_proto::SHIM_CONFIG;
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -61,30 +62,28 @@ pub fn spec(inv: &Inventory, host: &HostPaths) -> Value {
             }
         }
     }
-    if let Some(shim) = &host.shim {
+    if let (Some(shim), Some(preload)) = (&host.shim, &host.preload) {
         for g in &inv.shared {
             let Some(sock) = host.sched_sockets.get(&g.gpu_index) else {
                 continue;
             };
             for t in g.schedule.tenants.iter().map(|t| &t.name) {
-                let Some(token) = host.tokens.get(t) else {
+                let (Some(token), Some(config)) = (host.tokens.get(t), host.shim_configs.get(t))
+                else {
                     continue;
                 };
+                let ro = ["ro", "nosuid", "nodev", "bind"];
                 devices.push(json!({
                     "name": format!("tenant-{}", crate::cdi::safe(t)),
                     "containerEdits": {
-                        "env": [
-                            format!("NVIDIA_VISIBLE_DEVICES={}", g.gpu_uuid),
-                            format!("LD_PRELOAD={CONTAINER_SHIM}"),
-                            format!("{ENV_SCHED_SOCKET}={CONTAINER_SCHED_SOCKET}"),
-                            format!("{ENV_TENANT}={t}"),
-                            format!("{ENV_TOKEN_FILE}={CONTAINER_TOKEN}"),
-                        ],
+                        "env": [format!("NVIDIA_VISIBLE_DEVICES={}", g.gpu_uuid)],
                         "deviceNodes": [node(&host.nodes.gpu_node(g.gpu_index))],
                         "mounts": [
-                            {"hostPath": shim, "containerPath": CONTAINER_SHIM, "options": ["ro", "nosuid", "nodev", "bind"]},
+                            {"hostPath": shim, "containerPath": CONTAINER_SHIM, "options": ro},
+                            {"hostPath": preload, "containerPath": CONTAINER_PRELOAD, "options": ro},
+                            {"hostPath": config, "containerPath": SHIM_CONFIG, "options": ro},
                             {"hostPath": sock, "containerPath": CONTAINER_SCHED_SOCKET, "options": ["rw", "nosuid", "nodev", "bind"]},
-                            {"hostPath": token, "containerPath": CONTAINER_TOKEN, "options": ["ro", "nosuid", "nodev", "bind"]},
+                            {"hostPath": token, "containerPath": CONTAINER_TOKEN, "options": ro},
                         ],
                     }
                 }));

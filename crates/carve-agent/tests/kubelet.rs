@@ -3,6 +3,7 @@
 //! planned from a tenancy; health is injected the way `carve sim xid` does.
 
 use carve_agent::agent::{self, GpuNode, Handle};
+use carve_agent::allocate::{CONTAINER_PRELOAD, CONTAINER_SCHED_SOCKET, CONTAINER_SHIM};
 use carve_agent::inventory::Options;
 use carve_agent::plugin::unix_channel;
 use carve_agent::proto::device_plugin_client::DevicePluginClient;
@@ -449,15 +450,35 @@ async fn registers_lists_allocates_and_reregisters() {
     let r = &a.container_responses[0];
     let gpu = list.devices[3].id.split("::").next().unwrap();
     assert_eq!(r.envs["NVIDIA_VISIBLE_DEVICES"], gpu);
-    assert_eq!(r.envs[carve_sched_proto::ENV_TENANT], "notebooks");
-    assert_eq!(r.envs["LD_PRELOAD"], "/usr/local/carve/libcarve_shim.so");
+    // No shim environment: a tenant could change that. The shim is in /etc/ld.so.preload and
+    // reads its configuration from a file; both, like the token, are mounted read-only.
+    assert!(
+        r.envs.keys().all(|k| k == "NVIDIA_VISIBLE_DEVICES"),
+        "{:?}",
+        r.envs
+    );
     let mounts: BTreeMap<&str, &str> = r
         .mounts
         .iter()
         .map(|m| (m.container_path.as_str(), m.host_path.as_str()))
         .collect();
-    let sock = mounts[r.envs[carve_sched_proto::ENV_SCHED_SOCKET].as_str()];
-    let token = mounts[r.envs[carve_sched_proto::ENV_TOKEN_FILE].as_str()];
+    assert!(r
+        .mounts
+        .iter()
+        .all(|m| m.read_only == (m.container_path != CONTAINER_SCHED_SOCKET)));
+    assert_eq!(
+        std::fs::read_to_string(mounts[CONTAINER_PRELOAD]).unwrap(),
+        format!("{CONTAINER_SHIM}\n")
+    );
+    assert!(mounts.contains_key(CONTAINER_SHIM));
+    let config = carve_sched_proto::ShimConfig::parse(
+        &std::fs::read_to_string(mounts[carve_sched_proto::SHIM_CONFIG]).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config.tenant, "notebooks");
+    assert_eq!(config.fail, carve_sched_proto::FAIL_CLOSED);
+    let sock = mounts[config.socket.as_str()];
+    let token = mounts[config.token_file.as_deref().unwrap()];
     assert!(std::os::unix::fs::FileTypeExt::is_socket(
         &std::fs::metadata(sock).unwrap().file_type()
     ));
@@ -590,8 +611,10 @@ async fn health_changes_reach_list_and_watch_fast() {
             "round {round}"
         );
     }
+    // Typically a few milliseconds (the figure printed); the bound is loose so that a loaded CI
+    // machine does not fail it, yet far below a polling agent's seconds.
     eprintln!("slowest health change to reach ListAndWatch: {worst:?}");
-    assert!(worst < Duration::from_millis(100), "took {worst:?}");
+    assert!(worst < Duration::from_millis(1000), "took {worst:?}");
 
     // An XID on a whole GPU takes down every device on it, and only those.
     let truth = node_truth(&s.state);

@@ -1,13 +1,17 @@
 //! The pure parts of the agent: inventory, Allocate's answer, preferred allocation, labels and
 //! the CDI spec, on simulated nodes laid out through `carve apply`'s engine.
 
-use carve_agent::allocate::{allocate, AllocError, HostPaths};
+use carve_agent::allocate::{
+    allocate, preload_file, shim_config, AllocError, HostPaths, CONTAINER_PRELOAD,
+    CONTAINER_SCHED_SOCKET, CONTAINER_SHIM, CONTAINER_TOKEN,
+};
 use carve_agent::inventory::{
     endpoint_of, inventory, prefer, valid_resource_name, DeviceKind, MigStrategy, Options,
     Preference,
 };
 use carve_apply::Observed;
 use carve_model::Catalog;
+use carve_sched_proto::{FAIL_CLOSED, SHIM_CONFIG};
 use carve_simnode::SimBackend;
 use carve_state::Store;
 use proptest::prelude::*;
@@ -274,8 +278,11 @@ fn host_for(inv: &carve_agent::inventory::Inventory) -> HostPaths {
         for t in g.schedule.tenants.iter().map(|t| &t.name) {
             h.tokens
                 .insert(t.clone(), format!("/run/carve/tokens/{t}").into());
+            h.shim_configs
+                .insert(t.clone(), format!("/run/carve/shim/{t}.conf").into());
         }
     }
+    h.preload = Some("/run/carve/shim/ld.so.preload".into());
     h
 }
 
@@ -312,9 +319,57 @@ fn allocate_answers_and_refusals() {
     assert!(matches!(e, AllocError::Invalid(_)), "{e}");
     // One replica: its tenant's identity.
     let a = allocate(&inv, "nvidia.com/gpu", &shares[1..2], &host).unwrap();
-    assert_eq!(a.envs[carve_sched_proto::ENV_TENANT], "gpu2-r1");
     assert_eq!(a.envs["NVIDIA_VISIBLE_DEVICES"], obs[2].info.uuid);
-    assert_eq!(a.mounts.len(), 3);
+    // The shim's setup is files, mounted read-only (but the socket): nothing in the environment,
+    // which the tenant controls.
+    assert_eq!(a.envs.len(), 1);
+    let mounts: BTreeMap<&str, (&str, bool)> = a
+        .mounts
+        .iter()
+        .map(|m| {
+            (
+                m.container.as_str(),
+                (m.host.to_str().unwrap(), m.read_only),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mounts,
+        BTreeMap::from([
+            (CONTAINER_SHIM, ("/opt/carve/libcarve_shim.so", true)),
+            (CONTAINER_PRELOAD, ("/run/carve/shim/ld.so.preload", true)),
+            (SHIM_CONFIG, ("/run/carve/shim/gpu2-r1.conf", true)),
+            (
+                CONTAINER_SCHED_SOCKET,
+                ("/run/carve/sched-gpu2.sock", false)
+            ),
+            (CONTAINER_TOKEN, ("/run/carve/tokens/gpu2-r1", true)),
+        ])
+    );
+    // What those files say: the shim by its container path, and this tenant, failing closed.
+    assert_eq!(preload_file(), format!("{CONTAINER_SHIM}\n"));
+    let c = shim_config("gpu2-r1");
+    assert_eq!(
+        (c.tenant.as_str(), c.fail.as_str(), c.socket.as_str()),
+        ("gpu2-r1", FAIL_CLOSED, CONTAINER_SCHED_SOCKET)
+    );
+    assert_eq!(c.token_file.as_deref(), Some(CONTAINER_TOKEN));
+    // Without the preload file or the tenant's configuration a share is refused.
+    for host in [
+        HostPaths {
+            preload: None,
+            ..host.clone()
+        },
+        HostPaths {
+            shim_configs: BTreeMap::new(),
+            ..host.clone()
+        },
+    ] {
+        assert!(matches!(
+            allocate(&inv, "nvidia.com/gpu", &shares[1..2], &host),
+            Err(AllocError::Unavailable(_))
+        ));
+    }
     // Without a shim a share is refused, never handed out unenforced.
     let no_shim = HostPaths {
         shim: None,
@@ -407,6 +462,47 @@ fn labels_and_cdi_describe_the_node() {
     for t in ["gpu2-r0", "gpu2-r1", "gpu2-r2"] {
         assert!(names.contains(&format!("tenant-{t}")));
     }
+    // A tenant's device mounts what Allocate mounts, and sets no shim environment.
+    let dev = spec["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "tenant-gpu2-r1")
+        .unwrap();
+    let edits = &dev["containerEdits"];
+    assert_eq!(edits["env"].as_array().unwrap().len(), 1);
+    let mounts: BTreeMap<&str, (&str, &str)> = edits["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["containerPath"].as_str().unwrap(),
+                (
+                    m["hostPath"].as_str().unwrap(),
+                    m["options"][0].as_str().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mounts[CONTAINER_PRELOAD],
+        ("/run/carve/shim/ld.so.preload", "ro")
+    );
+    assert_eq!(mounts[SHIM_CONFIG], ("/run/carve/shim/gpu2-r1.conf", "ro"));
+    assert_eq!(mounts[CONTAINER_TOKEN].1, "ro");
+    assert_eq!(mounts[CONTAINER_SCHED_SOCKET].1, "rw");
+    // Without the preload file no tenant device is offered.
+    let no_preload = HostPaths {
+        preload: None,
+        ..host.clone()
+    };
+    let spec = carve_agent::cdi::spec(&inv, &no_preload);
+    assert!(!spec["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["name"].as_str().unwrap().starts_with("tenant-")));
     assert!(names.contains("0:0") && names.contains("2"));
 }
 

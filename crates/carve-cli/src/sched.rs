@@ -220,7 +220,10 @@ pub(crate) fn shim_path() -> Result<PathBuf, Failure> {
     find_shim().map_err(|e| Failure::failed(e.message()))
 }
 
-/// `carve run`: runs a command with the shim preloaded, as a tenant of a scheduler.
+/// `carve run`: runs a command with the shim preloaded, as a tenant of a scheduler. The shim
+/// is configured through the environment, which is only as trustworthy as whoever starts the
+/// command (the operator of a bare-metal host); in containers the agent mounts a read-only
+/// configuration file and `/etc/ld.so.preload` instead.
 pub fn run_cmd(
     tenant: &str,
     socket: &Path,
@@ -244,8 +247,16 @@ pub fn run_cmd(
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|p| !p.is_empty()) {
         preload = format!("{preload}:{}", old.to_string_lossy());
     }
+    if Path::new(proto::SHIM_CONFIG).exists() {
+        // The shim reads that file instead of the environment (see carve-shim).
+        eprintln!(
+            "carve run: {} exists and configures the shim; --tenant, --socket, --token-file and --fail are not used",
+            proto::SHIM_CONFIG
+        );
+    }
     let mut cmd = std::process::Command::new(prog);
     cmd.args(args)
+        .env_remove(proto::ENV_SHIM_CONFIG)
         .env("LD_PRELOAD", preload)
         .env(ENV_SCHED_SOCKET, socket)
         .env(ENV_TENANT, tenant)

@@ -5,10 +5,13 @@
 //! tenant; it uses the HTTP API and metrics, injects an XID with `carve sim xid`, and stops the
 //! agent with SIGINT.
 
+use carve_agent::allocate::CONTAINER_PRELOAD;
 use carve_agent::plugin::unix_channel;
 use carve_agent::proto::device_plugin_client::DevicePluginClient;
 use carve_agent::proto::{AllocateRequest, ContainerAllocateRequest, Empty};
-use carve_sched_proto::{ENV_FAIL, ENV_SCHED_SOCKET, ENV_TENANT, ENV_TOKEN_FILE};
+use carve_sched_proto::{
+    ShimConfig, ENV_FAIL, ENV_SCHED_SOCKET, ENV_SHIM_CONFIG, ENV_TENANT, FAIL_CLOSED, FAIL_OPEN,
+};
 use carve_test_support::cli::{assert_success, read_ready, signal};
 use carve_test_support::fake_cuda::WORKLOAD_BIN;
 use carve_test_support::fake_cuda::{install_libcuda, stand_artifacts, FAKE_CUDA_LIB, SHIM_LIB};
@@ -71,9 +74,9 @@ fn up_serves_allocates_and_enforces() {
         .into_inner()
     });
     let r = &resp.container_responses[0];
-    assert_eq!(r.envs[ENV_TENANT], "notebooks");
-    // The "container": carve-workload with Allocate's environment, container paths mapped to the
-    // host paths Allocate mounts there.
+    // The "container": carve-workload as the mounts make it. The shim comes from the mounted
+    // /etc/ld.so.preload, its configuration from the mounted file, read as the shim reads it,
+    // with each container path it names mapped to the host path Allocate mounts there.
     let host = |container: &str| -> String {
         r.mounts
             .iter()
@@ -81,14 +84,26 @@ fn up_serves_allocates_and_enforces() {
             .map(|m| m.host_path.clone())
             .unwrap_or_else(|| panic!("no mount for {container}"))
     };
+    let preload = std::fs::read_to_string(host(CONTAINER_PRELOAD)).unwrap();
+    let mut config =
+        ShimConfig::parse(&std::fs::read_to_string(host(carve_sched_proto::SHIM_CONFIG)).unwrap())
+            .unwrap();
+    assert_eq!(
+        (config.tenant.as_str(), config.fail.as_str()),
+        ("notebooks", FAIL_CLOSED)
+    );
+    config.socket = host(&config.socket);
+    config.token_file = config.token_file.as_deref().map(host);
+    std::fs::write(dir.join("shim.conf"), config.render()).unwrap();
     let spin = Command::new(a.join(WORKLOAD_BIN))
         .args(["--kernel-us", "300", "--seconds", "0.5", "--json"])
         .env("LD_LIBRARY_PATH", dir.join("lib"))
-        .env("LD_PRELOAD", host(&r.envs["LD_PRELOAD"]))
-        .env(ENV_SCHED_SOCKET, host(&r.envs[ENV_SCHED_SOCKET]))
-        .env(ENV_TOKEN_FILE, host(&r.envs[ENV_TOKEN_FILE]))
-        .env(ENV_TENANT, &r.envs[ENV_TENANT])
-        .env(ENV_FAIL, carve_sched_proto::FAIL_CLOSED)
+        .env("LD_PRELOAD", host(preload.trim()))
+        .env(ENV_SHIM_CONFIG, dir.join("shim.conf"))
+        // The tenant's own environment lies; the configuration file wins.
+        .env(ENV_SCHED_SOCKET, dir.join("no-such.sock"))
+        .env(ENV_TENANT, "ci")
+        .env(ENV_FAIL, FAIL_OPEN)
         .env("NVIDIA_VISIBLE_DEVICES", &r.envs["NVIDIA_VISIBLE_DEVICES"])
         .output()
         .unwrap();

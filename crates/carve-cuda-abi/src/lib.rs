@@ -84,6 +84,14 @@ opaque! {
     CUarray_st => CUarray;
     /// `CUgraphExec`: an executable graph (`struct CUgraphExec_st *`).
     CUgraphExec_st => CUgraphExec;
+    /// `CUgraph`: a graph being built (`struct CUgraph_st *`).
+    CUgraph_st => CUgraph;
+    /// `CUgraphNode`: a node of a graph (`struct CUgraphNode_st *`).
+    CUgraphNode_st => CUgraphNode;
+    /// `CUmemoryPool`: a memory pool (`struct CUmemPoolHandle_st *`).
+    CUmemPoolHandle_st => CUmemoryPool;
+    /// `CUmipmappedArray`: a mipmapped array (`struct CUmipmappedArray_st *`).
+    CUmipmappedArray_st => CUmipmappedArray;
 }
 
 opaque_struct!(
@@ -95,6 +103,14 @@ opaque_struct!(
     /// `CUlaunchAttribute`: one attribute of a `cuLaunchKernelEx` launch (opaque here).
     CUlaunchAttribute
 );
+opaque_struct!(
+    /// `CUmemAccessDesc`: who may access a mapping (opaque here).
+    CUmemAccessDesc
+);
+opaque_struct!(
+    /// `CUgraphEdgeData`: the data of a graph edge (`cuGraphAddNode_v2`; opaque here).
+    CUgraphEdgeData
+);
 
 /// `CUdevice`: a device ordinal (`int`).
 pub type CUdevice = c_int;
@@ -102,6 +118,9 @@ pub type CUdevice = c_int;
 pub type CUdevice_attribute = c_int;
 /// `CUdeviceptr`: a device address (`unsigned long long` on 64-bit hosts).
 pub type CUdeviceptr = u64;
+/// `CUdeviceptr_v1`: the 32-bit device address of the API before CUDA 3.2 (`unsigned int`),
+/// taken by the unversioned names (`cuMemAlloc`, ...) the driver still exports.
+pub type CUdeviceptr_v1 = c_uint;
 /// `CUmemGenericAllocationHandle`: what `cuMemCreate` returns (`unsigned long long`).
 pub type CUmemGenericAllocationHandle = u64;
 /// `CUarray_format` (an enum): the element type of a CUDA array.
@@ -115,6 +134,25 @@ pub const CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT: CUdriverProcAddressQueryRe
 
 /// `cuGetProcAddress` flags: no stream-semantics override (the default).
 pub const CU_GET_PROC_ADDRESS_DEFAULT: u64 = 0;
+/// `cuGetProcAddress` flags: the legacy default stream's variant of a function.
+pub const CU_GET_PROC_ADDRESS_LEGACY_STREAM: u64 = 1;
+/// `cuGetProcAddress` flags: the per-thread default stream's variant (`_ptsz`/`_ptds`).
+pub const CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM: u64 = 2;
+
+/// `CUstreamCaptureStatus` (an enum): whether a stream is being captured into a graph.
+pub type CUstreamCaptureStatus = c_int;
+pub const CU_STREAM_CAPTURE_STATUS_NONE: CUstreamCaptureStatus = 0;
+pub const CU_STREAM_CAPTURE_STATUS_ACTIVE: CUstreamCaptureStatus = 1;
+pub const CU_STREAM_CAPTURE_STATUS_INVALIDATED: CUstreamCaptureStatus = 2;
+/// `CUstreamCaptureMode` (an enum).
+pub type CUstreamCaptureMode = c_int;
+pub const CU_STREAM_CAPTURE_MODE_GLOBAL: CUstreamCaptureMode = 0;
+
+/// `CUgraphNodeType` (an enum): what a graph node does.
+pub type CUgraphNodeType = c_int;
+pub const CU_GRAPH_NODE_TYPE_KERNEL: CUgraphNodeType = 0;
+/// A node that allocates device memory each time its graph runs.
+pub const CU_GRAPH_NODE_TYPE_MEM_ALLOC: CUgraphNodeType = 10;
 
 /// CUDA 12.0 in the driver's version encoding (1000 × major + 10 × minor): the version carve
 /// asks `cuGetProcAddress` for (the `_v2` memory functions), and the first in which the name
@@ -152,6 +190,110 @@ pub struct CUDA_ARRAY_DESCRIPTOR {
     pub Height: usize,
     pub Format: CUarray_format,
     pub NumChannels: c_uint,
+}
+
+/// `CUDA_ARRAY3D_DESCRIPTOR`: what `cuArray3DCreate` and `cuMipmappedArrayCreate` make. `Height`
+/// 0 is one-dimensional, `Depth` 0 two-dimensional; a layered or cubemap array's layers are its
+/// `Depth`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CUDA_ARRAY3D_DESCRIPTOR {
+    pub Width: usize,
+    pub Height: usize,
+    pub Depth: usize,
+    pub Format: CUarray_format,
+    pub NumChannels: c_uint,
+    pub Flags: c_uint,
+}
+
+/// `CUDA_ARRAY_DESCRIPTOR_v1`: the pre-3.2 descriptor of the unversioned `cuArrayCreate`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CUDA_ARRAY_DESCRIPTOR_v1 {
+    pub Width: c_uint,
+    pub Height: c_uint,
+    pub Format: CUarray_format,
+    pub NumChannels: c_uint,
+}
+
+/// `CUDA_ARRAY3D_DESCRIPTOR_v1`: the pre-3.2 descriptor of the unversioned `cuArray3DCreate`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CUDA_ARRAY3D_DESCRIPTOR_v1 {
+    pub Width: c_uint,
+    pub Height: c_uint,
+    pub Depth: c_uint,
+    pub Format: CUarray_format,
+    pub NumChannels: c_uint,
+    pub Flags: c_uint,
+}
+
+/// `CUDA_LAUNCH_PARAMS`: one device's launch of `cuLaunchCooperativeKernelMultiDevice`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CUDA_LAUNCH_PARAMS {
+    pub function: CUfunction,
+    pub gridDimX: c_uint,
+    pub gridDimY: c_uint,
+    pub gridDimZ: c_uint,
+    pub blockDimX: c_uint,
+    pub blockDimY: c_uint,
+    pub blockDimZ: c_uint,
+    pub sharedMemBytes: c_uint,
+    pub hStream: CUstream,
+    pub kernelParams: VoidPtrPtr,
+}
+
+/// `CUmemLocation`: where memory is (type and id).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CUmemLocation {
+    pub type_: c_int,
+    pub id: c_int,
+}
+
+/// `CUmemPoolProps`: the properties of a memory pool.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CUmemPoolProps {
+    pub allocType: c_int,
+    pub handleTypes: c_int,
+    pub location: CUmemLocation,
+    pub win32SecurityAttributes: *mut c_void,
+    pub maxSize: usize,
+    pub usage: u16,
+    pub reserved: [u8; 54],
+}
+
+/// `CUDA_MEM_ALLOC_NODE_PARAMS` (and `_v2`, the same layout): a graph node that allocates
+/// `bytesize` bytes each time its graph runs; the driver writes the address to `dptr`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CUDA_MEM_ALLOC_NODE_PARAMS {
+    pub poolProps: CUmemPoolProps,
+    pub accessDescs: *const CUmemAccessDesc,
+    pub accessDescCount: usize,
+    pub bytesize: usize,
+    pub dptr: CUdeviceptr,
+}
+
+/// The parameters of one node of any type (`CUgraphNodeParams`, CUDA 12.2): the type first,
+/// then the type's parameters in a union of 232 bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CUgraphNodeParams {
+    pub type_: CUgraphNodeType,
+    pub reserved0: [c_int; 3],
+    pub params: CUgraphNodeParamsUnion,
+    pub reserved2: i64,
+}
+
+/// The union of `CUgraphNodeParams` (only the member carve reads is declared).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union CUgraphNodeParamsUnion {
+    pub reserved1: [i64; 29],
+    pub alloc: CUDA_MEM_ALLOC_NODE_PARAMS,
 }
 
 /// `CUlaunchConfig`: the launch of `cuLaunchKernelEx`.
@@ -239,6 +381,63 @@ pub type PFN_cuMemCreate = unsafe extern "C" fn(
     flags: u64,
 ) -> CUresult;
 pub type PFN_cuMemRelease = unsafe extern "C" fn(handle: CUmemGenericAllocationHandle) -> CUresult;
+pub type PFN_cuMemAddressReserve = unsafe extern "C" fn(
+    ptr: *mut CUdeviceptr,
+    size: usize,
+    alignment: usize,
+    addr: CUdeviceptr,
+    flags: u64,
+) -> CUresult;
+pub type PFN_cuMemAddressFree = unsafe extern "C" fn(ptr: CUdeviceptr, size: usize) -> CUresult;
+pub type PFN_cuMemMap = unsafe extern "C" fn(
+    ptr: CUdeviceptr,
+    size: usize,
+    offset: usize,
+    handle: CUmemGenericAllocationHandle,
+    flags: u64,
+) -> CUresult;
+pub type PFN_cuMemUnmap = unsafe extern "C" fn(ptr: CUdeviceptr, size: usize) -> CUresult;
+pub type PFN_cuMemRetainAllocationHandle =
+    unsafe extern "C" fn(handle: *mut CUmemGenericAllocationHandle, addr: *mut c_void) -> CUresult;
+pub type PFN_cuDeviceGetDefaultMemPool =
+    unsafe extern "C" fn(pool_out: *mut CUmemoryPool, dev: CUdevice) -> CUresult;
+pub type PFN_cuMemAllocFromPoolAsync = unsafe extern "C" fn(
+    dptr: *mut CUdeviceptr,
+    bytesize: usize,
+    pool: CUmemoryPool,
+    hStream: CUstream,
+) -> CUresult;
+pub type PFN_cuArray3DCreate_v2 = unsafe extern "C" fn(
+    pHandle: *mut CUarray,
+    pAllocateArray: *const CUDA_ARRAY3D_DESCRIPTOR,
+) -> CUresult;
+pub type PFN_cuMipmappedArrayCreate = unsafe extern "C" fn(
+    pHandle: *mut CUmipmappedArray,
+    pMipmappedArrayDesc: *const CUDA_ARRAY3D_DESCRIPTOR,
+    numMipmapLevels: c_uint,
+) -> CUresult;
+pub type PFN_cuMipmappedArrayDestroy =
+    unsafe extern "C" fn(hMipmappedArray: CUmipmappedArray) -> CUresult;
+
+// The unversioned names of the API before CUDA 3.2 (32-bit sizes and device addresses), which
+// the driver still exports for old binaries.
+pub type PFN_cuMemAlloc =
+    unsafe extern "C" fn(dptr: *mut CUdeviceptr_v1, bytesize: c_uint) -> CUresult;
+pub type PFN_cuMemAllocPitch = unsafe extern "C" fn(
+    dptr: *mut CUdeviceptr_v1,
+    pPitch: *mut c_uint,
+    WidthInBytes: c_uint,
+    Height: c_uint,
+    ElementSizeBytes: c_uint,
+) -> CUresult;
+pub type PFN_cuArrayCreate = unsafe extern "C" fn(
+    pHandle: *mut CUarray,
+    pAllocateArray: *const CUDA_ARRAY_DESCRIPTOR_v1,
+) -> CUresult;
+pub type PFN_cuArray3DCreate = unsafe extern "C" fn(
+    pHandle: *mut CUarray,
+    pAllocateArray: *const CUDA_ARRAY3D_DESCRIPTOR_v1,
+) -> CUresult;
 pub type PFN_cuArrayCreate_v2 = unsafe extern "C" fn(
     pHandle: *mut CUarray,
     pAllocateArray: *const CUDA_ARRAY_DESCRIPTOR,
@@ -285,6 +484,64 @@ pub type PFN_cuLaunchKernelEx = unsafe extern "C" fn(
 pub type PFN_cuGraphLaunch =
     unsafe extern "C" fn(hGraphExec: CUgraphExec, hStream: CUstream) -> CUresult;
 pub type PFN_cuGraphExecDestroy = unsafe extern "C" fn(hGraphExec: CUgraphExec) -> CUresult;
+pub type PFN_cuLaunchCooperativeKernelMultiDevice = unsafe extern "C" fn(
+    launchParamsList: *mut CUDA_LAUNCH_PARAMS,
+    numDevices: c_uint,
+    flags: c_uint,
+) -> CUresult;
+/// The launches of the API before CUDA 4.0 (parameters set beforehand with `cuParamSet*`).
+pub type PFN_cuLaunch = unsafe extern "C" fn(f: CUfunction) -> CUresult;
+pub type PFN_cuLaunchGrid =
+    unsafe extern "C" fn(f: CUfunction, grid_width: c_int, grid_height: c_int) -> CUresult;
+pub type PFN_cuLaunchGridAsync = unsafe extern "C" fn(
+    f: CUfunction,
+    grid_width: c_int,
+    grid_height: c_int,
+    hStream: CUstream,
+) -> CUresult;
+
+pub type PFN_cuGraphCreate = unsafe extern "C" fn(phGraph: *mut CUgraph, flags: c_uint) -> CUresult;
+pub type PFN_cuGraphDestroy = unsafe extern "C" fn(hGraph: CUgraph) -> CUresult;
+pub type PFN_cuGraphAddMemAllocNode = unsafe extern "C" fn(
+    phGraphNode: *mut CUgraphNode,
+    hGraph: CUgraph,
+    dependencies: *const CUgraphNode,
+    numDependencies: usize,
+    nodeParams: *mut CUDA_MEM_ALLOC_NODE_PARAMS,
+) -> CUresult;
+pub type PFN_cuGraphAddNode = unsafe extern "C" fn(
+    phGraphNode: *mut CUgraphNode,
+    hGraph: CUgraph,
+    dependencies: *const CUgraphNode,
+    numDependencies: usize,
+    nodeParams: *mut CUgraphNodeParams,
+) -> CUresult;
+pub type PFN_cuGraphAddNode_v2 = unsafe extern "C" fn(
+    phGraphNode: *mut CUgraphNode,
+    hGraph: CUgraph,
+    dependencies: *const CUgraphNode,
+    dependencyData: *const CUgraphEdgeData,
+    numDependencies: usize,
+    nodeParams: *mut CUgraphNodeParams,
+) -> CUresult;
+pub type PFN_cuStreamBeginCapture_v2 =
+    unsafe extern "C" fn(hStream: CUstream, mode: CUstreamCaptureMode) -> CUresult;
+pub type PFN_cuStreamEndCapture =
+    unsafe extern "C" fn(hStream: CUstream, phGraph: *mut CUgraph) -> CUresult;
+pub type PFN_cuStreamIsCapturing =
+    unsafe extern "C" fn(hStream: CUstream, captureStatus: *mut CUstreamCaptureStatus) -> CUresult;
+
+// The per-thread-default-stream variants (`_ptsz`, `_ptds`): the same prototypes as the plain
+// names; a null stream is the calling thread's default stream instead of the legacy one.
+pub type PFN_cuLaunchKernel_ptsz = PFN_cuLaunchKernel;
+pub type PFN_cuLaunchKernelEx_ptsz = PFN_cuLaunchKernelEx;
+pub type PFN_cuLaunchCooperativeKernel_ptsz = PFN_cuLaunchCooperativeKernel;
+pub type PFN_cuGraphLaunch_ptsz = PFN_cuGraphLaunch;
+pub type PFN_cuMemAllocAsync_ptsz = PFN_cuMemAllocAsync;
+pub type PFN_cuMemAllocFromPoolAsync_ptsz = PFN_cuMemAllocFromPoolAsync;
+pub type PFN_cuMemFreeAsync_ptsz = PFN_cuMemFreeAsync;
+pub type PFN_cuStreamSynchronize_ptsz = PFN_cuStreamSynchronize;
+pub type PFN_cuStreamIsCapturing_ptsz = PFN_cuStreamIsCapturing;
 
 /// `cuGetErrorName` and `cuGetErrorString`: a static string, or null for an unknown code.
 pub type PFN_cuGetErrorName =
@@ -319,6 +576,16 @@ mod tests {
         assert_eq!(offset_of!(CUlaunchConfig, hStream), 32);
         assert_eq!(offset_of!(CUlaunchConfig, numAttrs), 48);
         assert_eq!(size_of::<CUlaunchConfig>(), 56);
+        assert_eq!(size_of::<CUDA_ARRAY3D_DESCRIPTOR>(), 40);
+        assert_eq!(offset_of!(CUDA_ARRAY3D_DESCRIPTOR, Flags), 32);
+        assert_eq!(size_of::<CUDA_ARRAY3D_DESCRIPTOR_v1>(), 24);
+        assert_eq!(offset_of!(CUDA_LAUNCH_PARAMS, hStream), 40);
+        assert_eq!(size_of::<CUDA_LAUNCH_PARAMS>(), 56);
+        assert_eq!(size_of::<CUmemPoolProps>(), 88);
+        assert_eq!(offset_of!(CUDA_MEM_ALLOC_NODE_PARAMS, bytesize), 104);
+        assert_eq!(size_of::<CUDA_MEM_ALLOC_NODE_PARAMS>(), 120);
+        assert_eq!(offset_of!(CUgraphNodeParams, params), 16);
+        assert_eq!(size_of::<CUgraphNodeParams>(), 256);
         assert_eq!(size_of::<CUcontext>(), size_of::<*mut c_void>());
         assert_eq!(
             size_of::<Option<PFN_cuLaunchKernel>>(),

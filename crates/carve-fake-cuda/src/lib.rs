@@ -22,8 +22,18 @@
 //! `cuDevicePrimaryCtxRetain` and then `cuCtxSetCurrent`) for allocations, streams, events, modules
 //! and launches, as with the real driver; all contexts of a process share its streams, modules
 //! and memory. The null stream is a stream like the others (it does not synchronise with other
-//! streams). Graphs cannot be built: [`carve_fake_cuda_graph_exec_create`] makes an executable
-//! graph of N spin kernels so that `cuGraphLaunch` can be tested.
+//! streams). Graphs can hold only memory-allocation nodes (which take their memory when added and
+//! give it back with the graph), and a captured stream ends in an empty graph;
+//! [`carve_fake_cuda_graph_exec_create`] makes an executable graph of N spin kernels so that
+//! `cuGraphLaunch` can be tested.
+//!
+//! Variants: the per-thread-default-stream ones (`_ptsz`, the same as the plain ones here), the
+//! pre-4.0 launches (`cuLaunch`, `cuLaunchGrid*`: a 100 µs kernel), the pre-3.2 unversioned
+//! allocations (accounted; their 32-bit addresses are not usable), chosen by `cuGetProcAddress`
+//! from its flags and version as the driver chooses. [`carve_fake_cuda_calls`] counts the calls
+//! of each launch and allocation entry point by exact name. `cuMemCreate` memory is freed when it
+//! is released and unmapped (and every `cuMemRetainAllocationHandle` reference released), as the
+//! driver frees it.
 //!
 //! No panic crosses the C boundary: a failing call returns an error code, never aborts.
 //!
@@ -53,6 +63,11 @@ pub const ENV_DIR: &str = "CARVE_FAKE_CUDA_DIR";
 /// Device memory in MiB (default 81920).
 pub const ENV_MEM_MIB: &str = "CARVE_FAKE_CUDA_MEM_MIB";
 
+/// The default memory pool's handle (any non-null value: the fake has one pool).
+const DEFAULT_POOL: usize = 0x9000;
+/// How long a kernel launched through the API before CUDA 4.0 (`cuLaunch`, `cuLaunchGrid*`)
+/// runs: its parameters would be set with `cuParamSet*`, which the fake does not have.
+const LEGACY_KERNEL_NS: u64 = 100_000;
 /// Kernels longer than this are cut short (a wrong parameter must not hang a test for hours).
 const MAX_KERNEL_NS: u64 = 60_000_000_000;
 /// `CU_EVENT_DISABLE_TIMING`.
@@ -115,6 +130,14 @@ struct Proc {
     graphs: HashMap<u64, (u32, u64)>,
     allocs: HashMap<(Mem, u64), u64>,
     mem_used: u64,
+    /// `cuMemCreate` allocations: (references, mappings); freed when both are zero.
+    generic: HashMap<u64, (u32, u32)>,
+    /// `cuMemMap` mappings: address → (size, allocation handle).
+    mappings: std::collections::BTreeMap<u64, (u64, u64)>,
+    /// Graphs being built → the device memory their allocation nodes took.
+    built: HashMap<u64, Vec<u64>>,
+    /// Streams being captured.
+    capturing: std::collections::HashSet<u64>,
 }
 
 static PROC: Mutex<Option<Proc>> = Mutex::new(None);
@@ -138,6 +161,10 @@ fn with<T>(f: impl FnOnce(&mut Proc) -> Result<T, CUresult>) -> Result<T, CUresu
         graphs: HashMap::new(),
         allocs: HashMap::new(),
         mem_used: 0,
+        generic: HashMap::new(),
+        mappings: std::collections::BTreeMap::new(),
+        built: HashMap::new(),
+        capturing: std::collections::HashSet::new(),
     });
     f(p)
 }
@@ -167,15 +194,54 @@ impl Proc {
     }
 
     fn stream(&mut self, h: u64) -> Result<&Stream, CUresult> {
-        let h = match h {
-            STREAM_LEGACY | STREAM_PER_THREAD => 0,
-            h => h,
-        };
+        let h = stream_key(h);
         if h == 0 && !self.streams.contains_key(&0) {
             self.streams.insert(0, new_stream()?);
         }
         self.streams.get(&h).ok_or(CUDA_ERROR_INVALID_HANDLE)
     }
+}
+
+/// A stream handle as the fake keeps it: the legacy and per-thread default streams are the null
+/// stream.
+fn stream_key(h: u64) -> u64 {
+    match h {
+        STREAM_LEGACY | STREAM_PER_THREAD => 0,
+        h => h,
+    }
+}
+
+/// Calls of the launch and allocation entry points, by exported name (for
+/// [`carve_fake_cuda_calls`]).
+static CALLS: Mutex<Option<HashMap<&'static str, u64>>> = Mutex::new(None);
+
+/// Counts a call of the entry point `name`.
+fn called(name: &'static str) {
+    let mut g = CALLS.lock().unwrap_or_else(|p| p.into_inner());
+    *g.get_or_insert_with(HashMap::new).entry(name).or_default() += 1;
+}
+
+/// Not a driver function: how many times this process called the launch or allocation entry
+/// point `name` (its exported name, e.g. `cuLaunchKernel_ptsz`), so that tests can tell which
+/// of a name's variants a caller reached.
+#[no_mangle]
+pub unsafe extern "C" fn carve_fake_cuda_calls(name: *const c_char) -> u64 {
+    if name.is_null() {
+        return 0;
+    }
+    // SAFETY: non-null (checked), a C string by the caller's contract.
+    let name = unsafe { CStr::from_ptr(name) }.to_bytes();
+    std::panic::catch_unwind(|| {
+        let g = CALLS.lock().unwrap_or_else(|p| p.into_inner());
+        g.as_ref()
+            .and_then(|m| {
+                m.iter()
+                    .find(|(k, _)| k.as_bytes() == name)
+                    .map(|(_, n)| *n)
+            })
+            .unwrap_or(0)
+    })
+    .unwrap_or(0)
 }
 
 /// A new object of the calling thread's context: a fresh handle, registered by `insert`.
@@ -670,6 +736,11 @@ pub unsafe extern "C" fn cuStreamSynchronize(s: CUstream) -> CUresult {
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn cuStreamSynchronize_ptsz(s: CUstream) -> CUresult {
+    guard(|| drain(&[s as u64]))
+}
+
+#[no_mangle]
 pub unsafe extern "C" fn cuStreamQuery(s: CUstream) -> CUresult {
     guard(|| {
         let n = with(|p| {
@@ -807,6 +878,7 @@ pub unsafe extern "C" fn cuEventDestroy_v2(e: CUevent) -> CUresult {
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemAlloc_v2(d: *mut CUdeviceptr, bytes: usize) -> CUresult {
+    called("cuMemAlloc_v2");
     guard(|| {
         if d.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
@@ -823,6 +895,7 @@ pub unsafe extern "C" fn cuMemAllocManaged(
     bytes: usize,
     flags: c_uint,
 ) -> CUresult {
+    called("cuMemAllocManaged");
     guard(|| {
         // CU_MEM_ATTACH_GLOBAL or CU_MEM_ATTACH_HOST.
         if d.is_null() || !(flags == 0x1 || flags == 0x2) {
@@ -840,18 +913,8 @@ pub unsafe extern "C" fn cuMemAllocAsync(
     bytes: usize,
     s: CUstream,
 ) -> CUresult {
-    guard(|| {
-        with(|p| {
-            p.in_context()?;
-            p.stream(s as u64).map(|_| ())
-        })?;
-        if d.is_null() {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        let dptr = alloc(Mem::Device, bytes as u64)?;
-        // SAFETY: `d` is the caller's `CUdeviceptr *dptr`, non-null (checked) and writable.
-        unsafe { put(d, dptr) }
-    })
+    // SAFETY: `d` is the caller's `CUdeviceptr *dptr`.
+    guard(|| unsafe { alloc_async("cuMemAllocAsync", d, bytes, s) })
 }
 
 #[no_mangle]
@@ -862,6 +925,7 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(
     height: usize,
     elem: c_uint,
 ) -> CUresult {
+    called("cuMemAllocPitch_v2");
     guard(|| {
         if d.is_null() || pitch.is_null() || width == 0 || height == 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
@@ -925,20 +989,414 @@ pub unsafe extern "C" fn cuMemCreate(
     prop: *const CUmemAllocationProp,
     flags: u64,
 ) -> CUresult {
+    called("cuMemCreate");
     guard(|| {
         if h.is_null() || prop.is_null() || flags != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let handle = alloc(Mem::Generic, bytes as u64)?;
+        with(|p| {
+            p.generic.insert(handle, (1, 0));
+            Ok(())
+        })?;
         // SAFETY: `h` is the caller's `CUmemGenericAllocationHandle *handle`, non-null
         // (checked) and writable.
         unsafe { put(h, handle) }
     })
 }
 
+/// Drops the creation's reference; as with the driver, the memory is freed only once it is also
+/// unmapped everywhere (and every `cuMemRetainAllocationHandle` reference is released).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemRelease(h: CUmemGenericAllocationHandle) -> CUresult {
-    guard(|| free(Mem::Generic, h))
+    guard(|| {
+        let gone = with(|p| {
+            p.initialised()?;
+            let e = p
+                .generic
+                .get_mut(&h)
+                .filter(|e| e.0 > 0)
+                .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            e.0 -= 1;
+            Ok(*e == (0, 0))
+        })?;
+        generic_gone(h, gone)
+    })
+}
+
+/// Frees a `cuMemCreate` allocation that is neither referenced nor mapped any more.
+fn generic_gone(h: u64, gone: bool) -> Result<(), CUresult> {
+    if !gone {
+        return Ok(());
+    }
+    with(|p| {
+        p.generic.remove(&h);
+        Ok(())
+    })?;
+    free(Mem::Generic, h)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAddressReserve(
+    ptr: *mut CUdeviceptr,
+    size: usize,
+    _alignment: usize,
+    _addr: CUdeviceptr,
+    _flags: u64,
+) -> CUresult {
+    guard(|| {
+        if size == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let va = with(|p| {
+            p.initialised()?;
+            let va = p.next_va;
+            let span = (size as u64)
+                .div_ceil(2 << 20)
+                .max(1)
+                .saturating_mul(2 << 20);
+            p.next_va = p.next_va.saturating_add(span);
+            Ok(va)
+        })?;
+        // SAFETY: `ptr` is the caller's `CUdeviceptr *ptr`, null (refused) or writable.
+        unsafe { put(ptr, va) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAddressFree(_ptr: CUdeviceptr, _size: usize) -> CUresult {
+    guard(|| with(|p| p.initialised()))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemMap(
+    ptr: CUdeviceptr,
+    size: usize,
+    offset: usize,
+    h: CUmemGenericAllocationHandle,
+    flags: u64,
+) -> CUresult {
+    guard(|| {
+        with(|p| {
+            p.initialised()?;
+            if ptr == 0 || size == 0 || offset != 0 || flags != 0 {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            let e = p.generic.get_mut(&h).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+            e.1 += 1;
+            p.mappings.insert(ptr, (size as u64, h));
+            Ok(())
+        })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemUnmap(ptr: CUdeviceptr, size: usize) -> CUresult {
+    guard(|| {
+        let end = ptr.saturating_add(size as u64);
+        let gone = with(|p| {
+            p.initialised()?;
+            let vas: Vec<u64> = p.mappings.range(ptr..end).map(|(va, _)| *va).collect();
+            if vas.is_empty() {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            let mut gone = Vec::new();
+            for va in vas {
+                let Some((_, h)) = p.mappings.remove(&va) else {
+                    continue;
+                };
+                if let Some(e) = p.generic.get_mut(&h) {
+                    e.1 = e.1.saturating_sub(1);
+                    if *e == (0, 0) {
+                        gone.push(h);
+                    }
+                }
+            }
+            Ok(gone)
+        })?;
+        for h in gone {
+            generic_gone(h, true)?;
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemRetainAllocationHandle(
+    handle: *mut CUmemGenericAllocationHandle,
+    addr: *mut c_void,
+) -> CUresult {
+    guard(|| {
+        let a = addr as u64;
+        let h = with(|p| {
+            p.initialised()?;
+            let (va, (size, h)) = p
+                .mappings
+                .range(..=a)
+                .next_back()
+                .map(|(va, m)| (*va, *m))
+                .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            if a >= va.saturating_add(size) {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            if let Some(e) = p.generic.get_mut(&h) {
+                e.0 += 1;
+            }
+            Ok(h)
+        })?;
+        // SAFETY: `handle` is the caller's `CUmemGenericAllocationHandle *`, null or writable.
+        unsafe { put(handle, h) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetDefaultMemPool(
+    pool: *mut CUmemoryPool,
+    dev: CUdevice,
+) -> CUresult {
+    guard(|| {
+        check_device(dev)?;
+        // SAFETY: `pool` is the caller's `CUmemoryPool *pool_out`, null or writable.
+        unsafe { put(pool, DEFAULT_POOL as CUmemoryPool) }
+    })
+}
+
+/// An allocation from a pool on a stream (`cuMemAllocAsync`, `cuMemAllocFromPoolAsync`): made at
+/// once, or, while the stream is captured, as well (the fake records no graph node).
+///
+/// # Safety
+/// `d` is null or writable (the caller's `CUdeviceptr *dptr`).
+unsafe fn alloc_async(
+    name: &'static str,
+    d: *mut CUdeviceptr,
+    bytes: usize,
+    s: CUstream,
+) -> Result<(), CUresult> {
+    called(name);
+    with(|p| {
+        p.in_context()?;
+        p.stream(s as u64).map(|_| ())
+    })?;
+    if d.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let dptr = alloc(Mem::Device, bytes as u64)?;
+    // SAFETY: `d` is non-null (checked) and writable by the caller's contract.
+    unsafe { put(d, dptr) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocAsync_ptsz(
+    d: *mut CUdeviceptr,
+    bytes: usize,
+    s: CUstream,
+) -> CUresult {
+    // SAFETY: `d` is the caller's `CUdeviceptr *dptr`.
+    guard(|| unsafe { alloc_async("cuMemAllocAsync_ptsz", d, bytes, s) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync(
+    d: *mut CUdeviceptr,
+    bytes: usize,
+    pool: CUmemoryPool,
+    s: CUstream,
+) -> CUresult {
+    if pool.is_null() {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    // SAFETY: `d` is the caller's `CUdeviceptr *dptr`.
+    guard(|| unsafe { alloc_async("cuMemAllocFromPoolAsync", d, bytes, s) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(
+    d: *mut CUdeviceptr,
+    bytes: usize,
+    pool: CUmemoryPool,
+    s: CUstream,
+) -> CUresult {
+    if pool.is_null() {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    // SAFETY: `d` is the caller's `CUdeviceptr *dptr`.
+    guard(|| unsafe { alloc_async("cuMemAllocFromPoolAsync_ptsz", d, bytes, s) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemFreeAsync_ptsz(d: CUdeviceptr, s: CUstream) -> CUresult {
+    guard(|| {
+        with(|p| {
+            p.in_context()?;
+            p.stream(s as u64).map(|_| ())
+        })?;
+        free(Mem::Device, d)
+    })
+}
+
+/// Bytes of an array `width` × `height` × `depth` (0 counts as 1) of `format` × `channels`.
+fn array_size(
+    width: u64,
+    height: u64,
+    depth: u64,
+    format: CUarray_format,
+    channels: c_uint,
+) -> Result<u64, CUresult> {
+    let elem = array_format_bytes(format).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    if width == 0 || !matches!(channels, 1 | 2 | 4) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    width
+        .checked_mul(height.max(1))
+        .and_then(|b| b.checked_mul(depth.max(1)))
+        .and_then(|b| b.checked_mul(elem * channels as u64))
+        .ok_or(CUDA_ERROR_OUT_OF_MEMORY)
+}
+
+/// An array of `bytes` to `*a`.
+///
+/// # Safety
+/// `a` is null or writable (the caller's `CUarray *pHandle`).
+unsafe fn new_array(a: *mut CUarray, bytes: Result<u64, CUresult>) -> Result<(), CUresult> {
+    if a.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let array = alloc(Mem::Array, bytes?)? as CUarray;
+    // SAFETY: `a` is non-null (checked) and writable by the caller's contract.
+    unsafe { put(a, array) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuArray3DCreate_v2(
+    a: *mut CUarray,
+    desc: *const CUDA_ARRAY3D_DESCRIPTOR,
+) -> CUresult {
+    called("cuArray3DCreate_v2");
+    guard(|| {
+        // SAFETY: `desc` is the caller's `const CUDA_ARRAY3D_DESCRIPTOR *`: null or readable.
+        let d = unsafe { desc.as_ref() }.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let bytes = array_size(
+            d.Width as u64,
+            d.Height as u64,
+            d.Depth as u64,
+            d.Format,
+            d.NumChannels,
+        );
+        // SAFETY: `a` is the caller's `CUarray *pHandle`.
+        unsafe { new_array(a, bytes) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMipmappedArrayCreate(
+    a: *mut CUmipmappedArray,
+    desc: *const CUDA_ARRAY3D_DESCRIPTOR,
+    levels: c_uint,
+) -> CUresult {
+    called("cuMipmappedArrayCreate");
+    guard(|| {
+        // SAFETY: `desc` is the caller's `const CUDA_ARRAY3D_DESCRIPTOR *`: null or readable.
+        let d = unsafe { desc.as_ref() }.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if levels == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let mut bytes = 0u64;
+        for l in 0..levels.min(32) {
+            let dim = |x: usize| if x == 0 { 0 } else { ((x as u64) >> l).max(1) };
+            let level = array_size(
+                dim(d.Width),
+                dim(d.Height),
+                dim(d.Depth),
+                d.Format,
+                d.NumChannels,
+            )?;
+            bytes = bytes.checked_add(level).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+        }
+        // SAFETY: `a` is the caller's `CUmipmappedArray *pHandle` (a handle like an array's).
+        unsafe { new_array(a.cast(), Ok(bytes)) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMipmappedArrayDestroy(a: CUmipmappedArray) -> CUresult {
+    guard(|| free(Mem::Array, a as u64))
+}
+
+// The API before CUDA 3.2: 32-bit sizes and addresses. Accounted like the others; the address
+// handed out is the low half of the fake's 64-bit one (nothing in the fake uses it).
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAlloc(d: *mut CUdeviceptr_v1, bytes: c_uint) -> CUresult {
+    called("cuMemAlloc");
+    guard(|| {
+        if d.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let dptr = alloc(Mem::Device, bytes as u64)?;
+        // SAFETY: `d` is the caller's `CUdeviceptr_v1 *dptr`, non-null (checked) and writable.
+        unsafe { put(d, dptr as CUdeviceptr_v1) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocPitch(
+    d: *mut CUdeviceptr_v1,
+    pitch: *mut c_uint,
+    width: c_uint,
+    height: c_uint,
+    _elem: c_uint,
+) -> CUresult {
+    called("cuMemAllocPitch");
+    guard(|| {
+        if d.is_null() || pitch.is_null() || width == 0 || height == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let p = width
+            .checked_next_multiple_of(512)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let dptr = alloc(Mem::Device, p as u64 * height as u64)?;
+        // SAFETY: `d` and `pitch` are the caller's, both non-null (checked) and writable.
+        unsafe {
+            put(d, dptr as CUdeviceptr_v1)?;
+            put(pitch, p)
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuArrayCreate(
+    a: *mut CUarray,
+    desc: *const CUDA_ARRAY_DESCRIPTOR_v1,
+) -> CUresult {
+    called("cuArrayCreate");
+    guard(|| {
+        // SAFETY: `desc` is the caller's `const CUDA_ARRAY_DESCRIPTOR_v1 *`: null or readable.
+        let d = unsafe { desc.as_ref() }.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let bytes = array_size(d.Width as u64, d.Height as u64, 1, d.Format, d.NumChannels);
+        // SAFETY: `a` is the caller's `CUarray *pHandle`.
+        unsafe { new_array(a, bytes) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuArray3DCreate(
+    a: *mut CUarray,
+    desc: *const CUDA_ARRAY3D_DESCRIPTOR_v1,
+) -> CUresult {
+    called("cuArray3DCreate");
+    guard(|| {
+        // SAFETY: `desc` is the caller's `const CUDA_ARRAY3D_DESCRIPTOR_v1 *`: null or readable.
+        let d = unsafe { desc.as_ref() }.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let bytes = array_size(
+            d.Width as u64,
+            d.Height as u64,
+            d.Depth as u64,
+            d.Format,
+            d.NumChannels,
+        );
+        // SAFETY: `a` is the caller's `CUarray *pHandle`.
+        unsafe { new_array(a, bytes) }
+    })
 }
 
 #[no_mangle]
@@ -946,6 +1404,7 @@ pub unsafe extern "C" fn cuArrayCreate_v2(
     a: *mut CUarray,
     desc: *const CUDA_ARRAY_DESCRIPTOR,
 ) -> CUresult {
+    called("cuArrayCreate_v2");
     guard(|| {
         if a.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
@@ -1104,6 +1563,14 @@ unsafe fn launch(
     params: VoidPtrPtr,
     extra: VoidPtrPtr,
 ) -> Result<(), CUresult> {
+    check_launch(f, grid, block)?;
+    // SAFETY: the caller's contract for `params` and `extra`.
+    let ns = unsafe { kernel_ns(params, extra)? };
+    enqueue(stream as u64, Job::Kernel(ns.min(MAX_KERNEL_NS)))
+}
+
+/// A launch of `f` with these dimensions is valid.
+fn check_launch(f: CUfunction, grid: [c_uint; 3], block: [c_uint; 3]) -> Result<(), CUresult> {
     with(|p| {
         p.in_context()?;
         if p.functions.contains_key(&(f as u64)) {
@@ -1116,9 +1583,7 @@ unsafe fn launch(
     if grid.contains(&0) || block.contains(&0) || threads > 1024 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    // SAFETY: the caller's contract for `params` and `extra`.
-    let ns = unsafe { kernel_ns(params, extra)? };
-    enqueue(stream as u64, Job::Kernel(ns.min(MAX_KERNEL_NS)))
+    Ok(())
 }
 
 #[no_mangle]
@@ -1135,6 +1600,27 @@ pub unsafe extern "C" fn cuLaunchKernel(
     params: VoidPtrPtr,
     extra: VoidPtrPtr,
 ) -> CUresult {
+    called("cuLaunchKernel");
+    // SAFETY: `params` and `extra` are the caller's `kernelParams` and `extra`, with cuda.h's
+    // contract for them.
+    guard(|| unsafe { launch(f, [gx, gy, gz], [bx, by, bz], stream, params, extra) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchKernel_ptsz(
+    f: CUfunction,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    _shmem: c_uint,
+    stream: CUstream,
+    params: VoidPtrPtr,
+    extra: VoidPtrPtr,
+) -> CUresult {
+    called("cuLaunchKernel_ptsz");
     // SAFETY: `params` and `extra` are the caller's `kernelParams` and `extra`, with cuda.h's
     // contract for them.
     guard(|| unsafe { launch(f, [gx, gy, gz], [bx, by, bz], stream, params, extra) })
@@ -1153,13 +1639,133 @@ pub unsafe extern "C" fn cuLaunchCooperativeKernel(
     stream: CUstream,
     params: VoidPtrPtr,
 ) -> CUresult {
+    called("cuLaunchCooperativeKernel");
     let (grid, block, no_extra) = ([gx, gy, gz], [bx, by, bz], std::ptr::null_mut());
     // SAFETY: `params` is the caller's `kernelParams`, with cuda.h's contract; no `extra`.
     guard(|| unsafe { launch(f, grid, block, stream, params, no_extra) })
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn cuLaunchCooperativeKernel_ptsz(
+    f: CUfunction,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    _shmem: c_uint,
+    stream: CUstream,
+    params: VoidPtrPtr,
+) -> CUresult {
+    called("cuLaunchCooperativeKernel_ptsz");
+    let (grid, block, no_extra) = ([gx, gy, gz], [bx, by, bz], std::ptr::null_mut());
+    // SAFETY: `params` is the caller's `kernelParams`, with cuda.h's contract; no `extra`.
+    guard(|| unsafe { launch(f, grid, block, stream, params, no_extra) })
+}
+
+/// One launch per device; the fake has one device, so the list holds one launch.
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchCooperativeKernelMultiDevice(
+    list: *mut CUDA_LAUNCH_PARAMS,
+    devices: c_uint,
+    _flags: c_uint,
+) -> CUresult {
+    called("cuLaunchCooperativeKernelMultiDevice");
+    guard(|| {
+        if devices != 1 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: `list` is the caller's array of `numDevices` (1) launches: null or readable.
+        let l = unsafe { list.as_ref() }.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let grid = [l.gridDimX, l.gridDimY, l.gridDimZ];
+        let block = [l.blockDimX, l.blockDimY, l.blockDimZ];
+        // SAFETY: the launch's `kernelParams`, with cuda.h's contract; no `extra`.
+        unsafe {
+            launch(
+                l.function,
+                grid,
+                block,
+                l.hStream,
+                l.kernelParams,
+                std::ptr::null_mut(),
+            )
+        }
+    })
+}
+
+/// The launches before CUDA 4.0: a kernel of [`LEGACY_KERNEL_NS`].
+fn legacy_launch(f: CUfunction, grid: [c_uint; 3], stream: CUstream) -> Result<(), CUresult> {
+    check_launch(f, grid, [1, 1, 1])?;
+    enqueue(stream as u64, Job::Kernel(LEGACY_KERNEL_NS))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunch(f: CUfunction) -> CUresult {
+    called("cuLaunch");
+    guard(|| legacy_launch(f, [1, 1, 1], std::ptr::null_mut()))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchGrid(f: CUfunction, w: c_int, h: c_int) -> CUresult {
+    called("cuLaunchGrid");
+    guard(|| {
+        let grid = [
+            c_uint::try_from(w).unwrap_or(0),
+            c_uint::try_from(h).unwrap_or(0),
+            1,
+        ];
+        legacy_launch(f, grid, std::ptr::null_mut())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchGridAsync(
+    f: CUfunction,
+    w: c_int,
+    h: c_int,
+    stream: CUstream,
+) -> CUresult {
+    called("cuLaunchGridAsync");
+    guard(|| {
+        let grid = [
+            c_uint::try_from(w).unwrap_or(0),
+            c_uint::try_from(h).unwrap_or(0),
+            1,
+        ];
+        legacy_launch(f, grid, stream)
+    })
+}
+
+#[no_mangle]
 pub unsafe extern "C" fn cuLaunchKernelEx(
+    config: *const CUlaunchConfig,
+    f: CUfunction,
+    params: VoidPtrPtr,
+    extra: VoidPtrPtr,
+) -> CUresult {
+    called("cuLaunchKernelEx");
+    // SAFETY: the caller's arguments, with cuda.h's contract for them.
+    unsafe { launch_ex(config, f, params, extra) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchKernelEx_ptsz(
+    config: *const CUlaunchConfig,
+    f: CUfunction,
+    params: VoidPtrPtr,
+    extra: VoidPtrPtr,
+) -> CUresult {
+    called("cuLaunchKernelEx_ptsz");
+    // SAFETY: the caller's arguments, with cuda.h's contract for them.
+    unsafe { launch_ex(config, f, params, extra) }
+}
+
+/// `cuLaunchKernelEx[_ptsz]`.
+///
+/// # Safety
+/// `config` is null or readable; `params` and `extra` as for [`kernel_ns`].
+unsafe fn launch_ex(
     config: *const CUlaunchConfig,
     f: CUfunction,
     params: VoidPtrPtr,
@@ -1202,6 +1808,17 @@ pub unsafe extern "C" fn carve_fake_cuda_graph_exec_create(
 
 #[no_mangle]
 pub unsafe extern "C" fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult {
+    called("cuGraphLaunch");
+    graph_launch(exec, stream)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphLaunch_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult {
+    called("cuGraphLaunch_ptsz");
+    graph_launch(exec, stream)
+}
+
+fn graph_launch(exec: CUgraphExec, stream: CUstream) -> CUresult {
     guard(|| {
         let (n, ns) = with(|p| {
             p.in_context()?;
@@ -1236,6 +1853,170 @@ pub unsafe extern "C" fn cuGraphExecDestroy(exec: CUgraphExec) -> CUresult {
                 .ok_or(CUDA_ERROR_INVALID_HANDLE)
         })
     })
+}
+
+/// A graph to build: only memory-allocation nodes can be added (they take their memory when
+/// added, not when the graph runs, and give it back with the graph).
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphCreate(g: *mut CUgraph, flags: c_uint) -> CUresult {
+    guard(|| {
+        if g.is_null() || flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let h = with(|p| {
+            p.initialised()?;
+            let h = p.handle();
+            p.built.insert(h, Vec::new());
+            Ok(h)
+        })?;
+        // SAFETY: `g` is the caller's `CUgraph *phGraph`, non-null (checked) and writable.
+        unsafe { put(g, h as CUgraph) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphDestroy(g: CUgraph) -> CUresult {
+    guard(|| {
+        let mem = with(|p| p.built.remove(&(g as u64)).ok_or(CUDA_ERROR_INVALID_HANDLE))?;
+        for d in mem {
+            free(Mem::Device, d)?;
+        }
+        Ok(())
+    })
+}
+
+/// Adds a memory-allocation node of `alloc.bytesize` to `g`, writing its address to
+/// `alloc.dptr` and the node to `node`.
+///
+/// # Safety
+/// `node` is null or writable; `alloc` is null or readable and writable.
+unsafe fn add_alloc_node(
+    node: *mut CUgraphNode,
+    g: CUgraph,
+    alloc_params: *mut CUDA_MEM_ALLOC_NODE_PARAMS,
+) -> Result<(), CUresult> {
+    // SAFETY: the caller's contract: null (refused) or readable and writable.
+    let a = unsafe { alloc_params.as_mut() }.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    if node.is_null() || !with(|p| Ok(p.built.contains_key(&(g as u64))))? {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let d = alloc(Mem::Device, a.bytesize as u64)?;
+    let n = with(|p| {
+        if let Some(m) = p.built.get_mut(&(g as u64)) {
+            m.push(d);
+        }
+        Ok(p.handle())
+    })?;
+    a.dptr = d;
+    // SAFETY: `node` is non-null (checked) and writable by the caller's contract.
+    unsafe { put(node, n as CUgraphNode) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddMemAllocNode(
+    node: *mut CUgraphNode,
+    g: CUgraph,
+    _deps: *const CUgraphNode,
+    _ndeps: usize,
+    params: *mut CUDA_MEM_ALLOC_NODE_PARAMS,
+) -> CUresult {
+    called("cuGraphAddMemAllocNode");
+    // SAFETY: the caller's `CUgraphNode *phGraphNode` and `CUDA_MEM_ALLOC_NODE_PARAMS *`.
+    guard(|| unsafe { add_alloc_node(node, g, params) })
+}
+
+/// `cuGraphAddNode` (CUDA 12.2): memory-allocation nodes only.
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddNode(
+    node: *mut CUgraphNode,
+    g: CUgraph,
+    _deps: *const CUgraphNode,
+    _ndeps: usize,
+    params: *mut CUgraphNodeParams,
+) -> CUresult {
+    called("cuGraphAddNode");
+    guard(|| {
+        // SAFETY: the caller's `CUgraphNodeParams *`: null (refused) or readable and writable.
+        let p = unsafe { params.as_mut() }.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if p.type_ != CU_GRAPH_NODE_TYPE_MEM_ALLOC {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        // SAFETY: a memory-allocation node's parameters are the union's `alloc`; `node` is the
+        // caller's `CUgraphNode *`.
+        unsafe { add_alloc_node(node, g, &mut p.params.alloc) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamBeginCapture_v2(
+    s: CUstream,
+    _mode: CUstreamCaptureMode,
+) -> CUresult {
+    guard(|| {
+        with(|p| {
+            p.in_context()?;
+            p.stream(s as u64)?;
+            if !p.capturing.insert(stream_key(s as u64)) {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Ends a capture with an empty graph (the fake records nothing captured).
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamEndCapture(s: CUstream, g: *mut CUgraph) -> CUresult {
+    guard(|| {
+        let h = with(|p| {
+            p.in_context()?;
+            if !p.capturing.remove(&stream_key(s as u64)) {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            let h = p.handle();
+            p.built.insert(h, Vec::new());
+            Ok(h)
+        })?;
+        // SAFETY: `g` is the caller's `CUgraph *phGraph`, null (refused) or writable.
+        unsafe { put(g, h as CUgraph) }
+    })
+}
+
+/// `cuStreamIsCapturing[_ptsz]`.
+///
+/// # Safety
+/// `status` is null or writable.
+unsafe fn is_capturing(s: CUstream, status: *mut CUstreamCaptureStatus) -> Result<(), CUresult> {
+    let capturing = with(|p| {
+        p.in_context()?;
+        p.stream(s as u64)?;
+        Ok(p.capturing.contains(&stream_key(s as u64)))
+    })?;
+    let st = if capturing {
+        CU_STREAM_CAPTURE_STATUS_ACTIVE
+    } else {
+        CU_STREAM_CAPTURE_STATUS_NONE
+    };
+    // SAFETY: the caller's contract for `status`; `put` refuses null.
+    unsafe { put(status, st) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamIsCapturing(
+    s: CUstream,
+    status: *mut CUstreamCaptureStatus,
+) -> CUresult {
+    // SAFETY: `status` is the caller's `CUstreamCaptureStatus *`.
+    guard(|| unsafe { is_capturing(s, status) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(
+    s: CUstream,
+    status: *mut CUstreamCaptureStatus,
+) -> CUresult {
+    // SAFETY: `status` is the caller's `CUstreamCaptureStatus *`.
+    guard(|| unsafe { is_capturing(s, status) })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1369,6 +2150,40 @@ symbols!(
     cuGetErrorString: PFN_cuGetErrorString,
     cuGetProcAddress: PFN_cuGetProcAddress,
     cuGetProcAddress_v2: PFN_cuGetProcAddress_v2,
+    cuLaunchKernel_ptsz: PFN_cuLaunchKernel_ptsz,
+    cuLaunchKernelEx_ptsz: PFN_cuLaunchKernelEx_ptsz,
+    cuLaunchCooperativeKernel_ptsz: PFN_cuLaunchCooperativeKernel_ptsz,
+    cuLaunchCooperativeKernelMultiDevice: PFN_cuLaunchCooperativeKernelMultiDevice,
+    cuLaunch: PFN_cuLaunch,
+    cuLaunchGrid: PFN_cuLaunchGrid,
+    cuLaunchGridAsync: PFN_cuLaunchGridAsync,
+    cuGraphLaunch_ptsz: PFN_cuGraphLaunch_ptsz,
+    cuStreamSynchronize_ptsz: PFN_cuStreamSynchronize_ptsz,
+    cuMemAllocAsync_ptsz: PFN_cuMemAllocAsync_ptsz,
+    cuMemFreeAsync_ptsz: PFN_cuMemFreeAsync_ptsz,
+    cuDeviceGetDefaultMemPool: PFN_cuDeviceGetDefaultMemPool,
+    cuMemAllocFromPoolAsync: PFN_cuMemAllocFromPoolAsync,
+    cuMemAllocFromPoolAsync_ptsz: PFN_cuMemAllocFromPoolAsync_ptsz,
+    cuMemAddressReserve: PFN_cuMemAddressReserve,
+    cuMemAddressFree: PFN_cuMemAddressFree,
+    cuMemMap: PFN_cuMemMap,
+    cuMemUnmap: PFN_cuMemUnmap,
+    cuMemRetainAllocationHandle: PFN_cuMemRetainAllocationHandle,
+    cuArray3DCreate_v2: PFN_cuArray3DCreate_v2,
+    cuMipmappedArrayCreate: PFN_cuMipmappedArrayCreate,
+    cuMipmappedArrayDestroy: PFN_cuMipmappedArrayDestroy,
+    cuMemAlloc: PFN_cuMemAlloc,
+    cuMemAllocPitch: PFN_cuMemAllocPitch,
+    cuArrayCreate: PFN_cuArrayCreate,
+    cuArray3DCreate: PFN_cuArray3DCreate,
+    cuGraphCreate: PFN_cuGraphCreate,
+    cuGraphDestroy: PFN_cuGraphDestroy,
+    cuGraphAddMemAllocNode: PFN_cuGraphAddMemAllocNode,
+    cuGraphAddNode: PFN_cuGraphAddNode,
+    cuStreamBeginCapture_v2: PFN_cuStreamBeginCapture_v2,
+    cuStreamEndCapture: PFN_cuStreamEndCapture,
+    cuStreamIsCapturing: PFN_cuStreamIsCapturing,
+    cuStreamIsCapturing_ptsz: PFN_cuStreamIsCapturing_ptsz,
 );
 
 /// The name `cuGetProcAddress` is asked for: the exported name without its `_v2`.
@@ -1379,7 +2194,12 @@ pub fn base_name(exported: &str) -> &str {
 /// What `cuGetProcAddress(symbol, .., version, ..)` returns: the newest version of the base name
 /// (`cuMemAlloc` → `cuMemAlloc_v2`); `cuGetProcAddress` itself is `_v2` from CUDA 12.0. Exported
 /// names are accepted too.
-fn proc_address(symbol: &str, version: c_int) -> Option<*mut c_void> {
+///
+/// Each name has the variant the caller's version and flags ask for, as the driver picks it:
+/// before CUDA 3.2 (`version` < 3020) the unversioned name of the old API when there is one;
+/// with `CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM`, the per-thread-default-stream variant
+/// (`_ptsz`/`_ptds`) when there is one.
+fn proc_address(symbol: &str, version: c_int, flags: u64) -> Option<*mut c_void> {
     if symbol == "cuGetProcAddress" {
         return exported(if version >= CUDA_VERSION_12_0 {
             "cuGetProcAddress_v2"
@@ -1387,8 +2207,25 @@ fn proc_address(symbol: &str, version: c_int) -> Option<*mut c_void> {
             "cuGetProcAddress"
         });
     }
-    exported(&format!("{symbol}_v2")).or_else(|| exported(symbol))
+    let versioned = if version < CUDA_VERSION_3_2 && exported(symbol).is_some() {
+        symbol.to_string()
+    } else if exported(&format!("{symbol}_v2")).is_some() {
+        format!("{symbol}_v2")
+    } else {
+        symbol.to_string()
+    };
+    if flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM != 0 {
+        for suffix in ["_ptsz", "_ptds"] {
+            if let Some(p) = exported(&format!("{versioned}{suffix}")) {
+                return Some(p);
+            }
+        }
+    }
+    exported(&versioned)
 }
+
+/// CUDA 3.2 in the driver's version encoding: the first with 64-bit `_v2` memory functions.
+const CUDA_VERSION_3_2: c_int = 3020;
 
 /// Looks `symbol` up for `cuGetProcAddress[_v2]`: the entry point (or null) to `*pfn`, and
 /// to `*status`, when given, whether it was found.
@@ -1400,6 +2237,7 @@ unsafe fn get_proc_address(
     symbol: *const c_char,
     pfn: VoidPtrPtr,
     version: c_int,
+    flags: u64,
     status: *mut CUdriverProcAddressQueryResult,
 ) -> Result<(), CUresult> {
     if symbol.is_null() || pfn.is_null() {
@@ -1407,7 +2245,7 @@ unsafe fn get_proc_address(
     }
     // SAFETY: `symbol` is non-null (checked), a C string by the caller's contract.
     let name = unsafe { CStr::from_ptr(symbol) }.to_str().unwrap_or("");
-    let found = proc_address(name, version);
+    let found = proc_address(name, version, flags);
     // SAFETY: `pfn` is non-null (checked), writable by the caller's contract.
     unsafe { put(pfn, found.unwrap_or(std::ptr::null_mut())) }?;
     if !status.is_null() {
@@ -1428,11 +2266,11 @@ pub unsafe extern "C" fn cuGetProcAddress(
     symbol: *const c_char,
     pfn: VoidPtrPtr,
     version: c_int,
-    _flags: u64,
+    flags: u64,
 ) -> CUresult {
     // SAFETY: the caller's `symbol` (a C string) and `pfn` (`void **`), as cuda.h defines them;
     // no status.
-    guard(|| unsafe { get_proc_address(symbol, pfn, version, std::ptr::null_mut()) })
+    guard(|| unsafe { get_proc_address(symbol, pfn, version, flags, std::ptr::null_mut()) })
 }
 
 /// `cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags, CUdriverProcAddressQueryResult*)`
@@ -1442,10 +2280,10 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
     symbol: *const c_char,
     pfn: VoidPtrPtr,
     version: c_int,
-    _flags: u64,
+    flags: u64,
     status: *mut CUdriverProcAddressQueryResult,
 ) -> CUresult {
     // SAFETY: the caller's `symbol` (a C string), `pfn` (`void **`) and `symbolStatus` (null or
     // writable), as cuda.h defines them.
-    guard(|| unsafe { get_proc_address(symbol, pfn, version, status) })
+    guard(|| unsafe { get_proc_address(symbol, pfn, version, flags, status) })
 }

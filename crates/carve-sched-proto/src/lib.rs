@@ -48,6 +48,102 @@ pub const FAIL_OPEN: &str = "open";
 /// [`ENV_FAIL`]: refuse kernel launches and allocations.
 pub const FAIL_CLOSED: &str = "closed";
 
+/// Where the shim reads its configuration first: a read-only file that the agent mounts into
+/// every container of a time-sliced share ([`ShimConfig`]). When it exists, the shim reads
+/// nothing from the environment: a tenant cannot change its scheduler, tenant, token or fail
+/// mode by changing its own environment.
+pub const SHIM_CONFIG: &str = "/etc/carve/shim.conf";
+/// Without [`SHIM_CONFIG`]: a configuration file named by the environment, read in place of the
+/// other `ENV_*` variables (a host whose operator starts the program; the tests).
+pub const ENV_SHIM_CONFIG: &str = "CARVE_SHIM_CONFIG";
+
+/// The shim's configuration file ([`SHIM_CONFIG`]): `key = value` lines (`#` starts a comment)
+/// with the keys `socket`, `tenant`, `token_file` and `fail`. A missing `fail` is
+/// [`FAIL_CLOSED`]: a file is written by the operator, who must say so to fail open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShimConfig {
+    /// The scheduler's socket (default [`DEFAULT_SOCKET`]).
+    pub socket: String,
+    /// The tenant the process claims to be.
+    pub tenant: String,
+    /// The file holding the tenant's token.
+    pub token_file: Option<String>,
+    /// [`FAIL_OPEN`] or [`FAIL_CLOSED`].
+    pub fail: String,
+}
+
+/// A line of a [`ShimConfig`] file that cannot be read (1-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShimConfigError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for ShimConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+impl std::error::Error for ShimConfigError {}
+
+impl ShimConfig {
+    /// The file's text.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "# carve shim configuration (read-only; the environment is not read)\nsocket = {}\ntenant = {}\n",
+            self.socket, self.tenant
+        );
+        if let Some(t) = &self.token_file {
+            s.push_str(&format!("token_file = {t}\n"));
+        }
+        s.push_str(&format!("fail = {}\n", self.fail));
+        s
+    }
+
+    /// Reads a file's text; an unknown key, a line without `=` or a fail mode other than
+    /// [`FAIL_OPEN`] and [`FAIL_CLOSED`] is an error.
+    pub fn parse(text: &str) -> Result<ShimConfig, ShimConfigError> {
+        let mut c = ShimConfig {
+            socket: DEFAULT_SOCKET.to_string(),
+            tenant: String::new(),
+            token_file: None,
+            fail: FAIL_CLOSED.to_string(),
+        };
+        for (i, raw) in text.lines().enumerate() {
+            let err = |message: String| ShimConfigError {
+                line: i + 1,
+                message,
+            };
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| err(format!("expected key = value, found '{line}'")))?;
+            let value = value.trim().to_string();
+            match key.trim() {
+                "socket" => c.socket = value,
+                "tenant" => c.tenant = value,
+                "token_file" => c.token_file = Some(value).filter(|v| !v.is_empty()),
+                "fail" if value == FAIL_OPEN || value == FAIL_CLOSED => c.fail = value,
+                "fail" => {
+                    return Err(err(format!(
+                        "fail must be {FAIL_OPEN} or {FAIL_CLOSED}, not '{value}'"
+                    )))
+                }
+                other => {
+                    return Err(err(format!(
+                        "unknown key '{other}' (socket, tenant, token_file, fail)"
+                    )))
+                }
+            }
+        }
+        Ok(c)
+    }
+}
+
 /// How long after a turn ends the daemon waits for the holder's report (its real GPU time, with
 /// any overrun) before closing the turn without it, charging at least the grant's length. A
 /// client back after a longer pause knows its turn is gone (`carve-simulate` models the same
@@ -198,4 +294,29 @@ pub fn encode<T: Serialize>(m: &T) -> String {
     let mut s = serde_json::to_string(m).expect("protocol messages serialise");
     s.push('\n');
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shim_config_round_trips_and_refuses_what_it_does_not_know() {
+        let c = ShimConfig {
+            socket: "/run/carve/sched.sock".into(),
+            tenant: "team-a".into(),
+            token_file: Some("/run/carve/token".into()),
+            fail: FAIL_CLOSED.into(),
+        };
+        assert_eq!(ShimConfig::parse(&c.render()), Ok(c.clone()));
+        // Without a fail mode a file fails closed.
+        let bare = ShimConfig::parse("tenant = a\n").unwrap();
+        assert_eq!(
+            (bare.fail.as_str(), bare.socket.as_str()),
+            (FAIL_CLOSED, DEFAULT_SOCKET)
+        );
+        assert_eq!(ShimConfig::parse("fail = maybe").unwrap_err().line, 1);
+        assert_eq!(ShimConfig::parse("# x\nfial = open").unwrap_err().line, 2);
+        assert!(ShimConfig::parse("tenant").is_err());
+    }
 }

@@ -65,10 +65,10 @@ fn under_the_shim() {
         hook(c"cuGetProcAddress_v2"),
         "dlsym gives the hook"
     );
-    let lookup = |name: &CStr, version| {
+    let lookup_with = |name: &CStr, version, flags| {
         let (mut p, mut status) = (std::ptr::null_mut(), -1);
         // SAFETY: a C string and live out-pointers.
-        let r = unsafe { v2(name.as_ptr(), &mut p, version, 0, &mut status) };
+        let r = unsafe { v2(name.as_ptr(), &mut p, version, flags, &mut status) };
         assert_eq!(
             (r, status),
             (CUDA_SUCCESS, CU_GET_PROC_ADDRESS_SUCCESS),
@@ -76,6 +76,7 @@ fn under_the_shim() {
         );
         p
     };
+    let lookup = |name: &CStr, version| lookup_with(name, version, CU_GET_PROC_ADDRESS_DEFAULT);
     // The runtime asks for base names; the driver answers with the newest version, and the shim
     // hands out its hook of that version: same name, same arguments.
     for (name, version, expected) in [
@@ -94,6 +95,78 @@ fn under_the_shim() {
             "cuGetProcAddress({name:?}, {version})"
         );
     }
+    // The variant the driver chose for the flags and version, exactly: the per-thread default
+    // stream's `_ptsz`, the pre-3.2 unversioned name (refused by its hook).
+    let ptds = CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM;
+    for (name, version, flags, expected) in [
+        (
+            c"cuLaunchKernel",
+            CUDA_VERSION_12_0,
+            ptds,
+            c"cuLaunchKernel_ptsz",
+        ),
+        (
+            c"cuMemAllocAsync",
+            CUDA_VERSION_12_0,
+            ptds,
+            c"cuMemAllocAsync_ptsz",
+        ),
+        (
+            c"cuGraphLaunch",
+            CUDA_VERSION_12_0,
+            ptds,
+            c"cuGraphLaunch_ptsz",
+        ),
+        (c"cuMemAlloc", 3000, 0, c"cuMemAlloc"),
+        (
+            c"cuArray3DCreate",
+            CUDA_VERSION_12_0,
+            0,
+            c"cuArray3DCreate_v2",
+        ),
+    ] {
+        assert_eq!(
+            lookup_with(name, version, flags),
+            hook(expected),
+            "cuGetProcAddress({name:?}, {version}, {flags})"
+        );
+    }
+    // One real function per exact name: after the `_ptsz` lookup, the legacy cuLaunchKernel
+    // still calls the driver's cuLaunchKernel.
+    let calls = |name: &CStr| {
+        // SAFETY: the stand-in's counter has this type.
+        let f = unsafe {
+            std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*const std::ffi::c_char) -> u64>(
+                sym(cuda, c"carve_fake_cuda_calls"),
+            )
+        };
+        // SAFETY: a C string.
+        unsafe { f(name.as_ptr()) }
+    };
+    let legacy = lookup(c"cuLaunchKernel", CUDA_VERSION_12_0);
+    // SAFETY: the hook of cuLaunchKernel (checked above), called with a null function: the
+    // driver refuses it, after the call was counted.
+    unsafe {
+        let l = std::mem::transmute::<*mut c_void, PFN_cuLaunchKernel>(legacy);
+        let null = std::ptr::null_mut();
+        l(
+            null,
+            1,
+            1,
+            1,
+            1,
+            1,
+            1,
+            0,
+            null.cast(),
+            null.cast(),
+            null.cast(),
+        );
+    }
+    assert_eq!(
+        (calls(c"cuLaunchKernel"), calls(c"cuLaunchKernel_ptsz")),
+        (1, 0)
+    );
     // And the five-argument function handed out for "cuGetProcAddress" works as one.
     let p = lookup(c"cuGetProcAddress", CUDA_VERSION_12_0);
     // SAFETY: checked above to be the shim's cuGetProcAddress_v2 hook.

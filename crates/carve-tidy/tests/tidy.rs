@@ -647,12 +647,15 @@ const SHARED_CONST_NAMES: &[(&str, &[&str], &str)] = &[
 /// The crate that defines the scheduler protocol's names.
 const SCHED_PROTO_HOME: &str = "carve-sched-proto";
 
-/// The environment the shim reads: spelt as string literals only in SCHED_PROTO_HOME.
+/// The environment and the configuration file the shim reads: spelt as string literals only in
+/// SCHED_PROTO_HOME.
 const SCHED_ENV_NAMES: &[&str] = &[
     "CARVE_SCHED_SOCKET",
     "CARVE_TENANT",
     "CARVE_TOKEN_FILE",
     "CARVE_FAIL",
+    "CARVE_SHIM_CONFIG",
+    "/etc/carve/shim.conf",
 ];
 
 /// The protocol's figures: defined only in SCHED_PROTO_HOME.
