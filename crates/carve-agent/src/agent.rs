@@ -100,9 +100,34 @@ pub struct Handle {
     stop_poll: Arc<AtomicBool>,
     api_stop: Option<watch::Sender<bool>>,
     api_task: Option<tokio::task::JoinHandle<()>>,
+    backstop: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Handle {
+    /// Starts the backstop ([`crate::backstop`]): every `cfg.poll`, each time-sliced GPU's
+    /// processes, read through `source` (a backend of its own, e.g. a second NVML handle, so
+    /// that it never waits on a reconcile), are checked against the GPU's scheduler and acted
+    /// on; `on_violation` hears of each violation as it is found. Runs until [`Handle::shutdown`].
+    pub fn watch_processes(
+        &mut self,
+        cfg: crate::backstop::Config,
+        mut source: Box<dyn Backend + Send>,
+        on_violation: impl Fn(&crate::backstop::Violation) + Send + 'static,
+    ) {
+        let (state, stop) = (self.state.clone(), self.stop_poll.clone());
+        self.backstop = Some(std::thread::spawn(move || {
+            let targets = || backstop_targets(&state);
+            crate::backstop::run(
+                source.as_mut(),
+                &cfg,
+                &targets,
+                &state.backstop,
+                &on_violation,
+                &stop,
+            );
+        }));
+    }
+
     /// Stops everything: plugins (their sockets removed), schedulers, the API.
     pub async fn shutdown(self) {
         let _ = self.control.tx.send(Command::Stop).await;
@@ -114,7 +139,36 @@ impl Handle {
         if let Some(t) = self.api_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
+        if let Some(t) = self.backstop {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
     }
+}
+
+/// The time-sliced GPUs the node runs now, each with its schedule's tenants and limits and the
+/// clients registered with its scheduler: what the backstop checks.
+fn backstop_targets(state: &AgentState) -> Vec<crate::backstop::Target> {
+    let inv = state.inventory();
+    let scheds = state.scheds.lock().unwrap_or_else(|p| p.into_inner());
+    inv.shared
+        .iter()
+        .map(|g| crate::backstop::Target {
+            gpu: g.gpu_index,
+            gpu_uuid: g.gpu_uuid.clone(),
+            tenants: g
+                .schedule
+                .tenants
+                .iter()
+                .map(|t| (t.name.clone(), t.memory_limit_bytes))
+                .collect(),
+            registered: scheds
+                .iter()
+                .filter(|s| s.gpu_index == g.gpu_index)
+                .flat_map(|s| s.server.registered_pids())
+                .flat_map(|(name, pids)| pids.into_iter().map(move |p| (name.clone(), p)))
+                .collect(),
+        })
+        .collect()
 }
 
 /// Brings the GPUs to `desired` (`carve apply`'s pipeline: the fewest changes from what the GPUs
@@ -157,18 +211,19 @@ fn start_schedulers(
     cfg: &AgentConfig,
     inv: &Inventory,
 ) -> Result<HostPaths, InstallError> {
-    let old: Vec<Sched> =
+    let mut old: Vec<Sched> =
         std::mem::take(&mut *state.scheds.lock().unwrap_or_else(|p| p.into_inner()));
-    for s in old {
-        s.server.stop();
-    }
     let tokens_dir = cfg.run_dir.join("tokens");
     let mut host = HostPaths {
         shim: cfg.shim.clone(),
         ..HostPaths::default()
     };
-    let mut scheds = Vec::new();
-    for g in &inv.shared {
+    let mut scheds: Vec<Sched> = Vec::new();
+    let start = |g: &crate::inventory::SharedGpu,
+                 old: &mut Vec<Sched>,
+                 scheds: &mut Vec<Sched>,
+                 host: &mut HostPaths|
+     -> Result<(), InstallError> {
         for t in &g.schedule.tenants {
             host.tokens.insert(
                 t.name.clone(),
@@ -186,14 +241,46 @@ fn start_schedulers(
         config.access = Some(carve_sched::config::SocketAccess::Everyone);
         config.validate().map_err(|e| cannot(e.to_string()))?;
         let socket = cfg.run_dir.join(format!("sched-gpu{}.sock", g.gpu_index));
-        let server = carve_sched::server::Server::start(config, &socket)
-            .map_err(|e| cannot(e.to_string()))?;
         host.sched_sockets.insert(g.gpu_index, socket.clone());
+        // A scheduler that already runs this GPU's schedule keeps running: its clients stay
+        // connected and keep their turns (a restart would leave their shims unscheduled).
+        if let Some(i) = old
+            .iter()
+            .position(|s| s.gpu_uuid == g.gpu_uuid && s.socket == socket && s.config == config)
+        {
+            let kept = old.swap_remove(i);
+            scheds.push(Sched {
+                gpu_index: g.gpu_index,
+                ..kept
+            });
+            return Ok(());
+        }
+        // One that runs something else on this socket gives way first.
+        if let Some(i) = old.iter().position(|s| s.socket == socket) {
+            old.swap_remove(i).server.stop();
+        }
+        let server = carve_sched::server::Server::start(config.clone(), &socket)
+            .map_err(|e| cannot(e.to_string()))?;
         scheds.push(Sched {
             gpu_index: g.gpu_index,
             gpu_uuid: g.gpu_uuid.clone(),
+            socket,
+            config,
             server,
         });
+        Ok(())
+    };
+    for g in &inv.shared {
+        if let Err(e) = start(g, &mut old, &mut scheds, &mut host) {
+            // Nothing half-started stays running.
+            for s in old.into_iter().chain(scheds) {
+                s.server.stop();
+            }
+            return Err(e);
+        }
+    }
+    for s in old {
+        s.server.stop();
     }
     *state.scheds.lock().unwrap_or_else(|p| p.into_inner()) = scheds;
     Ok(host)
@@ -637,6 +724,7 @@ pub async fn start_checked(
         stop_poll,
         api_stop,
         api_task,
+        backstop: None,
     })
 }
 

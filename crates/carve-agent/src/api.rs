@@ -15,6 +15,8 @@
 //! connections cannot lock out a client that sends its request at once), and a lifetime per
 //! connection. Its descriptors are thus bounded, and the schedulers running in the same
 //! process keep theirs.
+//! - `GET /v1/violations` (needs the token: it names every tenant's processes): the backstop's
+//!   settings, the processes on the time-sliced GPUs and the violations found, oldest first.
 
 use crate::control::{Control, ReconcileError};
 use crate::state::{AgentState, Xid};
@@ -96,6 +98,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/plan", get(get_plan).post(post_plan))
         .route("/v1/tenants", get(tenants))
         .route("/v1/health", post(post_health))
+        .route("/v1/violations", get(violations))
         .with_state(ctx)
 }
 
@@ -350,6 +353,13 @@ async fn post_health(AxState(ctx): AxState<Ctx>, headers: HeaderMap, body: Body)
         None => ctx.state.set_health(&b.uuid, None),
     };
     Json(json!({"uuid": b.uuid, "changed": changed})).into_response()
+}
+
+async fn violations(AxState(ctx): AxState<Ctx>, headers: HeaderMap) -> Response {
+    if !authorized(&ctx, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "a bearer token is required");
+    }
+    Json(ctx.state.backstop.report()).into_response()
 }
 
 /// A connection being served: where from, whether a request is in progress, how to close it.

@@ -6,6 +6,8 @@
 //!   [`host`]: the driver's device nodes for the spec.
 //! - [`plugin`]: the kubelet device plugin API v1beta1 (gRPC over unix sockets) per resource.
 //! - [`state`]: shared state and Prometheus metrics.
+//! - [`backstop`]: every process on a time-sliced GPU checked through the driver against the
+//!   GPU's scheduler (unregistered, over its tenant's memory limit), and acted on.
 //! - [`api`]: the HTTP API.
 //! - [`agent`]: the control loop tying them together; [`control`]: the commands it takes;
 //!   [`error`]: what can go wrong.
@@ -14,6 +16,7 @@
 pub mod agent;
 pub mod allocate;
 pub mod api;
+pub mod backstop;
 pub mod cdi;
 pub mod control;
 pub mod error;

@@ -32,6 +32,9 @@ fn write<T>(l: &RwLock<T>, v: T) {
 pub struct Sched {
     pub gpu_index: u32,
     pub gpu_uuid: String,
+    /// Its socket, and what it runs: a reinstall that would run the same keeps it running.
+    pub socket: std::path::PathBuf,
+    pub config: carve_sched::config::DaemonConfig,
     pub server: Server,
 }
 
@@ -55,6 +58,8 @@ pub struct AgentState {
     changes: watch::Sender<u64>,
     pub scheds: Mutex<Vec<Sched>>,
     pub metrics: Metrics,
+    /// What the backstop has seen and done (empty when it does not run).
+    pub backstop: crate::backstop::Record,
 }
 
 impl AgentState {
@@ -70,6 +75,7 @@ impl AgentState {
             changes: watch::channel(0).0,
             scheds: Mutex::new(Vec::new()),
             metrics: Metrics::new(),
+            backstop: crate::backstop::Record::default(),
         }
     }
 
@@ -353,6 +359,11 @@ struct Snapshot {
     tenants: Vec<(Labels, [f64; 6], Option<f64>)>,
     /// Per tenant: launch-wait histogram (per-bucket counts, sum in s).
     waits: Vec<(Labels, Vec<u64>, f64)>,
+    /// The backstop: per GPU and tenant (registered or not), processes and device memory; its
+    /// violations by GPU, kind and action; its looks by result.
+    watched: Vec<(Labels, f64, f64)>,
+    violations: Vec<(Labels, f64)>,
+    polls: Vec<(Labels, f64)>,
 }
 
 impl Snapshot {
@@ -414,11 +425,52 @@ impl Snapshot {
                 ));
             }
         }
+        let b = s.backstop.report();
+        let mut per: BTreeMap<(u32, Option<String>), (f64, f64)> = BTreeMap::new();
+        for w in &b.processes {
+            let e = per.entry((w.gpu, w.tenant.clone())).or_default();
+            e.0 += 1.0;
+            e.1 += w.memory_bytes.unwrap_or(0) as f64;
+        }
+        let watched = per
+            .into_iter()
+            .map(|((gpu, tenant), (n, bytes))| {
+                let l = Metrics::l(&[
+                    ("gpu", &gpu.to_string()),
+                    ("tenant", tenant.as_deref().unwrap_or("")),
+                    (
+                        "registered",
+                        if tenant.is_some() { "true" } else { "false" },
+                    ),
+                ]);
+                (l, n, bytes)
+            })
+            .collect();
+        let violations = b
+            .counts
+            .iter()
+            .map(|((gpu, kind, action), n)| {
+                let l = Metrics::l(&[
+                    ("gpu", &gpu.to_string()),
+                    ("kind", kind.as_str()),
+                    ("action", action),
+                ]);
+                (l, *n as f64)
+            })
+            .collect();
+        let polls = b
+            .polls
+            .iter()
+            .map(|(r, n)| (Metrics::l(&[("result", r)]), *n as f64))
+            .collect();
         Snapshot {
             gpus,
             devices,
             tenants,
             waits,
+            watched,
+            violations,
+            polls,
         }
     }
 }
@@ -517,6 +569,37 @@ impl Collector for SnapshotCollector {
             "tenant_memory_limit_bytes",
             "Device memory a tenant may hold",
             &lim,
+        )?;
+        let rows = |f: fn(&(Labels, f64, f64)) -> f64| -> Vec<(&Labels, f64)> {
+            s.watched.iter().map(|r| (&r.0, f(r))).collect()
+        };
+        gauge(
+            &mut enc,
+            "backstop_processes",
+            "Processes the driver lists on a time-sliced GPU, per tenant they are registered as \
+             (registered=\"false\": with no scheduler registration)",
+            &rows(|r| r.1),
+        )?;
+        gauge(
+            &mut enc,
+            "backstop_memory_bytes",
+            "Device memory the driver says those processes hold",
+            &rows(|r| r.2),
+        )?;
+        let v: Vec<_> = s.violations.iter().map(|(l, n)| (l, *n)).collect();
+        counter(
+            &mut enc,
+            "backstop_violations",
+            "Processes found unregistered or over their tenant's memory limit on a time-sliced \
+             GPU, by what was done (logged, killed, gone, not-visible, kill-failed)",
+            &v,
+        )?;
+        let p: Vec<_> = s.polls.iter().map(|(l, n)| (l, *n)).collect();
+        counter(
+            &mut enc,
+            "backstop_polls",
+            "Looks at the time-sliced GPUs' processes, by result",
+            &p,
         )?;
         let mut m = enc.encode_descriptor(
             "tenant_launch_wait_seconds",

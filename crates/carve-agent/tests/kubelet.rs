@@ -822,3 +822,80 @@ async fn a_new_kubelet_socket_with_the_old_inode_is_seen() {
     eprintln!("{same_inode} of 3 new kubelet.sock files had the old one's inode");
     s.agent.shutdown().await;
 }
+
+/// Applying the same plan again (the API's re-POST, a resync that reinstalls) keeps each
+/// scheduler running: a tenant's connected client is not cut off, so its shim stays scheduled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinstalling_the_same_schedule_keeps_the_schedulers_and_their_clients() {
+    let s = setup(Options::default()).await;
+    let sockets = s.agent.state.host_paths().sched_sockets.clone();
+    let (gpu, socket) = sockets
+        .iter()
+        .next()
+        .map(|(g, p)| (*g, p.clone()))
+        .expect("a time-sliced GPU");
+    let tenant = s
+        .agent
+        .state
+        .inventory()
+        .shared
+        .iter()
+        .find(|g| g.gpu_index == gpu)
+        .unwrap()
+        .schedule
+        .tenants[0]
+        .name
+        .clone();
+    let token = std::fs::read_to_string(carve_sched::tokens::token_path(
+        &s.dir.join("run/tokens"),
+        &tenant,
+    ))
+    .unwrap();
+    let socket2 = socket.clone();
+    let client = tokio::task::spawn_blocking(move || {
+        let mut c = carve_sched_proto::Client::connect(&socket2).unwrap();
+        let r = c
+            .call(&carve_sched_proto::Request::Hello {
+                version: carve_sched_proto::VERSION,
+                tenant,
+                token: Some(token.trim().to_string()),
+            })
+            .unwrap();
+        assert!(
+            matches!(r, carve_sched_proto::Reply::Welcome { .. }),
+            "{r:?}"
+        );
+        c
+    })
+    .await
+    .unwrap();
+    let status = |socket: PathBuf| {
+        let mut c = carve_sched_proto::Client::connect(&socket).unwrap();
+        match c.call(&carve_sched_proto::Request::Status).unwrap() {
+            carve_sched_proto::Reply::Status { status } => status,
+            other => panic!("{other:?}"),
+        }
+    };
+    let before = {
+        let socket = socket.clone();
+        tokio::task::spawn_blocking(move || status(socket))
+            .await
+            .unwrap()
+    };
+    s.agent
+        .control
+        .apply(s.plan.clone(), "k1".into())
+        .await
+        .expect("the same plan applies");
+    assert_eq!(s.agent.state.host_paths().sched_sockets, sockets);
+    let after = tokio::task::spawn_blocking(move || status(socket))
+        .await
+        .unwrap();
+    // The same daemon (its uptime went on) with the tenant's client still connected.
+    assert!(after.uptime_ns > before.uptime_ns, "{before:?}\n{after:?}");
+    let connected =
+        |st: &carve_sched_proto::StatusReport| st.tenants.iter().map(|t| t.clients).sum::<u32>();
+    assert_eq!(connected(&after), 1, "{after:?}");
+    assert_eq!(connected(&before), 1, "{before:?}");
+    drop(client);
+}

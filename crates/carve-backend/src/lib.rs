@@ -131,6 +131,17 @@ pub struct Process {
     pub name: String,
 }
 
+/// A compute process on a whole GPU as the driver reports it
+/// (`nvmlDeviceGetComputeRunningProcesses`): every process with a CUDA context there, however it
+/// got one (with or without carve's shim).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuProcess {
+    pub pid: u32,
+    /// Device memory it holds (its context included), or `None` when the driver does not say
+    /// (`NVML_VALUE_NOT_AVAILABLE`).
+    pub used_memory_bytes: Option<u64>,
+}
+
 /// A compute instance: the MIG device CUDA sees.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComputeInstance {
@@ -181,4 +192,13 @@ pub trait Backend {
     fn create_compute_instance(&mut self, gpu: u32, gi: u32, slices: u8) -> Result<u32>;
     fn destroy_compute_instance(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<()>;
     fn destroy_gpu_instance(&mut self, gpu: u32, gi: u32) -> Result<()>;
+    /// Every compute process on GPU `gpu` (all of its MIG devices' too) with the memory it
+    /// holds. Backends without a per-process view (the simulated node) say
+    /// [`BackendError::NotSupported`].
+    fn gpu_processes(&mut self, gpu: u32) -> Result<Vec<GpuProcess>> {
+        Err(BackendError::NotSupported(format!(
+            "the {} backend has no per-process view of GPU {gpu}",
+            self.kind()
+        )))
+    }
 }

@@ -30,6 +30,14 @@ pub enum PreferArg {
     Pack,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum ViolationArg {
+    /// An event: stderr, GET /v1/violations and the metrics.
+    Log,
+    /// The event, and SIGKILL to the process.
+    Kill,
+}
+
 /// The agent's flags (shared by `carve agent` and `carve up`).
 #[derive(Args, Debug, Clone)]
 pub struct AgentArgs {
@@ -77,6 +85,23 @@ pub struct AgentArgs {
     /// The kubeconfig for --label-node (default: in-cluster, $KUBECONFIG or ~/.kube/config).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+    /// The backstop (on GPUs, through NVML): what to do about a process on a time-sliced GPU
+    /// that is not registered with its scheduler (no shim: static, setuid, `env -u LD_PRELOAD`,
+    /// the shim dodged) or that puts its tenant over its memory limit.
+    #[arg(long, value_enum, default_value_t = ViolationArg::Log)]
+    pub on_violation: ViolationArg,
+    /// How often the backstop asks the driver for the time-sliced GPUs' processes (10ms to
+    /// 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "100ms")]
+    pub backstop_poll: String,
+    /// How long a process may be on a time-sliced GPU before it must be registered (the shim
+    /// registers at its process's first launch or allocation); `0`: at once.
+    #[arg(long, value_name = "DURATION", default_value = "500ms")]
+    pub backstop_grace: String,
+    /// Device memory a process may hold beyond its tenant's limit before the backstop acts:
+    /// the context and modules the driver counts and the shim does not.
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    pub backstop_slack_mib: u64,
     /// Stop after this long (for tests and demos), e.g. 30s; default: until Ctrl-C.
     #[arg(long, value_name = "DURATION", hide = true)]
     pub run_for: Option<String>,
@@ -112,6 +137,35 @@ fn resync(a: &AgentArgs) -> Result<Option<Duration>, Failure> {
         return Err(Failure::bad("--resync must be at least 100ms"));
     }
     Ok(Some(d))
+}
+
+/// The backstop's settings from the flags.
+fn backstop(a: &AgentArgs) -> Result<carve_agent::backstop::Config, Failure> {
+    use carve_agent::backstop::{Action, Config, MAX_POLL};
+    let poll = input::parse_duration(&a.backstop_poll, "--backstop-poll", 0.5)?;
+    if poll < Duration::from_millis(10) || poll > MAX_POLL {
+        return Err(Failure::bad(format!(
+            "--backstop-poll {}: give 10ms to 500ms",
+            a.backstop_poll
+        )));
+    }
+    let grace = match a.backstop_grace.trim() {
+        "0" | "0s" | "0ms" => Duration::ZERO,
+        g => input::parse_duration(g, "--backstop-grace", 60.0)?,
+    };
+    let slack_bytes = a
+        .backstop_slack_mib
+        .checked_mul(1024 * 1024)
+        .ok_or_else(|| Failure::bad("--backstop-slack-mib is too large"))?;
+    Ok(Config {
+        poll,
+        grace,
+        slack_bytes,
+        action: match a.on_violation {
+            ViolationArg::Log => Action::Log,
+            ViolationArg::Kill => Action::Kill,
+        },
+    })
 }
 
 fn listen(a: &AgentArgs) -> Result<Option<SocketAddr>, Failure> {
@@ -534,6 +588,7 @@ fn run(ctx: &Ctx, a: &AgentArgs, start: Start) -> Result<Out, Failure> {
         .map(|d| input::parse_duration(d, "--run-for", 365.0 * 86400.0))
         .transpose()?;
     let resync = resync(a)?;
+    let backstop = backstop(a)?;
     let given = given_token(a)?;
     // Without a shim no time-sliced share is offered (it could not be enforced); a shim that
     // CARVE_SHIM_LIB names and that is not there is a broken environment.
@@ -630,7 +685,7 @@ fn run(ctx: &Ctx, a: &AgentArgs, start: Start) -> Result<Out, Failure> {
     let json = ctx.json;
     let backend_note = opened.note;
     rt.block_on(async move {
-        let h = match agent::start_checked(cfg, opened.node, pre).await {
+        let mut h = match agent::start_checked(cfg, opened.node, pre).await {
             Ok(h) => h,
             Err(e) => {
                 undo.undo();
@@ -646,6 +701,24 @@ fn run(ctx: &Ctx, a: &AgentArgs, start: Start) -> Result<Out, Failure> {
             }) {
                 Ok(_) => {}
                 Err(e) => eprintln!("carve: warning: no XID events, so no health checks: {e}"),
+            }
+            // The backstop, on a second NVML handle: every process on a time-sliced GPU, with
+            // or without the shim.
+            if matches!(backstop.action, carve_agent::backstop::Action::Kill) && !host_pid_ns() {
+                eprintln!(
+                    "carve: warning: --on-violation kill: the agent is not in the host's pid \
+                     namespace, whose pids NVML reports: a pid it cannot see is never signalled, \
+                     one it can see may be another process (run it with the host's, hostPID)"
+                );
+            }
+            match crate::backend::open_nvml() {
+                Ok(source) => h.watch_processes(backstop, source, |v| {
+                    eprintln!("carve: backstop: {v}");
+                }),
+                Err(e) => eprintln!(
+                    "carve: warning: no backstop (processes on time-sliced GPUs are not \
+                     watched): {e}"
+                ),
             }
         }
         if json {
@@ -668,6 +741,12 @@ fn run(ctx: &Ctx, a: &AgentArgs, start: Start) -> Result<Out, Failure> {
     })
 }
 
+/// Whether this process is in the initial pid namespace (`PROC_PID_INIT_INO`).
+fn host_pid_ns() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == 0xEFFF_FFFC)
+}
+
 /// `carve agent [FILE]`.
 pub fn agent_cmd(
     ctx: &Ctx,
@@ -681,6 +760,7 @@ pub fn agent_cmd(
     options(a)?;
     listen(a)?;
     resync(a)?;
+    backstop(a)?;
     let desired = match file {
         None => Desired::Recorded,
         Some(f) => node::load_desired(f, config, node_name)?,
@@ -761,6 +841,7 @@ pub fn up_cmd(
     options(a)?;
     listen(a)?;
     resync(a)?;
+    backstop(a)?;
     if !tenancy.exists() && tenancy != Path::new("-") {
         return Err(Failure::bad(format!(
             "{}: no such tenancy file (try examples/tenancy.yaml from the repository)",

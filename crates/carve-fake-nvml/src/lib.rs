@@ -10,6 +10,10 @@
 //!   every mutation, under an advisory lock on `<file>.lock`, so several processes, and a test that
 //!   edits the file (for example to add processes to `gpus[..].gis[..].cis[..].processes`), share
 //!   one node. Without it the node lives in this process until the last `nvmlShutdown`.
+//! - `CARVE_FAKE_CUDA_DIR` (the stand-in CUDA's shared directory) and `CARVE_FAKE_NVML_CUDA_GPU`
+//!   (default 0): the stand-in CUDA's processes are that GPU's compute processes, with the device
+//!   memory each holds, so that the NVML view of the node shows every CUDA process on it, with
+//!   or without carve's shim, as a real driver's does (see [`ENV_CUDA_DIR`]).
 //!
 //! Handles are opaque pointer values that encode what they name (never 0 and never
 //! dereferenced): a tag (device, GPU instance, compute instance, MIG device) and the GPU index,
@@ -1329,10 +1333,23 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeInstanceId(
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-/// Processes on a device: those of one CI for a MIG device, all of them for a full GPU.
+/// Processes on a device: those of one CI for a MIG device, all of them for a full GPU (the
+/// stand-in CUDA's among them, when it is bridged to this GPU: [`cuda_processes`]).
 fn processes_of(f: &Fake, h: Handle) -> Result<Vec<nvmlProcessInfo_v2_t>, Rc> {
     let (gpu, mig) = f.any_device(h)?;
     let mut out = Vec::new();
+    if mig.is_none() && !f.gpu(gpu)?.mig.current && cuda_gpu() == Some(gpu) {
+        out.extend(
+            cuda_processes()
+                .into_iter()
+                .map(|(pid, bytes)| nvmlProcessInfo_v2_t {
+                    pid,
+                    usedGpuMemory: bytes,
+                    gpuInstanceId: NO_INSTANCE,
+                    computeInstanceId: NO_INSTANCE,
+                }),
+        );
+    }
     for gi in &f.gpu(gpu)?.gis {
         for ci in &gi.cis {
             if mig.is_some_and(|m| m != (gi.id, ci.id)) {
@@ -1347,6 +1364,103 @@ fn processes_of(f: &Fake, h: Handle) -> Result<Vec<nvmlProcessInfo_v2_t>, Rc> {
         }
     }
     Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stand-in CUDA's processes, so that one node-wide view exists, as on a real driver: with
+// `CARVE_FAKE_CUDA_DIR` set, the stand-in CUDA's one GPU (`carve-fake-cuda`, whose processes
+// share that directory) is this library's GPU `$CARVE_FAKE_NVML_CUDA_GPU` (0 when unset), and
+// its processes are that GPU's compute processes, whoever launched them, with or without carve's
+// shim: those that hold device memory (`mem/<pid>`, "<bytes> <start time>", as the stand-in CUDA
+// writes it: the start time, field 22 of `/proc/<pid>/stat`, tells a reused pid) with that
+// memory, and those that have run a kernel (they map its `gpu.tickets` page) with what they
+// hold, maybe nothing. A real driver lists a process from its context's creation; the stand-in
+// from its first allocation or kernel. A GPU in MIG mode shows none of them (the stand-in CUDA
+// has no MIG devices). Read-only: nothing here changes the stand-in CUDA's files.
+
+/// The stand-in CUDA's shared directory (`carve-fake-cuda`'s own variable).
+pub const ENV_CUDA_DIR: &str = "CARVE_FAKE_CUDA_DIR";
+/// Which GPU of this library the stand-in CUDA's GPU is (default 0).
+pub const ENV_CUDA_GPU: &str = "CARVE_FAKE_NVML_CUDA_GPU";
+
+fn cuda_dir() -> Option<PathBuf> {
+    std::env::var_os(ENV_CUDA_DIR)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The GPU the stand-in CUDA's processes run on, when it is bridged.
+fn cuda_gpu() -> Option<u32> {
+    cuda_dir()?;
+    match std::env::var(ENV_CUDA_GPU) {
+        Ok(v) => v.trim().parse().ok(),
+        Err(_) => Some(0),
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat` (the start time), `None` for a process that is gone or a
+/// zombie.
+fn start_time(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command (field 2) is in parentheses and may hold anything; the fields after it are
+    // plain: the state (3), then the start time 19 fields later.
+    let rest = &s[s.rfind(')')? + 1..];
+    let mut f = rest.split_ascii_whitespace();
+    if matches!(f.next()?, "Z" | "X") {
+        return None;
+    }
+    f.nth(18)?.parse().ok()
+}
+
+/// (pid, bytes) of every live process of the stand-in CUDA, by pid.
+fn cuda_processes() -> Vec<(u32, u64)> {
+    let Some(dir) = cuda_dir() else {
+        return Vec::new();
+    };
+    let mut out: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+    if let Ok(rd) = std::fs::read_dir(dir.join("mem")) {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let mut w = text.split_ascii_whitespace();
+            let Some(bytes) = w.next().and_then(|b| b.parse::<u64>().ok()) else {
+                continue;
+            };
+            let started: Option<u64> = w.next().and_then(|s| s.parse().ok());
+            let live = match (start_time(pid), started) {
+                (Some(now), Some(then)) => now == then,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if live && bytes > 0 {
+                out.insert(pid, bytes);
+            }
+        }
+    }
+    // Processes that ran a kernel map the ticket page (as a real GPU's have its device open).
+    let tickets = std::fs::canonicalize(dir.join("gpu.tickets")).ok();
+    if let (Some(t), Ok(rd)) = (tickets, std::fs::read_dir("/proc")) {
+        let t = t.to_string_lossy().into_owned();
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if out.contains_key(&pid) {
+                continue;
+            }
+            let Ok(maps) = std::fs::read_to_string(e.path().join("maps")) else {
+                continue;
+            };
+            if maps.lines().any(|l| l.ends_with(t.as_str())) && start_time(pid).is_some() {
+                out.insert(pid, 0);
+            }
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// `nvmlDeviceGetComputeRunningProcesses`: `*infoCount` is the room in `infos` on the way in

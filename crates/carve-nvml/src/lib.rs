@@ -20,7 +20,8 @@
 //! `carve-fake-nvml`).
 
 use carve_backend::{
-    Backend, BackendError, ComputeInstance, GpuInfo, GpuInstance, MigMode, Process, Result,
+    Backend, BackendError, ComputeInstance, GpuInfo, GpuInstance, GpuProcess, MigMode, Process,
+    Result,
 };
 use carve_model::NvmlGiProfile;
 use nvml_wrapper::error::NvmlError;
@@ -379,8 +380,9 @@ impl NvmlBackend {
         Ok(v)
     }
 
-    /// Processes on a (MIG) device, v3 of the call where the library has it, else v2.
-    fn processes(&self, dev: nvmlDevice_t, ctx: &str) -> Result<Vec<Process>> {
+    /// The compute processes on a (MIG) device as the driver lists them, v3 of the call where
+    /// the library has it, else v2 (one entry per process and MIG device it runs on).
+    fn process_infos(&self, dev: nvmlDevice_t, ctx: &str) -> Result<Vec<nvmlProcessInfo_v2_t>> {
         let lib = self.nvml.lib();
         let (f, name) = match &lib.nvmlDeviceGetComputeRunningProcesses_v3 {
             Ok(f) => (*f, "nvmlDeviceGetComputeRunningProcesses_v3"),
@@ -399,18 +401,10 @@ impl NvmlBackend {
             let rc = unsafe { f(dev, &mut count, ptr) };
             match rc {
                 SUCCESS => {
-                    // SAFETY: the driver initialised the first `count` entries.
+                    // SAFETY: the driver initialised the first `count` entries (never more
+                    // than `cap`, the room it was given).
                     unsafe { buf.set_len((count as usize).min(cap)) };
-                    let mut out: Vec<Process> = Vec::new();
-                    for p in &buf {
-                        if !out.iter().any(|o| o.pid == p.pid) {
-                            out.push(Process {
-                                pid: p.pid,
-                                name: process_name(p.pid),
-                            });
-                        }
-                    }
-                    return Ok(out);
+                    return Ok(buf);
                 }
                 // More processes than room: retry with room for them (and a few newcomers).
                 ERROR_INSUFFICIENT_SIZE => cap = count.min(MAX_COUNT) as usize + 8,
@@ -420,6 +414,20 @@ impl NvmlBackend {
         Err(BackendError::Other(format!(
             "{name} ({ctx}): the process list kept growing"
         )))
+    }
+
+    /// Processes on a (MIG) device, each once, with their names.
+    fn processes(&self, dev: nvmlDevice_t, ctx: &str) -> Result<Vec<Process>> {
+        let mut out: Vec<Process> = Vec::new();
+        for p in self.process_infos(dev, ctx)? {
+            if !out.iter().any(|o| o.pid == p.pid) {
+                out.push(Process {
+                    pid: p.pid,
+                    name: process_name(p.pid),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// MIG devices of a GPU by (GI id, CI id): UUID and processes.
@@ -894,6 +902,41 @@ impl Backend for NvmlBackend {
         let rc = unsafe { f(gih) };
         check(rc, name, || format!("GPU {gpu}, GPU instance {gi}"))
     }
+
+    /// `nvmlDeviceGetComputeRunningProcesses_v3` (else `_v2`) on the whole GPU: every process
+    /// with a context on it, with its `usedGpuMemory` (summed over the MIG devices a process
+    /// is listed on; `NVML_VALUE_NOT_AVAILABLE` is `None`).
+    fn gpu_processes(&mut self, gpu: u32) -> Result<Vec<GpuProcess>> {
+        let dev = self.device(gpu)?;
+        Ok(merge_processes(
+            &self.process_infos(dev, &format!("GPU {gpu}"))?,
+        ))
+    }
+}
+
+/// NVML's `usedGpuMemory` when the driver cannot say (`NVML_VALUE_NOT_AVAILABLE`, -1).
+const MEMORY_NOT_AVAILABLE: u64 = u64::MAX;
+
+/// One [`GpuProcess`] per pid, in the driver's order: a process listed once per MIG device it
+/// runs on holds the sum; memory the driver does not report on any entry is `None`.
+fn merge_processes(infos: &[nvmlProcessInfo_v2_t]) -> Vec<GpuProcess> {
+    let mut out: Vec<GpuProcess> = Vec::new();
+    for p in infos {
+        let used = (p.usedGpuMemory != MEMORY_NOT_AVAILABLE).then_some(p.usedGpuMemory);
+        match out.iter_mut().find(|o| o.pid == p.pid) {
+            Some(o) => {
+                o.used_memory_bytes = match (o.used_memory_bytes, used) {
+                    (Some(a), Some(b)) => Some(a.saturating_add(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            None => out.push(GpuProcess {
+                pid: p.pid,
+                used_memory_bytes: used,
+            }),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -917,6 +960,29 @@ mod tests {
             }
             other => panic!("expected Unavailable, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn processes_merge_per_pid_and_unknown_memory_is_none() {
+        let info = |pid, used| nvmlProcessInfo_v2_t {
+            pid,
+            usedGpuMemory: used,
+            gpuInstanceId: 0,
+            computeInstanceId: 0,
+        };
+        let got = merge_processes(&[
+            info(7, 100),
+            info(9, MEMORY_NOT_AVAILABLE),
+            info(7, 50),
+            info(9, MEMORY_NOT_AVAILABLE),
+            info(11, MEMORY_NOT_AVAILABLE),
+            info(11, 5),
+        ]);
+        let want = |pid, used| GpuProcess {
+            pid,
+            used_memory_bytes: used,
+        };
+        assert_eq!(got, [want(7, Some(150)), want(9, None), want(11, Some(5))]);
     }
 
     #[test]

@@ -330,6 +330,93 @@ fn busy_compute_instance_from_state_file() {
     b.destroy_gpu_instance(0, gi).expect("destroy GI");
 }
 
+/// Sets the stand-in CUDA bridge's variables for one test and takes them away again.
+struct CudaBridge;
+
+impl CudaBridge {
+    fn set(dir: &std::path::Path, gpu: Option<&str>) -> CudaBridge {
+        std::env::set_var("CARVE_FAKE_CUDA_DIR", dir);
+        match gpu {
+            Some(g) => std::env::set_var("CARVE_FAKE_NVML_CUDA_GPU", g),
+            None => std::env::remove_var("CARVE_FAKE_NVML_CUDA_GPU"),
+        }
+        CudaBridge
+    }
+}
+
+impl Drop for CudaBridge {
+    fn drop(&mut self) {
+        std::env::remove_var("CARVE_FAKE_CUDA_DIR");
+        std::env::remove_var("CARVE_FAKE_NVML_CUDA_GPU");
+    }
+}
+
+/// The whole GPU's processes (what the agent's backstop reads): the stand-in CUDA's live
+/// processes with the memory each holds, on the GPU the bridge names, none in MIG mode; MIG
+/// devices' processes too; dead and reused pids never.
+#[test]
+fn gpu_processes_show_the_stand_in_cudas_processes_with_their_memory() {
+    use carve_backend::GpuProcess;
+    let env = FakeEnv::new("cuda-bridge");
+    let mut b = env.open();
+    for g in [0, 1] {
+        assert!(!b.set_mig_mode(g, false).expect("MIG off").current);
+    }
+    // Without the bridge: nobody.
+    assert_eq!(b.gpu_processes(0).expect("GPU 0"), []);
+    let gpu = env.dir.join("gpu");
+    std::fs::create_dir_all(gpu.join("mem")).expect("mem dir");
+    let me = std::process::id();
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+    let started: u64 = stat[stat.rfind(')').expect(")") + 1..]
+        .split_ascii_whitespace()
+        .nth(19)
+        .and_then(|s| s.parse().ok())
+        .expect("start time");
+    let mem = |pid: u32, text: String| std::fs::write(gpu.join("mem").join(pid.to_string()), text);
+    mem(me, format!("{} {started}\n", 3 << 20)).expect("write");
+    // A dead process, and pid 1 under a start time that is not its own (a reused pid).
+    mem(NO_SUCH_PID, "5 1\n".into()).expect("write");
+    mem(1, format!("7 {}\n", u64::MAX)).expect("write");
+    let mine = GpuProcess {
+        pid: me,
+        used_memory_bytes: Some(3 << 20),
+    };
+    {
+        let _bridge = CudaBridge::set(&gpu, None);
+        assert_eq!(
+            b.gpu_processes(0).expect("GPU 0"),
+            std::slice::from_ref(&mine)
+        );
+        assert_eq!(b.gpu_processes(1).expect("GPU 1"), []);
+    }
+    {
+        let _bridge = CudaBridge::set(&gpu, Some("1"));
+        assert_eq!(b.gpu_processes(0).expect("GPU 0"), []);
+        assert_eq!(
+            b.gpu_processes(1).expect("GPU 1"),
+            std::slice::from_ref(&mine)
+        );
+        // In MIG mode the GPU has only its MIG devices' processes.
+        assert!(b.set_mig_mode(1, true).expect("MIG on").current);
+        let gi = b
+            .create_gpu_instance(1, NvmlGiProfile::Slice1, 0)
+            .expect("1g at 0");
+        b.create_compute_instance(1, gi, 1).expect("CI");
+        env.edit_state(|v| {
+            v["gpus"][1]["gis"][0]["cis"][0]["processes"] =
+                serde_json::json!([{"pid": 4321, "name": "x"}]);
+        });
+        let on_mig = b.gpu_processes(1).expect("GPU 1");
+        assert_eq!(on_mig.iter().map(|p| p.pid).collect::<Vec<_>>(), [4321]);
+    }
+    assert_eq!(b.gpu_processes(0).expect("GPU 0"), []);
+    match b.gpu_processes(7) {
+        Err(BackendError::InvalidArgument(m)) => assert!(m.contains("GPU 7"), "{m}"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}
+
 #[test]
 fn state_is_persisted_and_shared() {
     let env = FakeEnv::new("shared");

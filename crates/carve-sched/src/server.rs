@@ -85,6 +85,8 @@ impl Limits {
 #[derive(Debug, Default, Clone)]
 struct TenantState {
     clients: u32,
+    /// The pid of each client connected now (`SO_PEERCRED` at its hello), once per connection.
+    pids: Vec<u32>,
     /// Clients waiting for a turn.
     waiting: u32,
     memory_used: u64,
@@ -367,6 +369,21 @@ impl Server {
 
     pub fn status(&self) -> StatusReport {
         status(&self.shared, None)
+    }
+
+    /// The processes registered now, by tenant name: the pid of every connected client whose
+    /// hello was accepted, from the kernel's peer credentials (never from the client's word),
+    /// in the pid namespace of this process. A process that never said hello (no shim, the
+    /// shim dodged) is in none of the lists.
+    pub fn registered_pids(&self) -> Vec<(String, Vec<u32>)> {
+        let st = self.shared.lock();
+        self.shared
+            .config
+            .tenants
+            .iter()
+            .zip(&st.tenants)
+            .map(|(t, s)| (t.tenant.name.clone(), s.pids.clone()))
+            .collect()
     }
 
     /// Stops accepting, wakes everyone, removes the socket.
@@ -1142,6 +1159,7 @@ impl EventLoop {
         c.deadline = None;
         let now = proto::now_ns();
         st.tenants[i].clients += 1;
+        st.tenants[i].pids.push(c.peer.pid);
         if st.tenants[i].clients == 1 {
             let _ = st.core.add_tenant(tenant_id(i), t.tenant.share, now);
         }
@@ -1276,6 +1294,9 @@ fn gone(s: &Shared, c: &Conn, i: usize) {
     }
     st.tenants[i].memory_used = st.tenants[i].memory_used.saturating_sub(c.reserved);
     st.tenants[i].clients = st.tenants[i].clients.saturating_sub(1);
+    if let Some(k) = st.tenants[i].pids.iter().position(|p| *p == c.peer.pid) {
+        st.tenants[i].pids.swap_remove(k);
+    }
     if st.tenants[i].clients == 0 {
         if st.turn.as_ref().is_some_and(|t| t.tenant == i) {
             end_turn(&mut st, 0, now);

@@ -122,6 +122,35 @@ fn unknown_and_unproven_clients_are_refused() {
     );
 }
 
+/// The pids a scheduler shows as registered (what the agent's backstop checks the GPU's
+/// processes against) are the kernel's peer credentials of the clients it welcomed, for as long
+/// as they stay connected; a refused client is never among them.
+#[test]
+fn registered_pids_are_the_welcomed_clients_peers() {
+    let p = sock("pids");
+    let s = Server::start(config(Policy::EqualShare, &[None, None], 2, None), &p).unwrap();
+    let me = std::process::id();
+    let pids = |s: &Server| s.registered_pids();
+    assert_eq!(pids(&s), [("t0".into(), vec![]), ("t1".into(), vec![])]);
+    let (_refused, r) = Client::hello(&p, "t1", Some(token(0)));
+    assert!(matches!(r, Reply::Error { .. }), "{r:?}");
+    let (a, r) = Client::hello(&p, "t0", Some(token(0)));
+    assert!(matches!(r, Reply::Welcome { .. }), "{r:?}");
+    let (b, r) = Client::hello(&p, "t0", Some(token(0)));
+    assert!(matches!(r, Reply::Welcome { .. }), "{r:?}");
+    assert_eq!(
+        pids(&s),
+        [("t0".into(), vec![me, me]), ("t1".to_string(), vec![])]
+    );
+    drop(a);
+    drop(b);
+    let t0 = std::time::Instant::now();
+    while !pids(&s)[0].1.is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", pids(&s));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Holds the GPU (as kernels would) until `t`, without taking a CPU from the other clients.
 fn sleep_until(t: u64) {
     let now = proto::now_ns();
