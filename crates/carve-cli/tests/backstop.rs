@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-const TENANCY: &str = "fleet:
+const BACKSTOP_TENANCY: &str = "fleet:
   - node: n1
     platform: kubernetes
     gpus: [1xH100-80GB]
@@ -63,7 +63,7 @@ impl Node {
         std::os::unix::fs::symlink(fake_nvml_lib(), dir.join("lib/libnvidia-ml.so.1")).unwrap();
         let gpu = gpu_state_dir(&format!("carve-backstop-{tag}"), &dir);
         std::fs::create_dir_all(gpu.join("mem")).unwrap();
-        std::fs::write(dir.join("tenancy.yaml"), TENANCY).unwrap();
+        std::fs::write(dir.join("tenancy.yaml"), BACKSTOP_TENANCY).unwrap();
         let mut agent = Command::new(env!("CARGO_BIN_EXE_carve"))
             .current_dir(&dir)
             .env("HOME", &dir)

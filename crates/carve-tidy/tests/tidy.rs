@@ -633,6 +633,7 @@ fn every_dependency_is_used() {
 /// be defined in these crates, no other.
 #[rustfmt::skip]
 const SHARED_CONST_NAMES: &[(&str, &[&str], &str)] = &[
+    ("MIB", &["carve-agent", "carve-workload"], "the mebibyte, a unit both count memory in, not a figure one copies from the other"),
     ("ROW_H", &["carve-cli", "carve-plan"], "drawing metrics of two different pictures (the CLI's layouts, the plan's layout.svg)"),
     ("GAP", &["carve-cli", "carve-plan"], "drawing metrics of two different pictures (the CLI's layouts, the plan's layout.svg)"),
     ("TOP", &["carve-cli", "carve-plan"], "drawing metrics of two different pictures (the CLI's layouts, the plan's layout.svg)"),
@@ -831,6 +832,7 @@ fn the_averaging_factor_default_is_written_once() {
 const EXTERNAL_NAMES: &[(&str, &str)] = &[
     ("Arc", "std::sync::Arc"),
     ("String", "std's String"),
+    ("NVML_VALUE_NOT_AVAILABLE", "nvml.h's \"not available\" value (nvml-wrapper-sys names it differently)"),
     ("unsafe_op_in_unsafe_fn", "a rustc lint, set in [workspace.lints]"),
     ("clippy", "clippy's lint namespace"),
     ("undocumented_unsafe_blocks", "a clippy lint, set in [workspace.lints]"),
