@@ -3,9 +3,12 @@
 //! labels, serve one device plugin per resource and keep it registered with the kubelet.
 //!
 //! One task owns the plugins and the backend; everything else talks to it through commands.
-//! The kubelet directory is watched every `poll` (100 ms): a new `kubelet.sock` (the kubelet
-//! restarted) or a missing plugin socket (the kubelet deletes them when it starts) restarts the
-//! plugins and registers them again.
+//! The kubelet directory's events (inotify) show a `kubelet.sock` made anew (the kubelet
+//! restarted, whether or not the new socket reuses the old one's inode) or a plugin socket
+//! removed (the kubelet deletes them when it starts); either restarts what is needed and
+//! registers again. Every `poll` (100 ms) the directory is also looked at, as a fallback (events
+//! can be lost, the watch can break): a `kubelet.sock` with another device or inode, or a
+//! missing plugin socket.
 
 use crate::allocate::HostPaths;
 use crate::control::{ApplySummary, Command, Control, ReconcileError};
@@ -257,8 +260,11 @@ fn start_schedulers(
             gpu: g.gpu_index,
             message,
         };
-        let config = carve_sched::tokens::identities(g.schedule.clone(), &tokens_dir)
+        let mut config = carve_sched::tokens::identities(g.schedule.clone(), &tokens_dir)
             .map_err(|e| cannot(e.to_string()))?;
+        // The socket is mounted into containers that run as any user: everyone may connect, and
+        // the token each container is given proves its tenant.
+        config.access = Some(carve_sched::config::SocketAccess::Everyone);
         config.validate().map_err(|e| cannot(e.to_string()))?;
         let socket = cfg.run_dir.join(format!("sched-gpu{}.sock", g.gpu_index));
         host.sched_sockets.insert(g.gpu_index, socket.clone());
@@ -371,6 +377,8 @@ struct Plugins {
     running: Vec<Running>,
     /// The kubelet socket all running plugins are registered with.
     registered_with: Option<(u64, u64)>,
+    /// A `kubelet.sock` was made since the last registration (its inode may be the old one's).
+    kubelet_made: bool,
 }
 
 impl Plugins {
@@ -403,7 +411,7 @@ impl Plugins {
             self.start_all(state).await;
         }
         let k = kubelet_id(&self.dir);
-        if k.is_some() && k != self.registered_with {
+        if k.is_some() && (k != self.registered_with || self.kubelet_made) {
             let kubelet = self.dir.join(KUBELET_SOCKET);
             let mut ok = true;
             for r in &self.running {
@@ -426,6 +434,7 @@ impl Plugins {
             }
             if ok {
                 self.registered_with = k;
+                self.kubelet_made = false;
             }
         }
     }
@@ -601,8 +610,20 @@ pub async fn start_checked(
         dir: cfg.device_plugin_dir.clone(),
         running: Vec::new(),
         registered_with: None,
+        kubelet_made: false,
     };
     plugins.start_all(&state).await;
+    // Watched from before the first registration, so that no kubelet start goes unseen.
+    let mut dir_watch = match plugin::DirWatch::new(&cfg.device_plugin_dir) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                "cannot watch {} ({e}): a kubelet restart is seen by polling only",
+                cfg.device_plugin_dir.display()
+            );
+            None
+        }
+    };
     plugins.tend(&state).await;
 
     let stop_poll = Arc::new(AtomicBool::new(false));
@@ -624,22 +645,18 @@ pub async fn start_checked(
                 addr: cfg.listen.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
                 source,
             })?;
-            let (s_tx, mut s_rx) = watch::channel(false);
+            if let Some(w) = api::exposure_warning(bound) {
+                tracing::warn!("{w}");
+            }
+            let (s_tx, s_rx) = watch::channel(false);
+            let limits = api::ApiLimits::default();
             let app = api::router(api::Ctx {
                 state: state.clone(),
                 token: cfg.api_token.clone(),
                 control: control.clone(),
+                limits: limits.clone(),
             });
-            let task = tokio::spawn(async move {
-                let r = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = s_rx.wait_for(|s| *s).await;
-                    })
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!("the HTTP API stopped: {e}");
-                }
-            });
+            let task = tokio::spawn(api::serve(listener, app, limits, s_rx));
             (Some(bound), Some(s_tx), Some(task))
         }
         None => (None, None, None),
@@ -658,8 +675,30 @@ pub async fn start_checked(
         // What the GPUs should look like now: the start's desired state, then each applied plan.
         let mut desired = cfg.desired.clone();
         loop {
+            let dir_event = async {
+                match dir_watch.as_mut() {
+                    Some(w) => w.next().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tick.tick() => plugins.tend(&st).await,
+                e = dir_event => match e {
+                    Some(e) => {
+                        if e == plugin::DirEvent::KubeletSocket {
+                            tracing::info!("kubelet.sock was made anew (kubelet restart): registering again");
+                            plugins.kubelet_made = true;
+                        }
+                        plugins.tend(&st).await;
+                    }
+                    None => {
+                        tracing::warn!(
+                            "the watch of {} broke: a kubelet restart is seen by polling only",
+                            cfg.device_plugin_dir.display()
+                        );
+                        dir_watch = None;
+                    }
+                },
                 _ = resync.tick(), if cfg.resync.is_some() => {
                     match reconcile_install(&node, &st, &cfg, &desired, false).await {
                         Ok((_, true)) => {

@@ -1,29 +1,93 @@
 //! The HTTP API (loopback by default) and Prometheus metrics.
 //!
-//! - `GET /v1/gpus`, `GET /v1/plan`, `GET /v1/tenants`, `GET /metrics`, `GET /healthz`: open.
-//! - `POST /v1/plan` (a plan, as `carve plan` writes it; `?node=` picks the node) and
-//!   `POST /v1/health` (`{"uuid": "...", "xid": 79}`, or `"xid": null` to clear): need
-//!   `Authorization: Bearer <token>`. A plan that does not fit this node is 400 (nothing is
-//!   changed), one that would destroy instances in use 409, a failed GPU operation 500.
+//! - `GET /v1/gpus`, `GET /v1/tenants`, `GET /metrics`, `GET /healthz`: open.
+//! - `GET /v1/plan` (the whole fleet's plan), `POST /v1/plan` (a plan, as `carve plan` writes
+//!   it; `?node=` picks the node) and `POST /v1/health` (`{"uuid": "...", "xid": 79}`, or
+//!   `"xid": null` to clear): need `Authorization: Bearer <token>`, checked before a body is
+//!   read. A plan that does not fit this node is 400 (nothing is changed), one that would
+//!   destroy instances in use 409, a failed GPU operation 500; a body over
+//!   [`ApiLimits::max_body`] is 413, one that does not come within [`ApiLimits::body_within`]
+//!   408.
+//!
+//! [`serve`] serves it within [`ApiLimits`]: headers within a deadline (which also closes idle
+//! keep-alive connections), a cap on connections in all and per client address (at the cap, the
+//! oldest connection with no request in progress makes room, so a flood of idle or slow
+//! connections cannot lock out a client that sends its request at once), and a lifetime per
+//! connection. Its descriptors are thus bounded, and the schedulers running in the same
+//! process keep theirs.
 //! - `GET /v1/violations` (needs the token: it names every tenant's processes): the backstop's
 //!   settings, the processes on the time-sliced GPUs and the violations found, oldest first.
 
 use crate::control::{Control, ReconcileError};
 use crate::state::{AgentState, Xid};
+use axum::body::Body;
 use axum::extract::{Query, State as AxState};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
 
 #[derive(Clone)]
 pub struct Ctx {
     pub state: Arc<AgentState>,
     pub token: String,
     pub control: Control,
+    /// The body limits of POST requests.
+    pub limits: ApiLimits,
+}
+
+/// Bounds on what clients of the API can make the agent hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// A request's headers must be in within this (and an idle keep-alive connection is closed
+    /// after it).
+    pub headers_within: Duration,
+    /// A request's body must be in within this.
+    pub body_within: Duration,
+    /// The largest body taken (a plan of a large fleet is some megabytes).
+    pub max_body: usize,
+    /// Connections in all.
+    pub max_connections: usize,
+    /// Connections from one address.
+    pub max_per_address: usize,
+    /// A connection is closed after this long, whatever it does.
+    pub lifetime: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> ApiLimits {
+        ApiLimits {
+            headers_within: Duration::from_secs(5),
+            body_within: Duration::from_secs(10),
+            max_body: 16 * 1024 * 1024,
+            max_connections: 128,
+            max_per_address: 32,
+            lifetime: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What to say when the API listens beyond loopback: anyone who reaches the address reads the
+/// node's GPUs, tenants and metrics (writes and the plan still need the token, which then
+/// crosses the network in clear text).
+pub fn exposure_warning(addr: SocketAddr) -> Option<String> {
+    if addr.ip().is_loopback() {
+        return None;
+    }
+    Some(format!(
+        "the HTTP API listens on {addr}, not loopback: anyone who can reach it reads this \
+         node's GPUs, tenants and metrics, and the bearer token for writes crosses the network \
+         unencrypted; listen on 127.0.0.1 (the default) and reach it through a tunnel or a \
+         proxy with TLS"
+    ))
 }
 
 pub fn router(ctx: Ctx) -> Router {
@@ -113,7 +177,10 @@ async fn gpus(AxState(ctx): AxState<Ctx>) -> Response {
     Json(gpus_json(&ctx.state)).into_response()
 }
 
-async fn get_plan(AxState(ctx): AxState<Ctx>) -> Response {
+async fn get_plan(AxState(ctx): AxState<Ctx>, headers: HeaderMap) -> Response {
+    if !authorized(&ctx, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "a bearer token is required");
+    }
     match ctx.state.plan() {
         Some(p) => Json(json!({"node": p.node, "plan": p.plan})).into_response(),
         None => error(StatusCode::NOT_FOUND, "this agent runs without a plan"),
@@ -167,15 +234,63 @@ async fn tenants(AxState(ctx): AxState<Ctx>) -> Response {
     Json(tenants_json(&ctx.state)).into_response()
 }
 
+/// Reads a body of at most `max_body` bytes within `body_within`, as text. One announced
+/// longer is refused unread.
+async fn read_body(
+    limits: &ApiLimits,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<String, Response> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limits.max_body as u64) {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is longer than {} bytes", limits.max_body),
+        ));
+    }
+    let bytes = match tokio::time::timeout(
+        limits.body_within,
+        axum::body::to_bytes(body, limits.max_body),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not come within {:?}", limits.body_within),
+            ))
+        }
+        Ok(Err(_)) => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body is longer than {} bytes (or broken off)",
+                    limits.max_body
+                ),
+            ))
+        }
+        Ok(Ok(b)) => b,
+    };
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "the body is not UTF-8"))
+}
+
 async fn post_plan(
     AxState(ctx): AxState<Ctx>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: String,
+    body: Body,
 ) -> Response {
     if !authorized(&ctx, &headers) {
         return error(StatusCode::UNAUTHORIZED, "a bearer token is required");
     }
+    let body = match read_body(&ctx.limits, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let plan = match carve_plan::plan::Plan::from_json(&body) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a plan: {e}")),
@@ -207,10 +322,14 @@ struct HealthBody {
     xid: Option<u64>,
 }
 
-async fn post_health(AxState(ctx): AxState<Ctx>, headers: HeaderMap, body: String) -> Response {
+async fn post_health(AxState(ctx): AxState<Ctx>, headers: HeaderMap, body: Body) -> Response {
     if !authorized(&ctx, &headers) {
         return error(StatusCode::UNAUTHORIZED, "a bearer token is required");
     }
+    let body = match read_body(&ctx.limits, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let b: HealthBody = match serde_json::from_str(&body) {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad body: {e}")),
@@ -241,4 +360,137 @@ async fn violations(AxState(ctx): AxState<Ctx>, headers: HeaderMap) -> Response 
         return error(StatusCode::UNAUTHORIZED, "a bearer token is required");
     }
     Json(ctx.state.backstop.report()).into_response()
+}
+
+/// A connection being served: where from, whether a request is in progress, how to close it.
+struct Slot {
+    addr: IpAddr,
+    busy: Arc<AtomicUsize>,
+    close: Arc<Notify>,
+}
+
+/// The connections being served, oldest first.
+#[derive(Default)]
+struct Slots {
+    next: u64,
+    open: BTreeMap<u64, Slot>,
+}
+
+impl Slots {
+    /// Makes room for a connection from `addr`: at a cap, the oldest idle connection (of
+    /// `addr`, for the per-address cap) is closed. False when there is no room to make.
+    fn make_room(&mut self, addr: IpAddr, limits: &ApiLimits) -> bool {
+        let from = self.open.values().filter(|s| s.addr == addr).count();
+        if from >= limits.max_per_address && !self.push_out(Some(addr)) {
+            return false;
+        }
+        if self.open.len() >= limits.max_connections && !self.push_out(None) {
+            return false;
+        }
+        true
+    }
+
+    /// Closes the oldest connection (of `addr`) with no request in progress.
+    fn push_out(&mut self, addr: Option<IpAddr>) -> bool {
+        let oldest = self
+            .open
+            .iter()
+            .find(|(_, s)| addr.is_none_or(|a| s.addr == a) && s.busy.load(Ordering::Acquire) == 0)
+            .map(|(k, _)| *k);
+        match oldest.and_then(|k| self.open.remove(&k)) {
+            Some(s) => {
+                s.close.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn lock(s: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counts a request in progress on its connection while alive.
+struct Busy(Arc<AtomicUsize>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves `app` on `listener` within `limits` until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ApiLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Mutex::new(Slots::default()));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors, most likely: wait a little rather than spin.
+                tracing::warn!("the HTTP API cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let busy = Arc::new(AtomicUsize::new(0));
+        let close = Arc::new(Notify::new());
+        let key = {
+            let mut sl = lock(&slots);
+            if !sl.make_room(peer.ip(), &limits) {
+                // Every connection is in the middle of a request: this one waits for none.
+                drop(stream);
+                continue;
+            }
+            let key = sl.next;
+            sl.next += 1;
+            sl.open.insert(
+                key,
+                Slot {
+                    addr: peer.ip(),
+                    busy: busy.clone(),
+                    close: close.clone(),
+                },
+            );
+            key
+        };
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                busy.fetch_add(1, Ordering::AcqRel);
+                let guard = Busy(busy.clone());
+                let app = app.clone();
+                async move {
+                    let r = tower::ServiceExt::oneshot(app, req.map(Body::new)).await;
+                    drop(guard);
+                    r
+                }
+            });
+        let slots = slots.clone();
+        let mut stop = stop.clone();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.headers_within)
+                .max_buf_size(64 * 1024);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                _ = tokio::time::timeout(limits.lifetime, conn) => {}
+                _ = close.notified() => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            lock(&slots).open.remove(&key);
+        });
+    }
 }

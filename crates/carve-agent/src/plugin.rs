@@ -281,6 +281,55 @@ pub fn serve(
     })
 }
 
+/// What happened in the device-plugin directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirEvent {
+    /// `kubelet.sock` was made (or moved) there: a kubelet (re)started, whatever the new file's
+    /// inode (a new socket may reuse the old one's).
+    KubeletSocket,
+    /// Something else was made or removed there (a plugin socket the kubelet wiped, say).
+    Other,
+}
+
+/// The device-plugin directory's events (inotify), as NVIDIA's device plugin watches for
+/// `kubelet.sock`'s creation.
+pub struct DirWatch {
+    events: inotify::EventStream<Vec<u8>>,
+}
+
+impl DirWatch {
+    /// Watches `dir` for files made, moved in or removed. Needs a tokio runtime.
+    pub fn new(dir: &Path) -> std::io::Result<DirWatch> {
+        use inotify::{Inotify, WatchMask};
+        let ino = Inotify::init()?;
+        ino.watches().add(
+            dir,
+            WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::DELETE | WatchMask::MOVED_FROM,
+        )?;
+        Ok(DirWatch {
+            events: ino.into_event_stream(vec![0u8; 4096])?,
+        })
+    }
+
+    /// The next event; `None` when the watch broke (the directory went away, or reading
+    /// failed).
+    pub async fn next(&mut self) -> Option<DirEvent> {
+        use inotify::EventMask;
+        let e = self.events.next().await?.ok()?;
+        if e.mask.contains(EventMask::IGNORED) {
+            return None;
+        }
+        let made = e.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO);
+        Some(
+            if made && e.name.as_deref() == Some(std::ffi::OsStr::new(KUBELET_SOCKET)) {
+                DirEvent::KubeletSocket
+            } else {
+                DirEvent::Other
+            },
+        )
+    }
+}
+
 /// A gRPC channel over a unix socket.
 pub async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
     let path = path.to_path_buf();

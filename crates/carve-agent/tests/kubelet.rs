@@ -17,7 +17,7 @@ use carve_model::Catalog;
 use carve_simnode::SimBackend;
 use carve_state::Store;
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -141,6 +141,24 @@ impl Kubelet {
         t
     }
 
+    /// A kubelet restart that leaves the plugin sockets alone: only `kubelet.sock` is made
+    /// anew (on most file systems with the old one's inode, so that its device and inode do not
+    /// tell the restart). Returns when it serves again, and whether the inode is the same.
+    async fn restart_keeping_plugins(&mut self) -> (Instant, bool) {
+        let path = self.dir.join("kubelet.sock");
+        let before = std::fs::metadata(&path).map(|m| m.ino()).ok();
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        let t = Instant::now();
+        self.serve();
+        let after = std::fs::metadata(&path).map(|m| m.ino()).ok();
+        (t, before == after)
+    }
+
     fn registrations_since(&self, t: Instant) -> BTreeMap<String, RegisterRequest> {
         self.seen
             .lock()
@@ -200,6 +218,10 @@ async fn setup(options: Options) -> Setup {
 }
 
 async fn setup_with(options: Options, resync: Option<Duration>) -> Setup {
+    setup_polling(options, resync, Duration::from_millis(100)).await
+}
+
+async fn setup_polling(options: Options, resync: Option<Duration>, poll: Duration) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let plugins = dir.join("device-plugins");
@@ -231,6 +253,7 @@ async fn setup_with(options: Options, resync: Option<Duration>) -> Setup {
         options,
         sim_health: Some(state.clone()),
         resync,
+        poll,
         ..agent::AgentConfig::new(plugins.clone(), dir.join("run"), desired)
     };
     let node = GpuNode {
@@ -794,6 +817,32 @@ async fn drift_is_reconciled_and_shown() {
         .state
         .render_metrics()
         .contains("carve_reconciliations_total{result=\"changed\"} 2"));
+    s.agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_kubelet_socket_with_the_old_inode_is_seen() {
+    // Polling all but off: only the directory's events can show the restart.
+    let mut s = setup_polling(Options::default(), None, Duration::from_secs(3600)).await;
+    let t0 = Instant::now() - Duration::from_secs(60);
+    s.kubelet
+        .wait_for(&RESOURCES, t0, Duration::from_secs(3))
+        .await
+        .expect("registered");
+    let mut same_inode = 0;
+    for _ in 0..3 {
+        let (restarted, same) = s.kubelet.restart_keeping_plugins().await;
+        same_inode += usize::from(same);
+        let last = s
+            .kubelet
+            .wait_for(&RESOURCES, restarted, Duration::from_secs(3))
+            .await
+            .expect("registered again after kubelet.sock was made anew");
+        let took = last - restarted;
+        eprintln!("kubelet.sock made anew (same inode: {same}): registered again in {took:?}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+    eprintln!("{same_inode} of 3 new kubelet.sock files had the old one's inode");
     s.agent.shutdown().await;
 }
 

@@ -501,6 +501,8 @@ fn warnings(h: &Handle, notes: &Notes) -> Vec<String> {
     if let (false, Some(why)) = (inv.withheld.is_empty(), &notes.no_shim) {
         w.push(why.clone());
     }
+    // Loud: an API beyond loopback is readable by whoever reaches the node.
+    w.extend(h.api.and_then(carve_agent::api::exposure_warning));
     w
 }
 

@@ -31,11 +31,60 @@ pub struct TenantConfig {
     pub identity: Identity,
 }
 
+/// Who may connect to the daemon's socket (its file mode). Connecting proves nothing: a client
+/// is a tenant only once its `hello` is checked against the kernel's peer credentials or a token.
+/// The mode only decides whose processes get that far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketAccess {
+    /// 0600: the daemon's own user only (every tenant's process runs as that user).
+    Owner,
+    /// 0660 and this group: the daemon's user and the group's members.
+    Group(u32),
+    /// 0666: any local process, including containers the socket is mounted into, whatever
+    /// user they run as.
+    Everyone,
+}
+
+impl SocketAccess {
+    /// The socket file's permission bits.
+    pub fn mode(self) -> u32 {
+        match self {
+            SocketAccess::Owner => 0o600,
+            SocketAccess::Group(_) => 0o660,
+            SocketAccess::Everyone => 0o666,
+        }
+    }
+
+    /// `owner`, `everyone` or `group:<gid>` (the YAML's `socket_access`).
+    pub fn parse(text: &str) -> Option<SocketAccess> {
+        match text {
+            "owner" => Some(SocketAccess::Owner),
+            "everyone" => Some(SocketAccess::Everyone),
+            _ => text
+                .strip_prefix("group:")
+                .and_then(|g| g.parse().ok())
+                .map(SocketAccess::Group),
+        }
+    }
+}
+
+impl fmt::Display for SocketAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SocketAccess::Owner => f.write_str("owner"),
+            SocketAccess::Group(g) => write!(f, "group:{g}"),
+            SocketAccess::Everyone => f.write_str("everyone"),
+        }
+    }
+}
+
 /// What one `carve sched` daemon runs: a [`Schedule`] whose tenants each have an identity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DaemonConfig {
     pub settings: Settings,
     pub tenants: Vec<TenantConfig>,
+    /// Who may connect; `None`: [`DaemonConfig::socket_access`] derives it from the identities.
+    pub access: Option<SocketAccess>,
 }
 
 /// A configuration problem, located when it is one of the YAML text.
@@ -71,6 +120,8 @@ struct RawConfig {
     work_conserving: bool,
     #[serde(default)]
     averaging_factor: Option<u32>,
+    #[serde(default)]
+    socket_access: Option<marked_yaml::Spanned<String>>,
     tenants: Vec<RawTenant>,
 }
 
@@ -110,7 +161,30 @@ impl DaemonConfig {
         Ok(DaemonConfig {
             settings: schedule.settings,
             tenants,
+            access: None,
         })
+    }
+
+    /// Who may connect to the socket: the configured access, else derived from how tenants are
+    /// recognised. A tenant recognised by its user or its cgroup runs as some other user than
+    /// the daemon (or may: a container's), so the socket is open to everyone (0666) and the
+    /// peer credentials checked at `hello` are the proof. When every tenant presents a token,
+    /// the token files are owner-only (`tokens::token_for`), so only the daemon's user can
+    /// present one and the socket is owner-only (0600); whoever hands token files to other users
+    /// (the node agent mounts them into containers) sets the access.
+    pub fn socket_access(&self) -> SocketAccess {
+        if let Some(a) = self.access {
+            return a;
+        }
+        if self
+            .tenants
+            .iter()
+            .any(|t| !t.identity.uids.is_empty() || t.identity.cgroup.is_some())
+        {
+            SocketAccess::Everyone
+        } else {
+            SocketAccess::Owner
+        }
     }
 
     /// The schedule, without the identities.
@@ -140,6 +214,16 @@ impl DaemonConfig {
                     message: ne.to_string(),
                 },
             })?;
+        let access = match &raw.socket_access {
+            Some(a) => Some(SocketAccess::parse(a.as_str()).ok_or_else(|| ConfigError {
+                pos: a.span().start().map(carve_migparted::marker_pos),
+                message: format!(
+                    "socket_access: '{}' is not owner, everyone or group:<gid>",
+                    a.as_str()
+                ),
+            })?),
+            None => None,
+        };
         let mut tenants = Vec::new();
         for t in raw.tenants {
             let token = match &t.token_file {
@@ -191,6 +275,7 @@ impl DaemonConfig {
                     .unwrap_or(carve_timeslice::DEFAULT_AVERAGING_FACTOR),
             },
             tenants,
+            access,
         };
         c.validate()?;
         Ok(c)

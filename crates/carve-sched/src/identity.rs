@@ -1,10 +1,11 @@
 //! Who is on the other end of a connection: the kernel's word (peer credentials: pid, uid; the
 //! pid's cgroup), never the client's. A tenant's claim is accepted when its token matches or its
-//! peer credentials match the tenant's configuration.
+//! peer credentials match the tenant's configuration. A refused client learns nothing about the
+//! tenants there are: not whether the name it claimed exists, nor any other name
+//! ([`AuthError::for_client`]).
 
 use crate::config::{Identity, TenantConfig};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 
 /// The peer of a unix socket, from `SO_PEERCRED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,7 +15,8 @@ pub struct Peer {
     pub gid: u32,
 }
 
-pub fn peer(stream: &UnixStream) -> std::io::Result<Peer> {
+/// The peer credentials of a connected unix socket.
+pub fn peer(stream: &impl AsRawFd) -> std::io::Result<Peer> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -52,6 +54,25 @@ pub fn cgroups(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The pid namespace of a process (`/proc/PID/ns/pid`'s target), when it can be read.
+fn pid_namespace(pid: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()
+}
+
+/// Whether the peer is the node's operator: the daemon's own user or root, in the daemon's own
+/// pid namespace. Root in a container (its own pid namespace) is a tenant, not the operator.
+pub fn is_operator(peer: Peer) -> bool {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let own = unsafe { libc::getuid() };
+    if peer.uid != own && peer.uid != 0 {
+        return false;
+    }
+    match (pid_namespace("self"), pid_namespace(&peer.pid.to_string())) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// Equal, in time independent of where they differ.
 fn same_secret(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -82,14 +103,15 @@ pub fn admits(id: &Identity, peer: Peer, token: Option<&str>, cgroups: &[String]
     false
 }
 
-/// Why a client's claim to be a tenant is refused. The daemon sends the text to the client.
+/// Why a client's claim to be a tenant is refused. The text (`Display`) is for the operator
+/// (logs, tests); the refused client is told [`AuthError::for_client`], which is the same for
+/// both, so that a client cannot learn which tenant names exist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    /// No tenant of that name; `suggestion` is a close name, `known` every name.
-    #[error("unknown tenant '{claim}'{}", unknown_hint(known, suggestion.as_deref()))]
+    /// No tenant of that name; `suggestion` is a close name.
+    #[error("unknown tenant '{claim}'{}", suggestion.as_ref().map(|s| format!("; did you mean '{s}'?")).unwrap_or_default())]
     UnknownTenant {
         claim: String,
-        known: Vec<String>,
         suggestion: Option<String>,
     },
     /// The tenant exists, but neither the token nor the peer's user or cgroup proves the claim.
@@ -97,15 +119,23 @@ pub enum AuthError {
     NotRecognised { tenant: String, pid: u32, uid: u32 },
 }
 
-/// The end of [`AuthError::UnknownTenant`]'s message: the suggestion, else the names there are.
-fn unknown_hint(known: &[String], suggestion: Option<&str>) -> String {
-    match suggestion {
-        Some(s) => format!("; did you mean '{s}'?"),
-        None => format!(" (this scheduler has {})", known.join(", ")),
+impl AuthError {
+    /// What the refused client is told: its own claim and credentials, and no tenant name it did
+    /// not send. Unknown names and unproven claims read alike.
+    pub fn for_client(&self, peer: Peer) -> String {
+        let claim = match self {
+            AuthError::UnknownTenant { claim, .. } => claim,
+            AuthError::NotRecognised { tenant, .. } => tenant,
+        };
+        format!(
+            "process {} (uid {}) is not recognised as tenant '{claim}': no such tenant, or no \
+             matching token, user or cgroup",
+            peer.pid, peer.uid
+        )
     }
 }
 
-/// Finds the tenant a client claims and checks the claim. The error says why, for the client.
+/// Finds the tenant a client claims and checks the claim. The error says why, for the operator.
 pub fn authenticate<'a>(
     tenants: &'a [TenantConfig],
     claim: &str,
@@ -113,11 +143,13 @@ pub fn authenticate<'a>(
     peer: Peer,
 ) -> Result<&'a TenantConfig, AuthError> {
     let Some(t) = tenants.iter().find(|t| t.tenant.name == claim) else {
-        let known: Vec<String> = tenants.iter().map(|t| t.tenant.name.clone()).collect();
-        let suggestion = known.iter().find(|n| strsim_like(claim, n)).cloned();
+        let suggestion = tenants
+            .iter()
+            .map(|t| &t.tenant.name)
+            .find(|n| strsim_like(claim, n))
+            .cloned();
         return Err(AuthError::UnknownTenant {
             claim: claim.to_string(),
-            known,
             suggestion,
         });
     };
@@ -193,7 +225,23 @@ mod tests {
     }
 
     #[test]
-    fn unknown_tenants_get_a_suggestion() {
+    fn the_operator_is_the_own_user_in_the_own_pid_namespace() {
+        // SAFETY: getuid/getpid have no preconditions.
+        let (uid, pid) = unsafe { (libc::getuid(), libc::getpid() as u32) };
+        let me = Peer { pid, uid, gid: 0 };
+        assert!(is_operator(me));
+        // Another user (not root) is not, nor a process that is not there.
+        if uid != 12345 {
+            assert!(!is_operator(Peer { uid: 12345, ..me }));
+        }
+        assert!(!is_operator(Peer {
+            pid: u32::MAX,
+            ..me
+        }));
+    }
+
+    #[test]
+    fn unknown_tenants_get_a_suggestion_for_the_operator_only() {
         let t = vec![TenantConfig {
             tenant: carve_timeslice::ScheduledTenant {
                 name: "search".into(),
@@ -212,10 +260,19 @@ mod tests {
             "{e:?}"
         );
         let e = authenticate(&t, "zzz", None, P).unwrap_err();
+        assert_eq!(e.to_string(), "unknown tenant 'zzz'");
+        // The client hears the same for an unknown name and an unproven claim, and no name it
+        // did not send.
+        let told = e.for_client(P);
         assert_eq!(
-            e.to_string(),
-            "unknown tenant 'zzz' (this scheduler has search)"
+            told,
+            "process 1 (uid 1000) is not recognised as tenant 'zzz': no such tenant, or no \
+             matching token, user or cgroup"
         );
+        let serch = authenticate(&t, "serch", None, P)
+            .unwrap_err()
+            .for_client(P);
+        assert!(!serch.contains("search"), "{serch}");
         assert!(authenticate(&t, "search", None, P).is_ok());
         let e = authenticate(&t, "search", None, Peer { uid: 7, ..P }).unwrap_err();
         assert_eq!(
@@ -229,6 +286,15 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "process 1 (uid 7) is not recognised as tenant 'search': no matching token, user or cgroup"
+        );
+        let p7 = Peer { uid: 7, ..P };
+        assert_eq!(
+            e.for_client(p7),
+            AuthError::UnknownTenant {
+                claim: "search".into(),
+                suggestion: None
+            }
+            .for_client(p7)
         );
     }
 }

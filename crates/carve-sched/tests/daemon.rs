@@ -1,6 +1,7 @@
 //! The daemon through its socket, with test clients playing the shim's side of the protocol:
-//! identity checks, shares under fixed and equal share, memory limits, status, disconnects, and
-//! a client that sends a request line without end.
+//! identity checks (by token, and by user from another user's process), the socket's mode,
+//! shares under fixed and equal share, GPU time checked against the turns granted, memory
+//! limits, status, disconnects, and a client that sends a request line without end.
 
 use carve_sched::config::{DaemonConfig, Identity, TenantConfig};
 use carve_sched::server::Server;
@@ -49,6 +50,7 @@ fn config(
                 },
             })
             .collect(),
+        access: None,
     }
 }
 
@@ -79,10 +81,18 @@ impl Client {
 fn unknown_and_unproven_clients_are_refused() {
     let p = sock("ident");
     let _s = Server::start(config(Policy::EqualShare, &[None, None], 2, None), &p).unwrap();
-    let (_, r) = Client::hello(&p, "t9", Some(token(0)));
+    // An unknown name and an unproven claim are refused alike, naming no tenant there is.
+    let (_, unknown) = Client::hello(&p, "t9", Some(token(0)));
+    let Reply::Error { message: unknown } = unknown else {
+        panic!("{unknown:?}")
+    };
     assert!(
-        matches!(r, Reply::Error { ref message } if message.contains("unknown tenant")),
-        "{r:?}"
+        unknown.contains("not recognised as tenant 't9'"),
+        "{unknown}"
+    );
+    assert!(
+        !unknown.contains("t0") && !unknown.contains("t1"),
+        "{unknown}"
     );
     let (_, r) = Client::hello(&p, "t0", Some(token(1)));
     assert!(
@@ -400,4 +410,187 @@ fn a_request_line_without_end_is_cut_off_and_the_others_are_served() {
     ));
     let (_, r) = Client::hello(&p, "t0", Some(token(0)));
     assert!(matches!(r, Reply::Welcome { .. }), "{r:?}");
+}
+
+/// A tenant that holds whole turns and reports `report(held)` for each.
+fn reporting(path: PathBuf, i: usize, seconds: f64, report: fn(u64) -> u64) -> u64 {
+    let (mut c, r) = Client::hello(&path, &format!("t{i}"), Some(token(i)));
+    assert!(matches!(r, Reply::Welcome { .. }));
+    let end = proto::now_ns() + (seconds * 1e9) as u64;
+    let mut held = 0u64;
+    while proto::now_ns() < end {
+        let Reply::Grant { until_ns } = c.call(&Request::Acquire) else {
+            panic!("no grant")
+        };
+        let start = proto::now_ns();
+        sleep_until(until_ns);
+        let used = proto::now_ns() - start;
+        held += used;
+        c.call(&Request::Release {
+            used_ns: report(used),
+            pending: true,
+        });
+    }
+    held
+}
+
+#[test]
+fn reported_gpu_time_is_checked_against_the_turns() {
+    let _one = TIMING.lock().unwrap_or_else(|p| p.into_inner());
+    let p = sock("cheat");
+    let s = Server::start(config(Policy::EqualShare, &[None, None], 2, None), &p).unwrap();
+    // t0 reports no GPU time for whole turns; t1 reports truly.
+    let p0 = p.clone();
+    let cheat = std::thread::spawn(move || reporting(p0, 0, 1.5, |_| 0));
+    let honest = reporting(p.clone(), 1, 1.5, |u| u);
+    let cheat = cheat.join().unwrap();
+    let st = s.status();
+    let charged = [st.tenants[0].gpu_time_ns, st.tenants[1].gpu_time_ns];
+    println!(
+        "t0 (reports 0) held {cheat} ns, charged {}; t1 held {honest} ns, charged {}",
+        charged[0], charged[1]
+    );
+    // Charged the time it held its turns, as the honest one is; so it gets no more turns.
+    assert!(
+        charged[0] as f64 >= 0.95 * cheat as f64,
+        "{charged:?} vs {cheat}"
+    );
+    assert!(
+        charged[1] as f64 >= 0.95 * honest as f64,
+        "{charged:?} vs {honest}"
+    );
+    let split = cheat as f64 / (cheat + honest) as f64;
+    assert!(
+        (split - 0.5).abs() < 0.1,
+        "the under-reporter got {split} of the GPU"
+    );
+
+    // A report of more than the time since its turn began counts for that time only, and only
+    // for its own tenant.
+    let (mut c, _) = Client::hello(&p, "t0", Some(token(0)));
+    let before = s.status();
+    let t0 = proto::now_ns();
+    assert!(matches!(c.call(&Request::Acquire), Reply::Grant { .. }));
+    c.call(&Request::Release {
+        used_ns: u64::MAX,
+        pending: false,
+    });
+    // Late, about the same (closed) turn: again at most the time since it began.
+    c.call(&Request::Release {
+        used_ns: u64::MAX,
+        pending: false,
+    });
+    let since = proto::now_ns() - t0;
+    let after = s.status();
+    let more = after.tenants[0].gpu_time_ns - before.tenants[0].gpu_time_ns;
+    assert!(more <= since, "charged {more} ns in {since} ns");
+    assert_eq!(after.tenants[1].gpu_time_ns, before.tenants[1].gpu_time_ns);
+    // The daemon is still there for everyone.
+    let (mut other, r) = Client::hello(&p, "t1", Some(token(1)));
+    assert!(matches!(r, Reply::Welcome { .. }), "{r:?}");
+    assert!(matches!(other.call(&Request::Acquire), Reply::Grant { .. }));
+}
+
+#[test]
+fn the_sockets_mode_follows_how_tenants_are_recognised() {
+    use carve_sched::config::SocketAccess;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // Tokens only: owner-only (the token files are).
+    let mut cfg = config(Policy::BestEffort, &[None], 2, None);
+    assert_eq!(cfg.socket_access(), SocketAccess::Owner);
+    let p = sock("mode-token");
+    drop(Server::start(cfg.clone(), &p).unwrap());
+    // By user: everyone may connect; the peer's credentials decide.
+    cfg.tenants[0].identity.uids = vec![65534];
+    assert_eq!(cfg.socket_access(), SocketAccess::Everyone);
+    let s = Server::start(cfg.clone(), &p).unwrap();
+    assert_eq!(mode(&p), 0o666);
+    drop(s);
+    // Set: a group.
+    // SAFETY: getgid has no preconditions.
+    let gid = unsafe { libc::getgid() };
+    cfg.access = Some(SocketAccess::Group(gid));
+    let s = Server::start(cfg, &p).unwrap();
+    assert_eq!(mode(&p), 0o660);
+    assert_eq!(std::fs::metadata(&p).unwrap().gid(), gid);
+    drop(s);
+    // A regular file at the socket's path is never removed.
+    std::fs::write(&p, "keep me").unwrap();
+    let e = Server::start(config(Policy::BestEffort, &[None], 2, None), &p).err();
+    assert!(
+        matches!(e, Some(carve_sched::server::StartError::NotASocket { .. })),
+        "{e:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&p).unwrap(), "keep me");
+}
+
+/// Another user's process says hello (root only: the test runs itself as uid 65534).
+#[test]
+fn a_tenant_recognised_by_user_connects_from_its_own_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run a process as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let p = sock("by-user");
+    let dir = p.parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cfg = config(Policy::BestEffort, &[None, None], 2, None);
+    cfg.tenants[0].identity = Identity {
+        uids: vec![65534],
+        ..Identity::default()
+    };
+    let s = Server::start(cfg, &p).unwrap();
+    let hello = |tenant: &str| -> String {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "hello_from_this_process",
+                "--nocapture",
+            ])
+            .env("CARVE_HELLO_SOCKET", &p)
+            .env("CARVE_HELLO_TENANT", tenant)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find(|l| l.starts_with("reply "))
+            .unwrap_or_else(|| panic!("no reply: {text} {}", String::from_utf8_lossy(&out.stderr)))
+            .to_string()
+    };
+    let as_t0 = hello("t0");
+    assert!(as_t0.contains("welcome"), "{as_t0}");
+    // Its user proves t0, not t1 (whose token it does not have).
+    let as_t1 = hello("t1");
+    assert!(as_t1.contains("not recognised"), "{as_t1}");
+    drop(s);
+}
+
+/// Run by `a_tenant_recognised_by_user_connects_from_its_own_user` as another user.
+#[test]
+#[ignore = "run by another test as another user"]
+fn hello_from_this_process() {
+    let (Ok(socket), Ok(tenant)) = (
+        std::env::var("CARVE_HELLO_SOCKET"),
+        std::env::var("CARVE_HELLO_TENANT"),
+    ) else {
+        return;
+    };
+    let reply = proto::Client::connect(Path::new(&socket)).and_then(|mut c| {
+        c.call(&Request::Hello {
+            version: proto::VERSION,
+            tenant,
+            token: None,
+        })
+    });
+    println!(
+        "reply {}",
+        serde_json::to_string(&reply.map_err(|e| e.to_string())).unwrap()
+    );
 }
