@@ -260,8 +260,12 @@ fn start_schedulers(
             gpu: g.gpu_index,
             message,
         };
-        let mut config = carve_sched::tokens::identities(g.schedule.clone(), &tokens_dir)
-            .map_err(|e| cannot(e.to_string()))?;
+        let mut config = carve_sched::tokens::identities(
+            g.schedule.clone(),
+            &tokens_dir,
+            carve_sched::tokens::Readers::Mounted,
+        )
+        .map_err(|e| cannot(e.to_string()))?;
         // The socket is mounted into containers that run as any user: everyone may connect, and
         // the token each container is given proves its tenant.
         config.access = Some(carve_sched::config::SocketAccess::Everyone);

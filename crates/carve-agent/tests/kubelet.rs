@@ -505,9 +505,19 @@ async fn registers_lists_allocates_and_reregisters() {
     assert!(std::os::unix::fs::FileTypeExt::is_socket(
         &std::fs::metadata(sock).unwrap().file_type()
     ));
+    // Readable by whatever user the pod runs as (a bind mount ignores the host folder's mode);
+    // on the host, its folder is the agent's alone.
     assert_eq!(
         std::fs::metadata(token).unwrap().permissions().mode() & 0o777,
-        0o600
+        0o644
+    );
+    assert_eq!(
+        std::fs::metadata(Path::new(token).parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
     );
     assert!(r.mounts.iter().all(|m| Path::new(&m.host_path).exists()));
     // The scheduler behind that socket knows the tenant, with its plan share.

@@ -11,6 +11,7 @@ use carve_agent::error::AgentError;
 use carve_agent::inventory::{MigStrategy, Options, Preference};
 use carve_apply::Desired;
 use carve_model::Catalog;
+use carve_sched::tokens::Readers;
 use carve_simnode::SimBackend;
 use clap::{Args, ValueEnum};
 use serde_json::json;
@@ -200,7 +201,7 @@ fn given_token(a: &AgentArgs) -> Result<Option<(String, PathBuf)>, Failure> {
 
 /// The API token made once in `state/api-token` (0600), as the schedulers' tenant tokens are.
 fn made_token(state: &Path) -> Result<(String, PathBuf), Failure> {
-    let t = carve_sched::tokens::token_for(state, "api-token")
+    let t = carve_sched::tokens::token_for(state, "api-token", Readers::Owner)
         .map_err(|e| Failure::failed(e.to_string()))?;
     Ok((t, carve_sched::tokens::token_path(state, "api-token")))
 }

@@ -5,6 +5,7 @@ use crate::input::read_input;
 use crate::output::{table, Failure, Out};
 use carve_plan::plan::Sniff;
 use carve_sched::config::DaemonConfig;
+use carve_sched::tokens::Readers;
 use carve_sched_proto::{self as proto, ENV_FAIL, ENV_SCHED_SOCKET, ENV_TENANT, ENV_TOKEN_FILE};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
@@ -64,7 +65,7 @@ pub fn sched_cmd(cmd: SchedCommand, json: bool) -> Result<Out, Failure> {
                     let (_, _, schedule) = carve_plan::schedule::pick(&plan, node.as_deref(), gpu)
                         .map_err(|e| Failure::bad(format!("{name}: {e}")))?;
                     let dir = tokens.unwrap_or_else(|| PathBuf::from("/run/carve/tokens"));
-                    carve_sched::tokens::identities(schedule, &dir)
+                    carve_sched::tokens::identities(schedule, &dir, Readers::Owner)
                         .map_err(|e| Failure::failed(e.to_string()))?
                 }
                 None => {

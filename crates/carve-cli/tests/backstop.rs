@@ -14,6 +14,9 @@
 //!   scheduler socket) that then allocates through the stand-in CUDA directly, past its
 //!   tenant's limit: what a program that finds the driver's real functions does under the shim.
 //!
+//! A pod as a CDI-aware runtime starts it, as a user of its own, is recognised as its tenant
+//! through what the spec mounts alone, scheduled, and never a violation.
+//!
 //! Latencies are printed (`--nocapture`): from the process's first appearance on the GPU (its
 //! memory file) to the event and to its death.
 
@@ -511,4 +514,117 @@ fn by_default_violations_are_logged_and_nothing_is_killed() {
             && line.ends_with(": logged"),
         "{line}"
     );
+}
+
+/// A pod as a CDI-aware runtime starts it, running as a user of its own (65534, as a pod with
+/// `runAsUser` runs): in a mount namespace, the agent's CDI spec's mounts for `tenant-alpha`
+/// bound read-only where it names (`/etc/ld.so.preload` in an overlay on `/etc`, `/run` and
+/// `/usr/local` fresh), nothing of carve in its environment. The shim is loaded by the preload
+/// file, reads its configuration and the token, is recognised as alpha, and the process runs its
+/// kernels in alpha's turns and is never a violation. (Device nodes are left out: the stand-ins
+/// have none.) Needs root (skipped, saying so, without).
+#[test]
+fn a_pod_running_as_any_user_is_scheduled_as_its_tenant() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: a container's mounts and another user need root");
+        return;
+    }
+    let n = Node::up("pod", &[]);
+    let spec: Value = serde_json::from_str(
+        &std::fs::read_to_string(n.dir.join("up/cdi/carve.dev-gpu.json")).unwrap(),
+    )
+    .unwrap();
+    let device = spec["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "tenant-alpha")
+        .unwrap_or_else(|| panic!("no tenant-alpha in {spec}"));
+    let edits = &device["containerEdits"];
+    // What the runtime does, as a script: the container's own /etc, /run and /usr/local, then
+    // each mount bound where the spec says, read-only where it says.
+    let (upper, work) = (n.dir.join("etc-upper"), n.dir.join("etc-work"));
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let mut script = format!(
+        "set -e; mount -t overlay overlay -o lowerdir=/etc,upperdir={},workdir={} /etc; \
+         mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /usr/local; ",
+        upper.display(),
+        work.display()
+    );
+    for m in edits["mounts"].as_array().unwrap() {
+        let (host, at) = (
+            m["hostPath"].as_str().unwrap(),
+            m["containerPath"].as_str().unwrap(),
+        );
+        let opts: Vec<&str> = m["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o.as_str().unwrap())
+            .collect();
+        script += &format!("mkdir -p \"$(dirname {at})\"; touch {at}; mount --bind {host} {at}; ");
+        if opts.contains(&"ro") {
+            script += &format!("mount -o remount,bind,ro,nosuid,nodev {at}; ");
+        }
+    }
+    script += "exec setpriv --reuid 65534 --regid 65534 --clear-groups -- \"$@\"";
+    // The stand-in GPU's state is written by every process on it, whatever its user.
+    Command::new("chmod")
+        .args(["-R", "a+rwX"])
+        .arg(&n.gpu)
+        .status()
+        .unwrap();
+    let mut env: Vec<String> = edits["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect();
+    env.push(format!("LD_LIBRARY_PATH={}", n.dir.join("lib").display()));
+    env.push(format!("CARVE_FAKE_CUDA_DIR={}", n.gpu.display()));
+    let mut pod = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .args(["env", "-i"])
+        .args(&env)
+        .arg(stand_artifacts().join(WORKLOAD_BIN))
+        .args(["--kernel-us", "300", "--seconds", "3", "--alloc-mib", "256"])
+        .args(["--json"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The backstop sees it as alpha's, with its memory, and no violation.
+    on_gpu(&n, &mut pod);
+    wait_for(Duration::from_secs(3), Duration::from_millis(10), || {
+        let v = n.violations();
+        let seen = v["processes"].as_array().unwrap().iter().any(|p| {
+            p["pid"] == pod.id() && p["tenant"] == "alpha" && p["memory_bytes"] == 256u64 << 20
+        });
+        seen.then_some(())
+            .ok_or(format!("the pod is not seen as alpha's: {v}"))
+    });
+    let out = pod.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the pod: {}\n{stderr}", out.status);
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert!(report["kernels"].as_u64().unwrap() > 0, "{report}");
+    // Its kernels ran in alpha's turns.
+    let st = proto::status(&n.socket()).unwrap();
+    let alpha = st.tenants.iter().find(|t| t.name == "alpha").unwrap();
+    assert!(alpha.launches > 0, "{st:?}");
+    let v = n.violations();
+    assert!(v["violations"].as_array().unwrap().is_empty(), "{v}");
 }

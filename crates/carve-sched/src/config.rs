@@ -169,9 +169,9 @@ impl DaemonConfig {
     /// recognised. A tenant recognised by its user or its cgroup runs as some other user than
     /// the daemon (or may: a container's), so the socket is open to everyone (0666) and the
     /// peer credentials checked at `hello` are the proof. When every tenant presents a token,
-    /// the token files are owner-only (`tokens::token_for`), so only the daemon's user can
-    /// present one and the socket is owner-only (0600); whoever hands token files to other users
-    /// (the node agent mounts them into containers) sets the access.
+    /// the token files lie in an owner-only directory (`tokens::token_for`), so only the
+    /// daemon's user can present one and the socket is owner-only (0600); whoever hands token
+    /// files to other users (the node agent mounts them into containers) sets the access.
     pub fn socket_access(&self) -> SocketAccess {
         if let Some(a) = self.access {
             return a;

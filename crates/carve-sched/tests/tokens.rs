@@ -1,7 +1,8 @@
-//! Tenant tokens: made owner-only when missing, the same ones next time, and a schedule's tenants
+//! Tenant tokens: made when missing (owner-only, or readable where mounted into containers) in an
+//! owner-only directory, the same ones next time, and a schedule's tenants
 //! recognised by them.
 
-use carve_sched::tokens;
+use carve_sched::tokens::{self, Readers};
 use carve_timeslice::{Schedule, ScheduledTenant, Settings};
 use std::os::unix::fs::PermissionsExt;
 
@@ -20,7 +21,7 @@ fn a_schedules_tenants_get_owner_only_tokens_that_last() {
             })
             .collect(),
     };
-    let c = tokens::identities(schedule.clone(), &dir).unwrap();
+    let c = tokens::identities(schedule.clone(), &dir, Readers::Owner).unwrap();
     c.validate().unwrap();
     assert_eq!(c.schedule(), schedule);
     for t in &c.tenants {
@@ -42,13 +43,47 @@ fn a_schedules_tenants_get_owner_only_tokens_that_last() {
         0o700
     );
     // The same tokens next time; different tenants, different tokens.
-    let again = tokens::identities(schedule, &dir).unwrap();
+    let again = tokens::identities(schedule.clone(), &dir, Readers::Owner).unwrap();
     assert_eq!(again.tenants[0].identity, c.tenants[0].identity);
     assert_ne!(c.tenants[0].identity.token, c.tenants[1].identity.token);
     // A directory that cannot be made is an error naming it.
-    let e = tokens::token_for(std::path::Path::new("/proc/carve-no/such"), "t")
-        .unwrap_err()
-        .to_string();
+    let e = tokens::token_for(
+        std::path::Path::new("/proc/carve-no/such"),
+        "t",
+        Readers::Owner,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("/proc/carve-no/such"), "{e}");
+    // Tokens handed to containers by bind mounts: the same tokens, readable by whatever user
+    // the pod runs as, still in the owner-only directory.
+    let mounted = tokens::identities(schedule, &dir, Readers::Mounted).unwrap();
+    assert_eq!(mounted.tenants[0].identity, c.tenants[0].identity);
+    for t in &mounted.tenants {
+        let f = tokens::token_path(&dir, &t.tenant.name);
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+    }
+    // A directory opened up by someone is closed again.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    tokens::token_for(&dir, "search", Readers::Mounted).unwrap();
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    // A directory of another user is refused, naming it.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+        let e = tokens::token_for(&dir, "search", Readers::Mounted)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&dir.display().to_string()) && e.contains("65534"),
+            "{e}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
